@@ -1,0 +1,90 @@
+# Tutti — every command a developer, CI or a platform team needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+PROTOS  := $(shell find proto -name '*.proto')
+SCENARIO ?= black_friday
+USERS    ?= 50
+DURATION ?= 60s
+
+.PHONY: help
+help: ## List the commands
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- setup ---------------------------------------------------------------------------------
+
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+gen/.stamp: $(VENV)/.stamp $(PROTOS)
+	$(PY) -m tools.gen_protos
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.stamp gen/.stamp ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars
+	infra/install.sh
+
+.PHONY: proto
+proto: gen/.stamp ## Regenerate Python code and typed stubs from proto/
+
+# --- infrastructure ------------------------------------------------------------------------
+
+.PHONY: infra-up
+infra-up: install ## Start Kafka (KRaft), Redis and PostgreSQL on loopback, create topics, apply migrations
+	infra/infra.sh up
+	$(PY) -m tools.prepare
+
+.PHONY: infra-down
+infra-down: ## Stop the infrastructure started by infra-up (data kept under .tutti/)
+	infra/infra.sh down
+
+.PHONY: infra-status
+infra-status: ## Show which infrastructure servers run
+	infra/infra.sh status
+
+# --- the stack -----------------------------------------------------------------------------
+
+.PHONY: run
+run: infra-up ## Install, start infrastructure and every service with demo data in the foreground (Ctrl-C stops)
+	$(PY) -m tools.stack run
+
+.PHONY: up
+up: infra-up ## Same as run, in the background
+	$(PY) -m tools.stack up
+
+.PHONY: down
+down: ## Stop the services and the infrastructure; leaves no process behind
+	-$(PY) -m tools.stack down
+	infra/infra.sh down
+
+.PHONY: status
+status: ## Show infrastructure and services, with their health
+	infra/infra.sh status
+	$(PY) -m tools.stack status
+
+# --- quality -------------------------------------------------------------------------------
+
+.PHONY: test
+test: infra-up ## Run the whole suite (unit, integration on real servers, end-to-end)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: test-unit
+test-unit: install ## Run the fast unit tests only (no servers)
+	$(PY) -m pytest -q -m "not integration and not e2e"
+
+.PHONY: lint
+lint: install ## ruff on the Python code
+	$(PY) -m ruff check .
+
+.PHONY: clean
+clean: ## Remove generated code and caches (keeps .tutti/ data; `make down` first to stop servers)
+	rm -rf gen .pytest_cache .mypy_cache .ruff_cache .hypothesis

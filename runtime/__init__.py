@@ -1,0 +1,2 @@
+"""The shared runtime of every Tutti service: settings, gRPC server bootstrap,
+error mapping, Kafka and PostgreSQL plumbing, telemetry. No business rules live here."""

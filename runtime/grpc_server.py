@@ -1,0 +1,235 @@
+"""gRPC server bootstrap shared by every service and the gateway.
+
+A service describes itself as a ``Wiring`` (servicers, readiness probe, background tasks);
+``serve`` runs it: health (SERVING only once dependencies answer, NOT_SERVING while shutting
+down), reflection, error mapping, tracing, and an ordered graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from runtime import errors, telemetry
+from runtime.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+# Large batch calls (stock snapshots) exceed gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 1),
+]
+
+
+@dataclass
+class Wiring:
+    """What a service's composition root hands to the runtime."""
+
+    # Adds the servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    # Fully qualified names of the services registered (health and reflection use them).
+    service_names: Sequence[str]
+    # Raises when a dependency does not answer; SERVING is only announced after it passes.
+    ready: Callable[[], Awaitable[None]] | None = None
+    # Long-running loops (consumers, relays, sweepers); cancelled after the server drains.
+    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns every exception escaping a handler into a precise status, never UNKNOWN."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    code, message, details = errors.to_status(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unhandled error in %s", method, exc_info=exc)
+    elif code == grpc.StatusCode.UNAVAILABLE and not isinstance(exc, errors.TuttiError):
+        log.warning("dependency unavailable in %s: %r", method, exc)
+    await context.abort_with_status(rpc_status.to_status(errors.rich_status(code, message, details)))
+
+
+def _passthrough(exc: BaseException) -> bool:
+    # An abort raised by a servicer itself, or the caller going away, is not ours to remap.
+    return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            if _passthrough(exc) or not isinstance(exc, Exception):
+                raise
+            await abort_with(context, exc, method)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except BaseException as exc:
+            if _passthrough(exc) or not isinstance(exc, Exception):
+                raise
+            await abort_with(context, exc, method)
+
+    return wrapped
+
+
+async def _announce_when_ready(
+    health: health_aio.HealthServicer, wiring: Wiring, names: Sequence[str], stopping: asyncio.Event
+) -> None:
+    """Probe dependencies; SERVING while they answer, NOT_SERVING when one stops answering."""
+    serving: bool | None = None
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            if wiring.ready is not None:
+                await asyncio.wait_for(wiring.ready(), timeout=5)
+            ok = True
+        except Exception as exc:
+            ok = False
+            if serving is not False:
+                log.warning("dependency not ready: %r", exc)
+        if ok != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *names):
+                await health.set(name, status)
+            if ok:
+                log.info("serving", extra={"services": list(names)})
+            serving = ok
+        # Probe quickly until first ready, then relax.
+        delay = 5.0 if ok else min(delay * 2, 2.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=delay)
+
+
+async def serve(
+    settings: CommonSettings,
+    build: Callable[[CommonSettings, AsyncExitStack], Awaitable[Wiring]],
+    *,
+    stop: asyncio.Event | None = None,
+    bound: Callable[[int], None] | None = None,
+) -> None:
+    """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order:
+    NOT_SERVING → drain calls → stop background loops (they commit offsets) → close resources
+    in reverse order of creation (producers flush, pools close)."""
+    stopping = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+
+    async with AsyncExitStack() as stack:
+        wiring = await build(settings, stack)
+        interceptors: list[Any] = [*telemetry.server_interceptors(), ErrorMappingInterceptor()]
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        wiring.register(server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        names = list(wiring.service_names)
+        for name in ("", *names):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+        port = server.add_insecure_port(settings.listen_address)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen_address}")
+        await server.start()
+        log.info("listening", extra={"address": settings.listen_address, "port": port})
+        if bound is not None:
+            bound(port)
+
+        tasks = [asyncio.create_task(_announce_when_ready(health, wiring, names, stopping), name="health")]
+        tasks += [asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job")) for job in wiring.background]
+
+        await stopping.wait()
+        log.info("shutting down")
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped")
+
+
+async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+    """Keep a background loop alive: a crash is logged and the loop restarted with backoff."""
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background job %s failed; restarting in %.1fs", getattr(job, "__name__", job), delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            delay = min(delay * 2, 10.0)
+
+
+def client_channel(address: str) -> grpc.aio.Channel:
+    """A channel to another Tutti service, with tracing and the same message limits."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=SERVER_OPTIONS[:2] + [("grpc.enable_retries", 1)],
+        interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
+    )

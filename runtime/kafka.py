@@ -1,0 +1,216 @@
+"""Kafka plumbing: the topic registry, safe producer and consumer settings, event envelopes.
+
+aiokafka's defaults favour throughput over safety; here producers are idempotent with
+acks=all, consumers never auto-commit and commit only after the handler returned, and every
+event carries an id that consumers de-duplicate on (delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+
+from runtime import telemetry
+from tutti.events.v1 import envelope_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    partitions: int
+    compacted: bool = False
+    # -1 keeps records forever: ledgers are the record Redis state is rebuilt from.
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    description: str = ""
+
+    def configs(self) -> dict[str, str]:
+        cfg = {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
+        if self.compacted:
+            cfg["cleanup.policy"] = "compact"
+        return cfg
+
+
+# Every topic Tutti uses, created explicitly (brokers run with auto-creation off).
+# Names are versioned: a breaking change of a payload gets a new topic.
+INVENTORY_MOVEMENTS = Topic(
+    "tutti.inventory.movements.v1", 6, retention_ms=-1,
+    description="Every stock movement, keyed by SKU: the inventory ledger.",
+)
+INVENTORY_AVAILABILITY = Topic(
+    "tutti.inventory.availability.v1", 6, compacted=True, retention_ms=-1,
+    description="Latest availability per SKU x location (compacted) for marketplaces and connectors.",
+)
+ORDER_EVENTS = Topic("tutti.orders.events.v1", 6, description="Order lifecycle events, keyed by order id.")
+RETURN_EVENTS = Topic("tutti.returns.events.v1", 3, description="Return and exchange events, keyed by order id.")
+
+TOPICS: tuple[Topic, ...] = (INVENTORY_MOVEMENTS, INVENTORY_AVAILABILITY, ORDER_EVENTS, RETURN_EVENTS)
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = TOPICS, replication_factor: int = 1) -> list[str]:
+    """Create missing topics; returns the names created. Safe to run concurrently and repeatedly."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t.name not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=replication_factor,
+                     topic_configs=t.configs())
+            for t in missing
+        ]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+def create_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
+    """An idempotent producer: acks=all, retries without duplicates or reordering."""
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "request_timeout_ms": 30_000,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def build_envelope(
+    payload: Message,
+    *,
+    source: str,
+    key: str,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    schema_version: int = 1,
+    sequence: int = 0,
+) -> envelope_pb2.EventEnvelope:
+    packed = any_pb2.Any()
+    packed.Pack(payload, type_url_prefix="type.tutti.dev/")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(occurred_at or datetime.now(UTC))
+    return envelope_pb2.EventEnvelope(
+        event_id=event_id or new_event_id(),
+        type=payload.DESCRIPTOR.full_name,
+        occurred_at=ts,
+        source=source,
+        key=key,
+        schema_version=schema_version,
+        sequence=sequence,
+        payload=packed,
+    )
+
+
+def unpack(envelope: envelope_pb2.EventEnvelope, message_type: type[Message]) -> Message:
+    message = message_type()
+    if not envelope.payload.Unpack(message):
+        raise ValueError(f"event {envelope.event_id} carries {envelope.type}, not {message_type.DESCRIPTOR.full_name}")
+    return message
+
+
+class EventPublisher:
+    """Publishes envelopes keyed by aggregate id, with trace context in the headers."""
+
+    def __init__(self, producer: AIOKafkaProducer, source: str) -> None:
+        self._producer = producer
+        self._source = source
+
+    async def publish(self, topic: Topic | str, payload: Message, *, key: str, **envelope_fields: object) -> envelope_pb2.EventEnvelope:
+        envelope = build_envelope(payload, source=self._source, key=key, **envelope_fields)  # type: ignore[arg-type]
+        await self.publish_envelope(topic, envelope)
+        return envelope
+
+    async def publish_envelope(self, topic: Topic | str, envelope: envelope_pb2.EventEnvelope) -> None:
+        name = topic.name if isinstance(topic, Topic) else topic
+        await self._producer.send_and_wait(
+            name,
+            value=envelope.SerializeToString(),
+            key=envelope.key.encode(),
+            headers=telemetry.inject_kafka_headers([("event-type", envelope.type.encode())]),
+        )
+
+
+Handler = Callable[[envelope_pb2.EventEnvelope, ConsumerRecord], Awaitable[None]]
+
+
+@dataclass
+class EventConsumer:
+    """Consumes envelopes and commits each partition's offset only after its batch was handled.
+
+    Handlers must be idempotent by ``envelope.event_id`` (delivery is at least once); a handler
+    that raises stops the batch before the commit, so the events are redelivered.
+    """
+
+    bootstrap: str
+    group_id: str
+    topics: Sequence[str]
+    handler: Handler
+    client_id: str = "tutti"
+    batch_timeout_ms: int = 200
+    max_records: int = 500
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.max_records,
+        )
+        await consumer.start()
+        self.started.set()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
+                for tp, records in batches.items():
+                    for record in records:
+                        await self._handle(record)
+                    await consumer.commit({tp: records[-1].offset + 1})
+        finally:
+            # Offsets of fully handled batches are already committed; stopping leaves the group cleanly.
+            await consumer.stop()
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        envelope = envelope_pb2.EventEnvelope()
+        try:
+            envelope.ParseFromString(record.value)
+        except Exception:
+            # A poison message must not block the partition forever; it is logged and skipped.
+            log.error("skipping unparseable record %s[%d]@%d", record.topic, record.partition, record.offset)
+            return
+        token = otel_context.attach(telemetry.extract_kafka_context(record.headers))
+        try:
+            await self.handler(envelope, record)
+        finally:
+            otel_context.detach(token)
+

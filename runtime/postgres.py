@@ -1,0 +1,159 @@
+"""PostgreSQL plumbing: pools per service schema, versioned migrations, inbox and outbox.
+
+Each service owns one schema of the shared database (``orchestrator``, ``returns``,
+``tracking``) and never reads another's: they talk through Kafka and gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from runtime import telemetry
+from runtime.kafka import Topic
+from tutti.events.v1 import envelope_pb2
+
+log = logging.getLogger(__name__)
+
+RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": schema, "application_name": f"tutti-{schema}"},
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def _lock_id(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+async def apply_migrations(dsn: str, schema: str, directories: Sequence[Path]) -> list[str]:
+    """Apply ``NNNN_name.sql`` files in order, each once, under an advisory lock so concurrent
+    starters do not race. Returns the versions applied now."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _lock_id(f"migrate:{schema}"))
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET search_path TO "{schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            files = sorted(
+                (f for d in (RUNTIME_MIGRATIONS, *directories) for f in d.glob("*.sql")), key=lambda f: f.name
+            )
+            for file in files:
+                version = file.stem
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(file.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                applied.append(version)
+                log.info("migration applied", extra={"schema": schema, "version": version})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_id(f"migrate:{schema}"))
+    finally:
+        await conn.close()
+    return applied
+
+
+async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
+    """Record that ``consumer`` handles ``event_id``; False when it already did. Call inside the
+    transaction that applies the event, so the claim and the effect commit together."""
+    row = await conn.fetchrow(
+        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+        consumer,
+        event_id,
+    )
+    return row is not None
+
+
+async def enqueue_event(conn: asyncpg.Connection, topic: Topic | str, envelope: envelope_pb2.EventEnvelope) -> None:
+    """Write an event to the outbox inside the caller's transaction."""
+    name = topic.name if isinstance(topic, Topic) else topic
+    headers = dict((k, v.decode()) for k, v in telemetry.inject_kafka_headers())
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, event_id, payload, headers) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        name,
+        envelope.key,
+        envelope.event_id,
+        envelope.SerializeToString(),
+        json.dumps(headers),
+    )
+    # Wake the relay now rather than at its next poll; delivered at commit.
+    await conn.execute("SELECT pg_notify('tutti_outbox', '')")
+
+
+class OutboxRelay:
+    """Moves outbox rows to Kafka in id order, then deletes them.
+
+    One relay at a time per schema (a transaction-scoped advisory lock), so per-key order is
+    kept across replicas. A crash between send and delete re-sends: consumers de-duplicate.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500,
+                 idle_poll_seconds: float = 0.5) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._lock = _lock_id(f"outbox:{schema}")
+        self._batch = batch
+        self._idle = idle_poll_seconds
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        async with self._pool.acquire() as listener:
+            await listener.add_listener("tutti_outbox", self._on_notify)
+            try:
+                while True:
+                    moved = await self.relay_once()
+                    if moved < self._batch:
+                        self._wake.clear()
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
+            finally:
+                await listener.remove_listener("tutti_outbox", self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1", self._batch
+            )
+            if not rows:
+                return 0
+            futures = [
+                await self._producer.send(
+                    row["topic"],
+                    value=bytes(row["payload"]),
+                    key=row["key"].encode(),
+                    headers=[(k, v.encode()) for k, v in json.loads(row["headers"]).items()],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute("DELETE FROM outbox WHERE id <= $1", rows[-1]["id"])
+            return len(rows)

@@ -1,0 +1,138 @@
+"""Settings parsed once from the environment into frozen objects.
+
+A service calls ``CommonSettings.from_env()`` (or its own subclass) at start; a missing or
+malformed variable raises ``SettingsError`` naming it, and the entrypoint prints that one line
+and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Self
+from urllib.parse import urlparse
+
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+DEFAULT_DATABASE_URL = "postgresql://tutti:tutti@127.0.0.1:15432/tutti"
+
+# Where each part listens by default; the gateway is the public door.
+DEFAULT_ADDRESSES: Mapping[str, str] = {
+    "gateway": "127.0.0.1:50051",
+    "inventory": "127.0.0.1:50052",
+    "orchestrator": "127.0.0.1:50053",
+    "returns": "127.0.0.1:50054",
+    "tracking": "127.0.0.1:50055",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Env:
+    """Typed reads of environment variables that fail naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise SettingsError(f"{name} is required but not set")
+            return default
+        return value
+
+    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self._environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name} must be <= {maximum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        raw = self._environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name)
+        if raw is None or raw == "":
+            return default
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    def address(self, name: str, default: str) -> str:
+        value = self.str(name, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{name} must be host:port, got {value!r}")
+        return value
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        parsed = urlparse(value)
+        if parsed.scheme not in schemes or not parsed.hostname:
+            raise SettingsError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default).lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    """What every service reads: where the infrastructure is and how to log and trace."""
+
+    service: str
+    listen_address: str
+    kafka_bootstrap: str
+    redis_url: str
+    database_url: str
+    log_level: str
+    log_format: str
+    traces_exporter: str
+    shutdown_grace_seconds: float
+    addresses: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Self:
+        env = Env(environ)
+        addresses = {
+            name: env.address(f"TUTTI_{name.upper()}_ADDR", default) for name, default in DEFAULT_ADDRESSES.items()
+        }
+        return cls(
+            service=service,
+            listen_address=addresses.get(service, "127.0.0.1:0"),
+            kafka_bootstrap=env.str("TUTTI_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
+            redis_url=env.url("TUTTI_REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            database_url=env.url("TUTTI_DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
+            log_level=env.choice("TUTTI_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=env.choice("TUTTI_LOG_FORMAT", "json", ("json", "text")),
+            traces_exporter=env.choice("OTEL_TRACES_EXPORTER", "none", ("none", "console", "otlp")),
+            shutdown_grace_seconds=env.float("TUTTI_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0.0),
+            addresses=addresses,
+        )

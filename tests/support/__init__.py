@@ -1,0 +1,139 @@
+"""Test support shared by every suite: waiting on conditions, running services in-process on
+ephemeral ports, reading events back from Kafka, random ids. No fakes of servers here."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from runtime.grpc_server import Wiring, serve
+from runtime.settings import CommonSettings
+from tutti.events.v1 import envelope_pb2
+
+T = TypeVar("T")
+
+
+def random_id(prefix: str) -> str:
+    """Ids unique per test so suites never see each other's data on shared servers."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[T]] | Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+@dataclasses.dataclass
+class RunningService:
+    address: str
+    settings: CommonSettings
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def running_service(
+    settings: CommonSettings,
+    build: Callable[[CommonSettings, AsyncExitStack], Awaitable[Wiring]],
+    *,
+    ready_timeout: float = 30.0,
+) -> AsyncIterator[RunningService]:
+    """Run a service's real composition root in this event loop on an ephemeral port, wait
+    until its health check says SERVING, and shut it down gracefully afterwards."""
+    from grpc_health.v1 import health_pb2
+
+    from tools.stack import health
+
+    settings = dataclasses.replace(settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=2.0)
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, build, stop=stop, bound=port.set_result))
+    done, _ = await asyncio.wait({task, port}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # re-raise the start-up failure
+    if port not in done:
+        task.cancel()
+        raise AssertionError("service did not bind in time")
+    address = f"127.0.0.1:{port.result()}"
+    serving = health_pb2.HealthCheckResponse.ServingStatus.Name(health_pb2.HealthCheckResponse.SERVING).lower()
+
+    async def is_serving() -> bool:
+        if task.done():
+            task.result()
+        return await health(address) == serving
+
+    try:
+        await wait_for(is_serving, timeout=ready_timeout, message=f"service at {address} SERVING")
+        yield RunningService(address, settings, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def read_events(
+    bootstrap: str,
+    topic: str,
+    predicate: Callable[[envelope_pb2.EventEnvelope], bool],
+    *,
+    count: int = 1,
+    timeout: float = 15.0,
+    from_beginning_ms: int | None = None,
+) -> list[envelope_pb2.EventEnvelope]:
+    """Read ``topic`` (all partitions, no consumer group) until ``count`` envelopes match.
+
+    Starts at the offsets for ``from_beginning_ms`` (a wall-clock ms timestamp taken before the
+    action under test), or at the beginning of the topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # metadata for a topic not yet seen
+            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        if from_beginning_ms is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            offsets = await consumer.offsets_for_times({tp: from_beginning_ms for tp in partitions})
+            for tp in partitions:
+                found = offsets.get(tp)
+                if found is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, found.offset)
+        matched: list[envelope_pb2.EventEnvelope] = []
+        deadline = time.monotonic() + timeout
+        while len(matched) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"only {len(matched)} of {count} matching events on {topic} within {timeout}s")
+            batches = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for records in batches.values():
+                for record in records:
+                    envelope = envelope_pb2.EventEnvelope.FromString(record.value)
+                    if predicate(envelope):
+                        matched.append(envelope)
+        return matched
+    finally:
+        await consumer.stop()

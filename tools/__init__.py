@@ -1,0 +1,1 @@
+"""Developer tooling: code generation, the local process supervisor, demo data."""
