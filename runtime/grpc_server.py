@@ -52,6 +52,8 @@ class Wiring:
     ready: Callable[[], Awaitable[None]] | None = None
     # Long-running loops (consumers, relays, sweepers); cancelled after the server drains.
     background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    # TLS for the listening port (the gateway, by configuration); None listens in plaintext.
+    server_credentials: grpc.ServerCredentials | None = None
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -189,7 +191,10 @@ async def serve(
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )
-        port = server.add_insecure_port(settings.listen_address)
+        if wiring.server_credentials is not None:
+            port = server.add_secure_port(settings.listen_address, wiring.server_credentials)
+        else:
+            port = server.add_insecure_port(settings.listen_address)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen_address}")
         await server.start()
