@@ -58,6 +58,7 @@ async def running_service(
     build: Callable[[CommonSettings, AsyncExitStack], Awaitable[Wiring]],
     *,
     ready_timeout: float = 30.0,
+    shutdown_grace_seconds: float = 2.0,
 ) -> AsyncIterator[RunningService]:
     """Run a service's real composition root in this event loop on an ephemeral port, wait
     until its health check says SERVING, and shut it down gracefully afterwards."""
@@ -65,7 +66,7 @@ async def running_service(
 
     from tools.stack import health
 
-    settings = dataclasses.replace(settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=2.0)
+    settings = dataclasses.replace(settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=shutdown_grace_seconds)
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(settings, build, stop=stop, bound=port.set_result))
@@ -115,13 +116,13 @@ async def read_events(
         if from_beginning_ms is None:
             await consumer.seek_to_beginning(*partitions)
         else:
+            # End offsets first: anything published after this snapshot is at or beyond them,
+            # so a partition with nothing newer than the timestamp still misses nothing.
+            ends = await consumer.end_offsets(partitions)
             offsets = await consumer.offsets_for_times({tp: from_beginning_ms for tp in partitions})
             for tp in partitions:
                 found = offsets.get(tp)
-                if found is None:
-                    await consumer.seek_to_end(tp)
-                else:
-                    consumer.seek(tp, found.offset)
+                consumer.seek(tp, ends[tp] if found is None else found.offset)
         matched: list[envelope_pb2.EventEnvelope] = []
         deadline = time.monotonic() + timeout
         while len(matched) < count:

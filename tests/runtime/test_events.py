@@ -1,0 +1,162 @@
+"""Kafka and PostgreSQL plumbing on the real servers: envelopes, consumers that commit only after
+handling, the transactional outbox and the inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+from google.protobuf import struct_pb2
+
+from runtime.kafka import ORDER_EVENTS, EventConsumer, EventPublisher, create_producer, ensure_topics, unpack
+from runtime.kafka import build_envelope
+from runtime.postgres import OutboxRelay, apply_migrations, claim_event, create_pool, enqueue_event
+from runtime.settings import CommonSettings
+from tests.support import random_id, read_events, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _payload(**fields: object) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(fields)
+    return message
+
+
+async def test_ensure_topics_is_idempotent(settings: CommonSettings) -> None:
+    await ensure_topics(settings.kafka_bootstrap)
+    assert await ensure_topics(settings.kafka_bootstrap) == []
+
+
+async def test_published_envelopes_carry_metadata_and_payload(settings: CommonSettings) -> None:
+    order_id = random_id("O")
+    producer = create_producer(settings.kafka_bootstrap, "test")
+    await producer.start()
+    try:
+        sent = await EventPublisher(producer, "test").publish(ORDER_EVENTS, _payload(order_id=order_id), key=order_id)
+    finally:
+        await producer.stop()
+    (received,) = await read_events(settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.key == order_id)
+    assert received.event_id == sent.event_id
+    assert received.type == "google.protobuf.Struct"
+    assert received.source == "test"
+    assert received.occurred_at.seconds > 0
+    assert unpack(received, struct_pb2.Struct)["order_id"] == order_id
+
+
+async def test_consumer_commits_only_after_handling(settings: CommonSettings) -> None:
+    """A handler that fails leaves the offset uncommitted: a new consumer in the same group gets
+    the event again. Once handled, a restarted consumer does not see it again."""
+    group = random_id("group")
+    order_id = random_id("O")
+    producer = create_producer(settings.kafka_bootstrap, "test")
+    await producer.start()
+    try:
+        await EventPublisher(producer, "test").publish(ORDER_EVENTS, _payload(order_id=order_id), key=order_id)
+    finally:
+        await producer.stop()
+
+    seen: list[str] = []
+
+    async def failing(envelope, record) -> None:
+        if envelope.key == order_id:
+            seen.append("failing")
+            raise RuntimeError("handler crashed")
+
+    async def run_until_seen(handler, marker: str) -> None:
+        consumer = EventConsumer(settings.kafka_bootstrap, group, [ORDER_EVENTS.name], handler)
+        task = asyncio.create_task(consumer.run())
+        try:
+            await wait_for(lambda: marker in seen or task.done(), timeout=30, message=f"{marker} handled")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    await run_until_seen(failing, "failing")
+
+    async def working(envelope, record) -> None:
+        if envelope.key == order_id:
+            seen.append("working")
+
+    await run_until_seen(working, "working")
+    assert seen == ["failing", "working"]
+
+    # Handled and committed: a third consumer in the group starts after it.
+    marker = random_id("O")
+    producer = create_producer(settings.kafka_bootstrap, "test")
+    await producer.start()
+    try:
+        await EventPublisher(producer, "test").publish(ORDER_EVENTS, _payload(order_id=marker), key=order_id)
+    finally:
+        await producer.stop()
+    keys: list[str] = []
+
+    async def recording(envelope, record) -> None:
+        payload = unpack(envelope, struct_pb2.Struct)
+        if envelope.key == order_id:
+            keys.append(payload["order_id"])
+            if payload["order_id"] == marker:
+                seen.append("marker")
+
+    await run_until_seen(recording, "marker")
+    assert keys == [marker]
+
+
+@pytest.fixture
+async def schema(settings: CommonSettings):
+    name = random_id("t").replace("-", "_")
+    await apply_migrations(settings.database_url, name, [])
+    yield name
+    conn = await asyncpg.connect(settings.database_url)
+    await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    await conn.close()
+
+
+async def test_migrations_apply_once(settings: CommonSettings, schema: str) -> None:
+    assert await apply_migrations(settings.database_url, schema, []) == []
+
+
+async def test_outbox_relays_committed_events_only(settings: CommonSettings, schema: str) -> None:
+    pool = await create_pool(settings.database_url, schema)
+    producer = create_producer(settings.kafka_bootstrap, "test")
+    await producer.start()
+    started_ms = int(time.time() * 1000) - 1000
+    try:
+        committed = build_envelope(_payload(order_id="kept"), source="test", key=random_id("O"))
+        rolled_back = build_envelope(_payload(order_id="lost"), source="test", key=committed.key)
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await enqueue_event(conn, ORDER_EVENTS, committed)
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await enqueue_event(conn, ORDER_EVENTS, rolled_back)
+                    raise RuntimeError("business rule failed after the write")
+        relay = OutboxRelay(pool, producer, schema)
+        task = asyncio.create_task(relay.run())
+        try:
+            events = await read_events(
+                settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.key == committed.key,
+                from_beginning_ms=started_ms,
+            )
+            assert [e.event_id for e in events] == [committed.event_id]
+            await wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="outbox drained")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def test_inbox_claims_an_event_once(settings: CommonSettings, schema: str) -> None:
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        event_id = "6f1c1d0e-2f0a-4b8e-9a55-0d6b0c9f9b11"
+        async with pool.acquire() as conn:
+            assert await claim_event(conn, "tracking", event_id) is True
+            assert await claim_event(conn, "tracking", event_id) is False
+            assert await claim_event(conn, "returns", event_id) is True
+    finally:
+        await pool.close()

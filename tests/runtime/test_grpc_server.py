@@ -1,0 +1,176 @@
+"""The shared server bootstrap, exercised through a real grpc.aio server and client."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+import grpc
+import pytest
+import redis.exceptions
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from runtime import errors
+from runtime.grpc_server import Wiring
+from runtime.settings import CommonSettings
+from tests.support import running_service, wait_for
+
+SERVICE = "tutti.test.v1.Probe"
+
+
+entered = asyncio.Event()
+
+
+def _probe_handler(behaviours: dict[str, object], release: asyncio.Event) -> grpc.GenericRpcHandler:
+    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise behaviours[request.decode()]  # type: ignore[misc]
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        entered.set()
+        await release.wait()
+        return b"done"
+
+    async def stream_fail(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        raise behaviours[request.decode()]  # type: ignore[misc]
+
+    identity = lambda b: b  # noqa: E731 - raw bytes in, raw bytes out
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Fail": grpc.unary_unary_rpc_method_handler(fail, identity, identity),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow, identity, identity),
+            "StreamFail": grpc.unary_stream_rpc_method_handler(stream_fail, identity, identity),
+        },
+    )
+
+
+def _build(behaviours: dict[str, object], release: asyncio.Event, ready: list[bool]):
+    async def build(settings: CommonSettings, stack: AsyncExitStack) -> Wiring:
+        async def is_ready() -> None:
+            if not ready[0]:
+                raise ConnectionError("dependency down")
+
+        return Wiring(
+            register=lambda server: server.add_generic_rpc_handlers((_probe_handler(behaviours, release),)),
+            service_names=[SERVICE],
+            ready=is_ready,
+        )
+
+    return build
+
+
+BEHAVIOURS: dict[str, object] = {
+    "invalid": errors.InvalidArgument("sku", "must not be empty"),
+    "missing": errors.NotFound("order O-1 not found"),
+    "short": errors.FailedPrecondition("not enough stock for SKU-1@S1"),
+    "busy": errors.ResourceExhausted("rate limit", retry_after_seconds=0.5),
+    "redis": redis.exceptions.ConnectionError("connection refused"),
+    "bug": ZeroDivisionError("division by zero in a secret place"),
+}
+
+
+@pytest.fixture
+async def probe(settings: CommonSettings):
+    release = asyncio.Event()
+    ready = [True]
+    async with running_service(settings, _build(BEHAVIOURS, release, ready)) as svc:
+        async with grpc.aio.insecure_channel(svc.address) as channel:
+            yield svc, channel, release, ready
+
+
+async def _call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=5)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT, "sku: must not be empty"),
+        ("missing", grpc.StatusCode.NOT_FOUND, "order O-1 not found"),
+        ("short", grpc.StatusCode.FAILED_PRECONDITION, "not enough stock for SKU-1@S1"),
+        ("busy", grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit"),
+        ("redis", grpc.StatusCode.UNAVAILABLE, "a dependency is temporarily unavailable; retry with backoff"),
+        ("bug", grpc.StatusCode.INTERNAL, "internal error; it has been logged"),
+    ],
+)
+async def test_errors_map_to_precise_status_codes(probe, case: str, code: grpc.StatusCode, message: str) -> None:
+    _, channel, _, _ = probe
+    error = await _call(channel, "Fail", case.encode())
+    assert error.code() == code
+    assert error.details() == message
+    assert "Traceback" not in (error.debug_error_string() or "")
+
+
+async def test_validation_errors_carry_bad_request_details(probe) -> None:
+    _, channel, _, _ = probe
+    error = await _call(channel, "Fail", b"invalid")
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert bad_request.field_violations[0].field == "sku"
+
+
+async def test_errors_in_server_streams_are_mapped_too(probe) -> None:
+    _, channel, _, _ = probe
+    call = channel.unary_stream(f"/{SERVICE}/StreamFail")(b"missing", timeout=5)
+    assert await call.read() == b"first"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_follows_dependencies(probe) -> None:
+    _, channel, _, ready = probe
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def status(service: str = "") -> int:
+        return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)).status
+
+    assert await status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    ready[0] = False
+    await wait_for(lambda: _is(status(), health_pb2.HealthCheckResponse.NOT_SERVING), timeout=15,
+                   message="NOT_SERVING once the dependency is down")
+
+
+async def _is(value, expected) -> bool:
+    return await value == expected
+
+
+async def test_reflection_lists_the_services(probe) -> None:
+    _, channel, _, _ = probe
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = set()
+    async for response in responses:
+        names |= {s.name for s in response.list_services_response.service}
+        break
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_shutdown_drains_in_flight_calls_and_reports_not_serving(settings: CommonSettings) -> None:
+    release = asyncio.Event()
+    async with running_service(settings, _build(BEHAVIOURS, release, [True]), shutdown_grace_seconds=20) as svc:
+        channel = grpc.aio.insecure_channel(svc.address)
+        in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Slow")(b"", timeout=10))
+        await wait_for(entered.is_set, timeout=5, message="call reached the handler")
+        svc.stop.set()
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def not_serving() -> bool:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return True
+            return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await wait_for(not_serving, timeout=5, message="NOT_SERVING during shutdown")
+        release.set()
+        assert await in_flight == b"done"
+        await channel.close()

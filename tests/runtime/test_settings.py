@@ -1,0 +1,60 @@
+import pytest
+
+from runtime.settings import CommonSettings, SettingsError
+
+
+def test_defaults_point_at_the_local_infrastructure() -> None:
+    settings = CommonSettings.from_env("inventory", environ={})
+    assert settings.kafka_bootstrap == "127.0.0.1:19092"
+    assert settings.redis_url == "redis://127.0.0.1:16379/0"
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.listen_address == "127.0.0.1:50052"
+    assert settings.addresses["gateway"] == "127.0.0.1:50051"
+
+
+def test_external_servers_come_from_the_environment() -> None:
+    settings = CommonSettings.from_env(
+        "orchestrator",
+        environ={
+            "TUTTI_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
+            "TUTTI_REDIS_URL": "rediss://cache:6380/2",
+            "TUTTI_DATABASE_URL": "postgresql://u:p@db:5432/oms",
+            "TUTTI_ORCHESTRATOR_ADDR": "0.0.0.0:7000",
+        },
+    )
+    assert settings.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert settings.redis_url == "rediss://cache:6380/2"
+    assert settings.listen_address == "0.0.0.0:7000"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("TUTTI_REDIS_URL", "http://x", "TUTTI_REDIS_URL must be a redis"),
+        ("TUTTI_DATABASE_URL", "mysql://x/y", "TUTTI_DATABASE_URL must be a postgresql"),
+        ("TUTTI_GATEWAY_ADDR", "nonsense", "TUTTI_GATEWAY_ADDR must be host:port"),
+        ("TUTTI_INVENTORY_ADDR", "127.0.0.1:99999", "TUTTI_INVENTORY_ADDR must be host:port"),
+        ("TUTTI_LOG_LEVEL", "loud", "TUTTI_LOG_LEVEL must be one of"),
+        ("TUTTI_SHUTDOWN_GRACE_SECONDS", "-1", "TUTTI_SHUTDOWN_GRACE_SECONDS must be >= 0"),
+        ("TUTTI_SHUTDOWN_GRACE_SECONDS", "soon", "TUTTI_SHUTDOWN_GRACE_SECONDS must be a number"),
+    ],
+)
+def test_a_bad_setting_fails_naming_the_variable(variable: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        CommonSettings.from_env("inventory", environ={variable: value})
+
+
+def test_a_service_with_a_bad_setting_exits_with_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from runtime.app import run; run('inventory', None)"],
+        env={"TUTTI_REDIS_URL": "nope", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["tutti-inventory: invalid setting: TUTTI_REDIS_URL must be a redis/rediss/unix URL, got 'nope'"]
