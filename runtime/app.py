@@ -23,7 +23,9 @@ def run(service: str, build: Callable[[CommonSettings, AsyncExitStack], Awaitabl
     configure_logging(service, settings.log_level, settings.log_format)
     configure_tracing(service, settings.traces_exporter)
     try:
-        asyncio.run(serve(settings, build), loop_factory=_loop_factory())
+        # asyncio.run() only takes loop_factory from 3.12; Runner has it on 3.11.
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings, build))
     except SettingsError as exc:
         # Service-specific settings are read while wiring; same one-line failure.
         print(f"tutti-{service}: invalid setting: {exc}", file=sys.stderr)
