@@ -9,6 +9,9 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 PROTOS  := $(shell find proto -name '*.proto')
+# Connection settings of the servers infra/infra.sh manages (or the external ones the user set),
+# so every Python step talks to the same Kafka, Redis and PostgreSQL.
+WITH_INFRA := eval "$$(infra/infra.sh env)" &&
 SCENARIO ?= black_friday
 USERS    ?= 50
 DURATION ?= 60s
@@ -41,7 +44,7 @@ proto: gen/.stamp ## Regenerate Python code and typed stubs from proto/
 .PHONY: infra-up
 infra-up: install ## Start Kafka (KRaft), Redis and PostgreSQL on loopback, create topics, apply migrations
 	infra/infra.sh up
-	$(PY) -m tools.prepare
+	$(WITH_INFRA) $(PY) -m tools.prepare
 
 .PHONY: infra-down
 infra-down: ## Stop the infrastructure started by infra-up (data kept under .tutti/)
@@ -55,11 +58,11 @@ infra-status: ## Show which infrastructure servers run
 
 .PHONY: run
 run: infra-up ## Install, start infrastructure and every service with demo data in the foreground (Ctrl-C stops)
-	$(PY) -m tools.stack run
+	$(WITH_INFRA) $(PY) -m tools.stack run
 
 .PHONY: up
 up: infra-up ## Same as run, in the background
-	$(PY) -m tools.stack up
+	$(WITH_INFRA) $(PY) -m tools.stack up
 
 .PHONY: down
 down: ## Stop the services and the infrastructure; leaves no process behind
@@ -69,13 +72,13 @@ down: ## Stop the services and the infrastructure; leaves no process behind
 .PHONY: status
 status: ## Show infrastructure and services, with their health
 	infra/infra.sh status
-	$(PY) -m tools.stack status
+	$(WITH_INFRA) $(PY) -m tools.stack status
 
 # --- quality -------------------------------------------------------------------------------
 
 .PHONY: test
-test: infra-up ## Run the whole suite (unit, integration on real servers, end-to-end)
-	$(PY) -m pytest -q -p no:cacheprovider
+test: infra-up ## Run the whole suite (unit, integration on real servers, end-to-end); starts the infrastructure
+	$(WITH_INFRA) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install ## Run the fast unit tests only (no servers)

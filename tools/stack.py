@@ -122,7 +122,8 @@ def stop_all(timeout: float = 20.0) -> None:
 def load_demo(settings: CommonSettings) -> None:
     from tools import demo
 
-    demo.main(["load", "--gateway", settings.addresses["gateway"]])
+    if demo.main(["load", "--inventory", settings.addresses["inventory"]]) != 0:
+        raise RuntimeError("the demo retailer could not be loaded")
 
 
 def banner(settings: CommonSettings) -> None:
