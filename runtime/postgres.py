@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from runtime import telemetry
+from runtime import errors, telemetry
 from runtime.kafka import Topic
 from tutti.events.v1 import envelope_pb2
 
@@ -124,8 +124,19 @@ class OutboxRelay:
         async with self._pool.acquire() as listener:
             await listener.add_listener("tutti_outbox", self._on_notify)
             try:
+                backoff = 0.1
                 while True:
-                    moved = await self.relay_once()
+                    try:
+                        moved = await self.relay_once()
+                        backoff = 0.1
+                    except Exception as exc:
+                        if not errors.is_retriable(exc):
+                            raise
+                        # Kafka or PostgreSQL away: rows stay in the outbox until they are back.
+                        log.warning("outbox relay waiting for its dependencies: %r", exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
                     if moved < self._batch:
                         self._wake.clear()
                         with contextlib.suppress(asyncio.TimeoutError):
