@@ -74,6 +74,21 @@ status: ## Show infrastructure and services, with their health
 	infra/infra.sh status
 	$(WITH_INFRA) $(PY) -m tools.stack status
 
+# --- performance ---------------------------------------------------------------------------
+
+GHZ := .tutti/bin/ghz
+
+$(GHZ):
+	GOBIN=$(CURDIR)/.tutti/bin go install github.com/bojand/ghz/cmd/ghz@latest
+
+.PHONY: bench
+bench: infra-up $(GHZ) ## Measure Tutti against bare grpc.aio/Redis baselines (~5 min); writes docs/benchmarks.md
+	$(WITH_INFRA) $(PY) -m bench $(BENCH_ARGS)
+
+.PHONY: loadtest
+loadtest: install ## Locust, headless, against the running stack: SCENARIO=black_friday|flash_sale|pos_rush USERS= DURATION=
+	$(WITH_INFRA) $(PY) -m loadtests --scenario $(SCENARIO) --users $(USERS) --duration $(DURATION) $(LOADTEST_ARGS)
+
 # --- quality -------------------------------------------------------------------------------
 
 .PHONY: test
