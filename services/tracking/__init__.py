@@ -1,0 +1,1 @@
+"""Tracking: the timestamped trail of every order and live KPIs, built from every event stream."""

@@ -1,0 +1,313 @@
+"""Generic reading of any Tutti event: which order, customer, channel, locations, return it is
+about, what step it records, and the few KPI facts it may carry (promised time, cost).
+
+Tracking knows no producer's schema. It relies on the team's event conventions: order-related
+payloads carry ``order_id``; OrderPlaced carries ``customer_id`` and ``channel``; events about a
+location carry ``location_id`` or ``location_ids``; return events carry ``order_id`` and
+``return_id``. Payloads arrive here already turned into plain dicts (protobuf field names).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# --- step names -----------------------------------------------------------------------------
+
+# The aggregate noun leading most event names: OrderPlaced → placed.
+_LEADING_NOUNS = ("order",)
+
+# Synonyms folded onto the step vocabulary documented in the API, so dashboards and searches by
+# status do not depend on how each producer phrased its event names.
+_ALIASES: Mapping[str, str] = {
+    "created": "placed",
+    "submitted": "placed",
+    "ready_for_collection": "ready",
+    "ready_for_pickup": "ready",
+    "ready_to_collect": "ready",
+    "stock_reserved": "reserved",
+    "stock_reservation_made": "reserved",
+    "reservation_made": "reserved",
+    "lines_reserved": "reserved",
+    "sourcing_decided": "sourced",
+    "sourcing_decision_made": "sourced",
+    "lines_sourced": "sourced",
+    "allocated": "sourced",
+    "canceled": "cancelled",
+    "collected_by_customer": "collected",
+    "picked_up": "collected",
+    "picking_completed": "picked",
+    "refund_issued": "refunded",
+    "return_refunded": "refunded",
+    "refund_completed": "refunded",
+    "return_completed": "returned",
+    "return_received": "returned",
+    "goods_returned": "returned",
+}
+
+# Steps that close preparation: the goods are ready for the customer or on their way.
+PREPARED_STEPS = frozenset({"ready", "shipped"})
+CANCELLED_STEPS = frozenset({"cancelled"})
+PLACED_STEPS = frozenset({"placed"})
+# Words that, anywhere in a step, mean the order could not be served: a stock-out, a store or
+# supplier refusing, sourcing finding no location.
+_REFUSAL_WORDS = (
+    "refused",
+    "rejected",
+    "unsourceable",
+    "unfulfillable",
+    "sourcing_failed",
+    "stock_out",
+    "out_of_stock",
+    "declined",
+    "unfulfilled",
+)
+
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z]|[0-9]|$)|[A-Z]?[a-z]+|[0-9]+")
+
+
+def short_type_name(event_type: str) -> str:
+    """``type.tutti.dev/tutti.orchestrator.v1.OrderPlaced`` or ``tutti.orchestrator.v1.OrderPlaced``
+    → ``OrderPlaced``."""
+    return event_type.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+
+
+def step_name(event_type: str) -> str:
+    """The short step an event type records: OrderPlaced → placed, OrderReadyForCollection → ready,
+    StockReserved → reserved, ReturnRequested → return_requested, Whatever → whatever."""
+    words = [w.lower() for w in _CAMEL.findall(short_type_name(event_type))]
+    if len(words) > 1 and words[0] in _LEADING_NOUNS:
+        words = words[1:]
+    snake = "_".join(words) or "unknown"
+    return _ALIASES.get(snake, snake)
+
+
+def is_refusal(step: str) -> bool:
+    return any(word in step for word in _REFUSAL_WORDS)
+
+
+def is_return(step: str) -> bool:
+    return step == "returned" or step.startswith("return_")
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def is_valid_id(value: str) -> bool:
+    """Ids tracking accepts from callers: 1 to 128 characters of letters, digits and ._:@-"""
+    return bool(_ID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An envelope as the consumer received it, payload already decoded to a dict (or None when
+    its type is unknown to this process)."""
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    source: str
+    key: str
+    sequence: int
+    topic: str
+    payload: Mapping[str, Any] | None
+    # True when the topic is keyed by order id, so the key may stand in for a missing order_id.
+    keyed_by_order: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    currency: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedEvent:
+    """One event, reduced to what a timeline and the KPIs need."""
+
+    event_id: str
+    order_id: str
+    type: str
+    step: str
+    occurred_at: datetime
+    source: str
+    sequence: int
+    details: Mapping[str, Any]
+    customer_id: str | None = None
+    channel: str | None = None
+    location_ids: tuple[str, ...] = ()
+    return_id: str | None = None
+    explanation: str = ""
+    promised_at: datetime | None = None
+    cost: Cost | None = None
+    decoded: bool = True
+    topic: str = ""
+
+    @property
+    def order_key(self) -> tuple[datetime, int, str]:
+        """Timeline order: occurred_at, then the producer's sequence, then the id as a tie-break."""
+        return (self.occurred_at, self.sequence, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Why an event gets no timeline entry."""
+
+    reason: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def extract(raw: RawEvent) -> TrackedEvent | Skipped:
+    """Reduce any event to a TrackedEvent, or say why it is not about an order."""
+    if not _is_uuid(raw.event_id):
+        return Skipped("event_id is not a UUID", {"event_id": raw.event_id[:64], "type": raw.type})
+    payload = raw.payload or {}
+    order_id = _first_str(payload, "order_id")
+    if not order_id and raw.keyed_by_order:
+        order_id = raw.key
+    if not order_id:
+        return Skipped("no order id", {"type": raw.type, "topic": raw.topic})
+    event_type = raw.type or "unknown"
+    channel = _first_value(payload, "channel")
+    return TrackedEvent(
+        event_id=raw.event_id,
+        order_id=order_id,
+        type=event_type,
+        step=step_name(event_type),
+        occurred_at=raw.occurred_at,
+        source=raw.source,
+        sequence=raw.sequence,
+        details=dict(payload),
+        customer_id=_first_str(payload, "customer_id") or None,
+        channel=normalise_channel(channel),
+        location_ids=tuple(sorted(set(_location_ids(payload)))),
+        return_id=_first_str(payload, "return_id") or None,
+        explanation=_explanation(payload),
+        promised_at=_promised_at(payload),
+        cost=_cost(payload),
+        decoded=raw.payload is not None,
+        topic=raw.topic,
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_channel(value: object) -> str | None:
+    """``"CHANNEL_WEB"``, ``"web"``, ``"channel_web"`` → ``"CHANNEL_WEB"``; a nested message
+    with a ``channel`` or ``name`` field is read through."""
+    if isinstance(value, Mapping):
+        value = value.get("channel") or value.get("name") or value.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip().upper().replace("-", "_").replace(" ", "_")
+    if not text or text in {"0", "CHANNEL_UNSPECIFIED"}:
+        return None
+    return text if text.startswith("CHANNEL_") else f"CHANNEL_{text}"
+
+
+def _walk(value: object, depth: int = 0) -> Iterator[tuple[str, object]]:
+    """Every (key, value) pair of nested dicts/lists, breadth-first-ish: the top level first."""
+    if depth > 8:
+        return
+    if isinstance(value, Mapping):
+        yield from value.items()
+        for child in value.values():
+            if isinstance(child, Mapping | list):
+                yield from _walk(child, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            if isinstance(child, Mapping | list):
+                yield from _walk(child, depth + 1)
+
+
+def _first_value(payload: Mapping[str, Any], key: str) -> object:
+    for k, v in _walk(payload):
+        if k == key and v not in (None, "", [], {}):
+            return v
+    return None
+
+
+def _first_str(payload: Mapping[str, Any], key: str) -> str:
+    value = _first_value(payload, key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _location_ids(payload: Mapping[str, Any]) -> Iterator[str]:
+    for k, v in _walk(payload):
+        if k.endswith("location_id") and isinstance(v, str) and v:
+            yield v
+        elif k.endswith("location_ids") and isinstance(v, list):
+            yield from (x for x in v if isinstance(x, str) and x)
+
+
+_EXPLANATION_KEYS = ("explanation", "reason", "reason_text", "refusal_reason", "cancellation_reason", "note")
+
+
+def _explanation(payload: Mapping[str, Any]) -> str:
+    for key in _EXPLANATION_KEYS:
+        value = _first_value(payload, key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return "; ".join(value)
+        if isinstance(value, Mapping):
+            text = value.get("summary") or value.get("text") or value.get("message")
+            if isinstance(text, str):
+                return text
+    return ""
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """RFC 3339 text as protobuf's JSON mapping writes Timestamps → aware datetime."""
+    if not isinstance(value, str) or len(value) < 19:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    # Python 3.11 accepts up to 6 fractional digits; protobuf may write 9.
+    match = re.match(r"^(.*\.\d{6})\d+(.*)$", text)
+    if match:
+        text = match.group(1) + match.group(2)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _promised_at(payload: Mapping[str, Any]) -> datetime | None:
+    """The time promised to the customer: a timestamp under a key naming a promise
+    (promised_at, promised_ready_at, promise.ready_by…); the earliest when several."""
+    found: list[datetime] = []
+    for k, v in _walk(payload):
+        if "promise" not in k:
+            continue
+        if isinstance(v, Mapping):
+            found.extend(t for t in (parse_timestamp(x) for x in v.values()) if t)
+        elif (t := parse_timestamp(v)) is not None:
+            found.append(t)
+    return min(found) if found else None
+
+
+def _cost(payload: Mapping[str, Any]) -> Cost | None:
+    """A Money-shaped value ({currency, amount_minor}) under a key naming a cost."""
+    for k, v in _walk(payload):
+        if "cost" in k and isinstance(v, Mapping) and "currency" in v:
+            try:
+                amount = int(v.get("amount_minor", 0))
+            except (TypeError, ValueError):
+                continue
+            currency = str(v["currency"]).upper()
+            if currency:
+                return Cost(currency, amount)
+    return None

@@ -1,0 +1,314 @@
+"""Pure unit tests of tracking's generic event reading, step naming, order facts and KPI arithmetic."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from runtime.errors import InvalidArgument
+from services.tracking.domain import queries
+from services.tracking.domain.events import (
+    Cost,
+    RawEvent,
+    Skipped,
+    TrackedEvent,
+    extract,
+    normalise_channel,
+    parse_timestamp,
+    step_name,
+)
+from services.tracking.domain.model import (
+    CANCELLED,
+    LATE,
+    ON_TIME,
+    PLACED,
+    PREPARATION_MS,
+    PREPARED,
+    REFUSED,
+    apply,
+    build_report,
+    contributions,
+    kpi_delta,
+)
+
+T0 = datetime(2026, 11, 27, 9, 15, tzinfo=UTC)
+
+
+def raw(
+    type_: str,
+    payload: dict | None,
+    *,
+    key: str = "",
+    at: datetime = T0,
+    keyed: bool = True,
+    sequence: int = 0,
+) -> RawEvent:
+    return RawEvent(
+        event_id=str(uuid.uuid4()),
+        type=type_,
+        occurred_at=at,
+        source="orchestrator",
+        key=key,
+        sequence=sequence,
+        topic="tutti.orders.events.v1",
+        payload=payload,
+        keyed_by_order=keyed,
+    )
+
+
+def tracked(type_: str, payload: dict, *, at: datetime = T0, sequence: int = 0) -> TrackedEvent:
+    result = extract(raw(type_, {"order_id": "o-1", **payload}, at=at, sequence=sequence))
+    assert isinstance(result, TrackedEvent)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("event_type", "step"),
+    [
+        ("tutti.orchestrator.v1.OrderPlaced", "placed"),
+        ("type.tutti.dev/tutti.orchestrator.v1.OrderSourced", "sourced"),
+        ("tutti.orchestrator.v1.StockReserved", "reserved"),
+        ("tutti.orchestrator.v1.OrderAccepted", "accepted"),
+        ("tutti.orchestrator.v1.OrderPicked", "picked"),
+        ("tutti.orchestrator.v1.OrderShipped", "shipped"),
+        ("tutti.orchestrator.v1.OrderReadyForCollection", "ready"),
+        ("tutti.orchestrator.v1.OrderCollected", "collected"),
+        ("tutti.orchestrator.v1.OrderCancelled", "cancelled"),
+        ("tutti.orchestrator.v1.OrderCanceled", "cancelled"),
+        ("tutti.returns.v1.ReturnRequested", "return_requested"),
+        ("tutti.returns.v1.ReturnReceived", "returned"),
+        ("tutti.returns.v1.RefundIssued", "refunded"),
+        ("tutti.orchestrator.v1.OrderRefusedByStore", "refused_by_store"),
+        ("tutti.orchestrator.v1.OrderUnsourceable", "unsourceable"),
+        ("tutti.orchestrator.v1.SLABreached", "sla_breached"),
+        ("Order", "order"),
+        ("", "unknown"),
+    ],
+)
+def test_step_names_come_from_the_event_type(event_type: str, step: str) -> None:
+    assert step_name(event_type) == step
+
+
+def test_extract_reads_the_conventional_fields_anywhere_in_the_payload() -> None:
+    payload = {
+        "order_id": "o-1",
+        "customer_id": "c-9",
+        "channel": "CHANNEL_WEB",
+        "promise": {"ready_by": "2026-11-27T12:00:00.123456789Z"},
+        "decision": {
+            "explanation": "store S1 is 2 km away and has stock",
+            "lines": [{"sku": "A", "location_id": "S1"}, {"sku": "B", "location_ids": ["DC1", "S1"]}],
+        },
+        "estimated_cost": {"currency": "eur", "amount_minor": "450"},
+    }
+    event = extract(raw("tutti.orchestrator.v1.OrderSourced", payload))
+    assert isinstance(event, TrackedEvent)
+    assert event.order_id == "o-1"
+    assert event.customer_id == "c-9"
+    assert event.channel == "CHANNEL_WEB"
+    assert event.location_ids == ("DC1", "S1")
+    assert event.explanation == "store S1 is 2 km away and has stock"
+    assert event.promised_at == datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
+    assert event.cost == Cost("EUR", 450)
+    assert event.step == "sourced"
+    assert event.details == payload
+
+
+def test_return_events_carry_their_return_id() -> None:
+    event = extract(raw("tutti.returns.v1.ReturnRequested", {"order_id": "o-1", "return_id": "r-1"}))
+    assert isinstance(event, TrackedEvent)
+    assert (event.order_id, event.return_id, event.step) == ("o-1", "r-1", "return_requested")
+
+
+def test_unknown_payload_types_still_get_an_entry_keyed_by_the_order_topic_key() -> None:
+    event = extract(raw("tutti.future.v9.SomethingHappened", None, key="o-7"))
+    assert isinstance(event, TrackedEvent)
+    assert (event.order_id, event.step, event.decoded, event.details) == (
+        "o-7",
+        "something_happened",
+        False,
+        {},
+    )
+
+
+def test_events_about_no_order_are_skipped() -> None:
+    assert isinstance(
+        extract(raw("tutti.inventory.v1.StockMoved", {"sku": "A"}, key="A", keyed=False)), Skipped
+    )
+    bad_id = RawEvent(
+        event_id="not-a-uuid",
+        type="X",
+        occurred_at=T0,
+        source="s",
+        key="o-1",
+        sequence=0,
+        topic="t",
+        payload={},
+        keyed_by_order=True,
+    )
+    assert isinstance(extract(bad_id), Skipped)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("CHANNEL_WEB", "CHANNEL_WEB"),
+        ("web", "CHANNEL_WEB"),
+        ("call-centre", "CHANNEL_CALL_CENTRE"),
+        ({"channel": "CHANNEL_APP"}, "CHANNEL_APP"),
+        ("CHANNEL_UNSPECIFIED", None),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_channels_are_normalised(value: object, expected: str | None) -> None:
+    assert normalise_channel(value) == expected
+
+
+def test_parse_timestamp_accepts_protobuf_json_and_rejects_junk() -> None:
+    assert parse_timestamp("2026-11-27T09:15:00Z") == T0.replace(minute=15)
+    assert parse_timestamp("tomorrow") is None
+    assert parse_timestamp(42) is None
+
+
+def _lifecycle() -> list[TrackedEvent]:
+    return [
+        tracked(
+            "tutti.orchestrator.v1.OrderPlaced",
+            {
+                "customer_id": "c-1",
+                "channel": "CHANNEL_APP",
+                "promised_at": (T0 + timedelta(hours=2)).isoformat(),
+                "delivery_cost": {"currency": "EUR", "amount_minor": 500},
+            },
+            at=T0,
+        ),
+        tracked(
+            "tutti.orchestrator.v1.OrderSourced",
+            {"location_id": "S1", "explanation": "nearest"},
+            at=T0 + timedelta(minutes=1),
+        ),
+        tracked(
+            "tutti.orchestrator.v1.OrderReadyForCollection",
+            {"location_id": "S1"},
+            at=T0 + timedelta(minutes=40),
+        ),
+        tracked("tutti.orchestrator.v1.OrderCollected", {}, at=T0 + timedelta(hours=3)),
+    ]
+
+
+def test_order_facts_do_not_depend_on_arrival_order() -> None:
+    events = _lifecycle()
+    results = set()
+    for permutation in itertools.permutations(events):
+        facts = None
+        for event in permutation:
+            facts = apply(facts, event, T0)
+        results.add(facts)
+    assert len(results) == 1
+    facts = results.pop()
+    assert facts.status == "collected"
+    assert facts.customer_id == "c-1"
+    assert facts.channel == "CHANNEL_APP"
+    assert facts.location_ids == ("S1",)
+    assert facts.entry_count == 4
+    assert facts.placed_at == T0
+    assert facts.prepared_at == T0 + timedelta(minutes=40)
+
+
+def test_kpi_deltas_sum_to_the_final_contributions_whatever_the_order() -> None:
+    events = _lifecycle()
+    for permutation in itertools.permutations(events):
+        sums: dict = {}
+        facts = None
+        for event in permutation:
+            after = apply(facts, event, T0)
+            for key, value in kpi_delta(facts, after).items():
+                sums[key] = sums.get(key, 0) + value
+            facts = after
+        assert {k: v for k, v in sums.items() if v} == contributions(facts)
+    hour = T0.replace(minute=0)
+    final = contributions(facts)
+    assert final[("CHANNEL_APP", hour, PLACED)] == 1
+    assert final[("CHANNEL_APP", hour, PREPARED)] == 1
+    assert final[("CHANNEL_APP", hour, PREPARATION_MS)] == 40 * 60 * 1000
+    assert final[("CHANNEL_APP", hour, ON_TIME)] == 1
+    assert ("CHANNEL_APP", hour, LATE) not in final
+
+
+def test_a_late_refused_and_cancelled_order() -> None:
+    facts = None
+    for event in [
+        tracked(
+            "tutti.orchestrator.v1.OrderPlaced", {"channel": "web", "promised_at": T0.isoformat()}, at=T0
+        ),
+        tracked("tutti.orchestrator.v1.OrderShipped", {}, at=T0 + timedelta(hours=1)),
+        tracked(
+            "tutti.orchestrator.v1.OrderRefusedByStore", {"reason": "no stock"}, at=T0 + timedelta(minutes=5)
+        ),
+        tracked("tutti.orchestrator.v1.OrderCancelled", {}, at=T0 + timedelta(hours=2)),
+    ]:
+        facts = apply(facts, event, T0)
+    final = contributions(facts)
+    assert final[("CHANNEL_WEB", T0.replace(minute=0) + timedelta(hours=1), LATE)] == 1
+    assert final[("CHANNEL_WEB", T0.replace(minute=0), REFUSED)] == 1
+    assert final[("CHANNEL_WEB", T0.replace(minute=0) + timedelta(hours=2), CANCELLED)] == 1
+
+
+def test_report_rates_and_averages() -> None:
+    sums = {
+        ("CHANNEL_WEB", PLACED): 4,
+        ("CHANNEL_WEB", CANCELLED): 1,
+        ("CHANNEL_WEB", PREPARED): 2,
+        ("CHANNEL_WEB", PREPARATION_MS): 60_000,
+        ("CHANNEL_WEB", ON_TIME): 1,
+        ("CHANNEL_WEB", LATE): 1,
+        ("CHANNEL_WEB", "cost_orders:EUR"): 2,
+        ("CHANNEL_WEB", "cost_minor:EUR"): 901,
+        ("CHANNEL_APP", PLACED): 1,
+    }
+    channels, total = build_report(sums)
+    assert [c.channel_name for c in channels] == ["CHANNEL_APP", "CHANNEL_WEB"]
+    web = channels[1]
+    assert web.cancellation_rate == 0.25
+    assert web.on_time_rate == 0.5
+    assert web.average_preparation == timedelta(seconds=30)
+    assert web.average_costs() == {"EUR": 450}
+    assert total.orders_placed == 5
+    assert total.channel_name == "*"
+
+
+def test_empty_report() -> None:
+    channels, total = build_report({})
+    assert channels == []
+    assert total.orders_placed == 0 and total.cancellation_rate == 0.0
+
+
+@pytest.mark.parametrize("bad", ["", " x", "a b", "x" * 129, "é"])
+def test_order_ids_are_validated(bad: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        queries.require_order_id(bad)
+    assert caught.value.violations[0].field == "order_id"
+
+
+def test_page_tokens_round_trip_and_reject_garbage() -> None:
+    after = (T0, "o-1")
+    assert queries.decode_page_token(queries.encode_page_token(after)) == after
+    with pytest.raises(InvalidArgument):
+        queries.decode_page_token("garbage!")
+    with pytest.raises(InvalidArgument):
+        queries.search_query(
+            customer_id="", location_id="", channel=None, status="", page_size=501, page_token=""
+        )
+
+
+def test_kpi_window_rounds_outwards_and_is_bounded() -> None:
+    start, end = queries.kpi_window(T0, T0 + timedelta(minutes=30), now=T0)
+    assert (start, end) == (T0.replace(minute=0), T0.replace(minute=0) + timedelta(hours=1))
+    with pytest.raises(InvalidArgument):
+        queries.kpi_window(T0, T0, now=T0)
+    with pytest.raises(InvalidArgument):
+        queries.kpi_window(T0 - timedelta(days=400), T0, now=T0)
