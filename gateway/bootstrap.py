@@ -1,0 +1,110 @@
+"""Composition root of the gateway: credentials, routes discovered from the generated code,
+one long-lived channel per backend, the generic proxy handler, TLS when configured."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from gateway.credentials import CredentialStore
+from gateway.policy import ORDER_LOOKUP_METHOD, Rule
+from gateway.proxy import Gateway
+from gateway.ratelimit import RateLimiter
+from gateway.routes import build_routes, discover_services
+from gateway.settings import GatewaySettings
+from runtime.grpc_server import Wiring, client_channel
+from runtime.settings import CommonSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+async def build(settings: CommonSettings, stack: AsyncExitStack) -> Wiring:
+    return await build_gateway(settings, stack, GatewaySettings.from_env())
+
+
+def builder(
+    gateway_settings: GatewaySettings,
+    *,
+    services: Mapping[str, list[ServiceDescriptor]] | None = None,
+    policies: dict[str, Rule] | None = None,
+    order_lookup: str = ORDER_LOOKUP_METHOD,
+) -> Callable[[CommonSettings, AsyncExitStack], Awaitable[Wiring]]:
+    """A build function with explicit gateway settings and, for tests, explicit services
+    (backend name → service descriptors) and policy table."""
+    return functools.partial(
+        build_gateway,
+        gateway_settings=gateway_settings,
+        services=services,
+        policies=policies,
+        order_lookup=order_lookup,
+    )
+
+
+async def build_gateway(
+    settings: CommonSettings,
+    stack: AsyncExitStack,
+    gateway_settings: GatewaySettings,
+    services: Mapping[str, list[ServiceDescriptor]] | None = None,
+    policies: dict[str, Rule] | None = None,
+    order_lookup: str = ORDER_LOOKUP_METHOD,
+) -> Wiring:
+    credentials = CredentialStore.load(gateway_settings.credentials_path)
+    if gateway_settings.using_demo_credentials:
+        log.warning(
+            "using the demo credentials shipped with Tutti; set TUTTI_GATEWAY_CREDENTIALS in production"
+        )
+    if services is None:
+        services = discover_services(gateway_settings.backends)
+    routes = build_routes(dict(services), policies)
+    channels: dict[str, grpc.aio.Channel] = {}
+    for backend, descriptors in services.items():
+        if descriptors:
+            channel = client_channel(settings.addresses[backend])
+            stack.push_async_callback(channel.close)
+            channels[backend] = channel
+    gateway = Gateway(
+        routes, credentials, RateLimiter(), channels, gateway_settings.default_timeout_seconds, order_lookup
+    )
+    names = [service.full_name for descriptors in services.values() for service in descriptors]
+    log.info(
+        "gateway routes",
+        extra={
+            "services": names,
+            "methods": len(routes),
+            "principals": len(credentials),
+            "tls": gateway_settings.tls_cert is not None,
+        },
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers([gateway.handler()])
+
+    return Wiring(
+        register=register,
+        service_names=names,
+        ready=gateway.ready,
+        server_credentials=_tls(gateway_settings),
+    )
+
+
+def _tls(gateway_settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    if gateway_settings.tls_cert is None or gateway_settings.tls_key is None:
+        return None
+    try:
+        cert = gateway_settings.tls_cert.read_bytes()
+    except OSError as exc:
+        raise SettingsError(
+            f"TUTTI_GATEWAY_TLS_CERT: cannot read {gateway_settings.tls_cert}: {exc.strerror}"
+        ) from None
+    try:
+        key = gateway_settings.tls_key.read_bytes()
+    except OSError as exc:
+        raise SettingsError(
+            f"TUTTI_GATEWAY_TLS_KEY: cannot read {gateway_settings.tls_key}: {exc.strerror}"
+        ) from None
+    return grpc.ssl_server_credentials([(key, cert)])

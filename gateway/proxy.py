@@ -1,0 +1,376 @@
+"""The pass-through proxy: one generic gRPC handler for every public method.
+
+For each call: authenticate the API key, take a token from the caller's bucket, check the
+method's policy, validate and scope the request when the policy needs it (only then is the
+request decoded), then forward the raw bytes to the backend over its one long-lived channel
+with the caller's remaining deadline and metadata. Backend statuses (with their rich details)
+come back unchanged; cancellation travels both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from gateway import scope
+from gateway.credentials import CredentialStore, Kind, Principal
+from gateway.policy import ORDER_LOOKUP_METHOD, Owner
+from gateway.ratelimit import RateLimiter
+from gateway.routes import Route
+from runtime import errors
+
+log = logging.getLogger(__name__)
+
+# Caller metadata the gateway does not pass on: the credential itself, transport headers, the
+# trace context (the tracing client interceptor re-injects it with the gateway's span as parent)
+# and anything claiming to be the gateway's own caller identity.
+_DROPPED = frozenset(
+    {"authorization", "user-agent", "content-type", "te", "host", "traceparent", "tracestate"}
+)
+CALLER_PREFIX = "tutti-caller-"
+# Above this, grpc reports "no deadline" as a huge remaining time.
+_NO_DEADLINE = 10**6
+
+# How grpc words a transport failure (as opposed to a status a backend chose).
+_TRANSPORT_FAILURES = (
+    "failed to connect",
+    "Connection refused",
+    "connections to all backends",
+    "Socket closed",
+)
+
+SCOPED_KINDS = (Kind.CHANNEL, Kind.STORE, Kind.TERMINAL)
+
+
+class _Violation:
+    """Carries a refusal raised while checking a client stream back to the handler."""
+
+    def __init__(self) -> None:
+        self.error: errors.TuttiError | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        credentials: CredentialStore,
+        limiter: RateLimiter,
+        channels: Mapping[str, grpc.aio.Channel],
+        default_timeout_seconds: float,
+        order_lookup: str = ORDER_LOOKUP_METHOD,
+    ) -> None:
+        self._order_lookup = f"/{order_lookup}"
+        self._routes = dict(routes)
+        self._credentials = credentials
+        self._limiter = limiter
+        self._channels = dict(channels)
+        self._default_timeout = default_timeout_seconds
+        self._callables: dict[str, Any] = {}
+        for route in self._routes.values():
+            channel = self._channels[route.backend]
+            shape = (
+                channel.stream_stream
+                if route.client_streaming and route.server_streaming
+                else channel.stream_unary
+                if route.client_streaming
+                else channel.unary_stream
+                if route.server_streaming
+                else channel.unary_unary
+            )
+            # No serializers: bytes in, bytes out, nothing re-encoded on the hot path.
+            self._callables[route.path] = shape(route.path)
+
+    # --- registration ------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for path, route in self._routes.items():
+            if route.client_streaming and route.server_streaming:
+                handlers[path] = grpc.stream_stream_rpc_method_handler(
+                    functools.partial(self._stream_stream, route)
+                )
+            elif route.client_streaming:
+                handlers[path] = grpc.stream_unary_rpc_method_handler(
+                    functools.partial(self._stream_unary, route)
+                )
+            elif route.server_streaming:
+                handlers[path] = grpc.unary_stream_rpc_method_handler(
+                    functools.partial(self._unary_stream, route)
+                )
+            else:
+                handlers[path] = grpc.unary_unary_rpc_method_handler(
+                    functools.partial(self._unary_unary, route)
+                )
+        return _GenericHandler(handlers)
+
+    async def ready(self) -> None:
+        """Each backend the gateway routes to answers its health check with SERVING."""
+
+        async def check(name: str, channel: grpc.aio.Channel) -> None:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise errors.Unavailable(f"{name} does not answer: {exc.code().name}") from None
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                raise errors.Unavailable(
+                    f"{name} is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+                )
+
+        await asyncio.gather(*(check(name, channel) for name, channel in self._channels.items()))
+
+    # --- the four call shapes ----------------------------------------------------------------
+
+    async def _unary_unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        principal = await self._admit(route, context)
+        request, decoded = self._prepare(route, principal, request)
+        timeout = self._timeout(route, context)
+        metadata = self._metadata(context, principal)
+        if route.rule.owner is Owner.ORDER and principal.kind in SCOPED_KINDS:
+            await self._check_order_owner(route, decoded, principal, timeout, metadata, context)
+        call = self._callables[route.path](request, timeout=timeout, metadata=metadata)
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            await self._relay(context, exc, route)
+            raise
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if (
+            route.rule.owner is Owner.RESPONSE
+            and principal.kind in SCOPED_KINDS
+            and not scope.visible_to(route.response_type.FromString(response), principal)
+        ):
+            raise errors.NotFound(_not_found_message(decoded))
+        return response
+
+    async def _unary_stream(
+        self, route: Route, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        principal = await self._admit(route, context)
+        request, decoded = self._prepare(route, principal, request)
+        timeout = self._timeout(route, context)
+        metadata = self._metadata(context, principal)
+        if route.rule.owner is not Owner.NONE and principal.kind in SCOPED_KINDS:
+            await self._check_order_owner(route, decoded, principal, timeout, metadata, context)
+        call = self._callables[route.path](request, timeout=timeout, metadata=metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            await self._relay(context, exc, route)
+        finally:
+            call.cancel()  # the caller went away (or we are done): stop the backend stream too
+
+    async def _stream_unary(
+        self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
+        principal = await self._admit(route, context)
+        violation = _Violation()
+        call = self._callables[route.path](
+            self._checked(route, principal, requests, violation),
+            timeout=self._timeout(route, context),
+            metadata=self._metadata(context, principal),
+        )
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            if violation.error is not None:
+                raise violation.error from None
+            await self._relay(context, exc, route)
+            raise
+        except asyncio.CancelledError:
+            call.cancel()
+            if violation.error is not None:
+                raise violation.error from None
+            raise
+        return response
+
+    async def _stream_stream(
+        self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        principal = await self._admit(route, context)
+        violation = _Violation()
+        call = self._callables[route.path](
+            self._checked(route, principal, requests, violation),
+            timeout=self._timeout(route, context),
+            metadata=self._metadata(context, principal),
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            if violation.error is not None:
+                raise violation.error from None
+            await self._relay(context, exc, route)
+        except asyncio.CancelledError:
+            if violation.error is not None:
+                raise violation.error from None
+            raise
+        finally:
+            call.cancel()
+        if violation.error is not None:
+            raise violation.error
+
+    # --- steps -------------------------------------------------------------------------------
+
+    async def _admit(self, route: Route, context: grpc.aio.ServicerContext) -> Principal:
+        """Authenticate, rate-limit, then check the method's policy."""
+        key = _bearer(context.invocation_metadata() or ())
+        if key is None:
+            raise errors.Unauthenticated(
+                "missing credentials: send metadata 'authorization: Bearer <api key>'"
+            )
+        principal = self._credentials.authenticate(key)
+        if principal is None:
+            raise errors.Unauthenticated("unknown API key")
+        wait = self._limiter.acquire(principal.id, principal.rate_per_second, principal.burst)
+        if wait > 0:
+            exc = errors.ResourceExhausted(
+                f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) exceeded "
+                f"for {principal.id}; retry in {wait:.3f}s",
+                retry_after_seconds=wait,
+            )
+            status = rpc_status.to_status(errors.rich_status(exc.code, exc.message, exc.details()))
+            await context.abort(
+                status.code,
+                status.details,
+                (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
+            )
+        if not route.rule.allows(principal.kind):
+            raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
+        return principal
+
+    def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message | None]:
+        """Decode only when the policy needs to look inside; re-encode only when scoping filled
+        in a field. Returns the bytes to forward and the decoded request (if decoded)."""
+        rule = route.rule
+        scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
+            rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
+        )
+        lookup = rule.owner is not Owner.NONE and principal.kind in SCOPED_KINDS
+        if not (rule.required or scoped or lookup):
+            return request, None
+        try:
+            decoded = route.request_type.FromString(request)
+        except DecodeError:
+            raise errors.InvalidArgument(
+                "request", f"is not a valid {route.descriptor.input_type.full_name}"
+            ) from None
+        scope.validate(decoded, rule.required)
+        if scoped and scope.scope_request(decoded, principal, rule):
+            request = decoded.SerializeToString()
+        return request, decoded
+
+    async def _checked(
+        self, route: Route, principal: Principal, requests: AsyncIterator[bytes], violation: _Violation
+    ) -> AsyncIterator[bytes]:
+        async for request in requests:
+            try:
+                checked, _ = self._prepare(route, principal, request)
+            except errors.TuttiError as exc:
+                violation.error = exc
+                raise  # grpc cancels the backend call; the handler answers with this error
+            yield checked
+
+    async def _check_order_owner(
+        self,
+        route: Route,
+        decoded: Message | None,
+        principal: Principal,
+        deadline: float | None,
+        metadata: Sequence[tuple[str, str]],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Look the order up (with the caller's deadline) and answer NOT_FOUND unless it is the
+        caller's. Fails closed when the order cannot be looked up."""
+        order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
+        lookup = self._routes.get(self._order_lookup)
+        if not order_id or lookup is None:
+            raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
+        request = (
+            lookup.request_type(order_id=order_id)
+            if "order_id" in lookup.request_type.DESCRIPTOR.fields_by_name
+            else None
+        )
+        if request is None:
+            raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
+        try:
+            raw = await self._callables[lookup.path](
+                request.SerializeToString(), timeout=min(deadline or 5.0, 5.0), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            await self._relay(context, exc, lookup)
+            raise
+        if not scope.visible_to(lookup.response_type.FromString(raw), principal):
+            raise errors.NotFound(_not_found_message(decoded))
+
+    def _timeout(self, route: Route, context: grpc.aio.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        if remaining is None or remaining > _NO_DEADLINE:
+            streaming = route.client_streaming or route.server_streaming
+            return None if streaming else self._default_timeout
+        return max(remaining, 0.001)
+
+    @staticmethod
+    def _metadata(context: grpc.aio.ServicerContext, principal: Principal) -> list[tuple[str, str]]:
+        forwarded = [
+            (item[0], item[1])
+            for item in context.invocation_metadata() or ()
+            if item[0] not in _DROPPED and not item[0].startswith((":", "grpc-", CALLER_PREFIX))
+        ]
+        forwarded += [(f"{CALLER_PREFIX}id", principal.id), (f"{CALLER_PREFIX}kind", principal.kind.value)]
+        if principal.channel:
+            forwarded.append((f"{CALLER_PREFIX}channel", principal.channel_name))
+        if principal.location_id:
+            forwarded.append((f"{CALLER_PREFIX}location-id", principal.location_id))
+        return forwarded
+
+    @staticmethod
+    async def _relay(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError, route: Route) -> None:
+        """Answer with the backend's status, message and details, unchanged."""
+        code = exc.code()
+        message = exc.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and any(sign in message for sign in _TRANSPORT_FAILURES):
+            # The backend is unreachable (not a status it chose): say which, not the socket error.
+            log.warning("backend %s unavailable for %s: %s", route.backend, route.name, message)
+            message = f"the {route.backend} service is unavailable; retry with backoff"
+        trailing = tuple(
+            (key, value) for key, value in (exc.trailing_metadata() or ()) if not key.startswith(":")
+        )
+        await context.abort(code, message, trailing)
+
+
+class _GenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)  # type: ignore[attr-defined]
+
+
+def _bearer(metadata: Sequence[Any]) -> str | None:
+    for item in metadata:
+        if item[0] == "authorization":
+            value = item[1] if isinstance(item[1], str) else item[1].decode()
+            scheme, _, key = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+            return None
+    return None
+
+
+def _not_found_message(decoded: Message | None) -> str:
+    order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
+    return f"order {order_id!r} not found" if order_id else "not found"

@@ -1,0 +1,47 @@
+"""Gateway settings, parsed once from the environment (besides runtime's CommonSettings)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from runtime.settings import Env, SettingsError
+
+# Shipped for `make run` and demos only; production sets TUTTI_GATEWAY_CREDENTIALS.
+DEMO_CREDENTIALS = Path(__file__).resolve().parent / "demo-credentials.yaml"
+
+# The backends the gateway fronts: the generated package tutti.<name>.v1 is served by the
+# backend listening at CommonSettings.addresses[<name>].
+BACKENDS = ("inventory", "orchestrator", "returns", "tracking")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    credentials_path: Path
+    tls_cert: Path | None
+    tls_key: Path | None
+    # Deadline given to unary calls that arrive without one; streams keep none.
+    default_timeout_seconds: float
+    backends: tuple[str, ...] = BACKENDS
+
+    @property
+    def using_demo_credentials(self) -> bool:
+        return self.credentials_path == DEMO_CREDENTIALS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        env = Env(environ)
+        credentials = Path(env.str("TUTTI_GATEWAY_CREDENTIALS", str(DEMO_CREDENTIALS)))
+        cert = env.str("TUTTI_GATEWAY_TLS_CERT", "-")
+        key = env.str("TUTTI_GATEWAY_TLS_KEY", "-")
+        if (cert == "-") != (key == "-"):
+            missing = "TUTTI_GATEWAY_TLS_KEY" if key == "-" else "TUTTI_GATEWAY_TLS_CERT"
+            raise SettingsError(f"{missing} is required when the other TLS variable is set")
+        return cls(
+            credentials_path=credentials,
+            tls_cert=None if cert == "-" else Path(cert),
+            tls_key=None if key == "-" else Path(key),
+            default_timeout_seconds=env.float("TUTTI_GATEWAY_DEFAULT_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+        )
