@@ -91,7 +91,9 @@ def is_refusal(step: str) -> bool:
 
 
 def is_return(step: str) -> bool:
-    return step == "returned" or step.startswith("return_")
+    if step.endswith("cancelled"):
+        return False
+    return step == "returned" or step.startswith(("return_", "exchange_"))
 
 
 # --- extraction -------------------------------------------------------------------------------

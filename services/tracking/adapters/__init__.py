@@ -1,0 +1,1 @@
+"""Tracking's adapters: PostgreSQL store and notifications, protobuf event decoding."""

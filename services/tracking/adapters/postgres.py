@@ -1,0 +1,308 @@
+"""PostgreSQL store of the tracking schema: timeline entries, the order index, KPI sums, and
+the LISTEN side of timeline notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from runtime.postgres import claim_event
+from services.tracking.domain.events import Cost, TrackedEvent
+from services.tracking.domain.model import (
+    KpiKey,
+    OrderFacts,
+    OrderKey,
+    SearchPage,
+    SearchQuery,
+    TimelineEntry,
+)
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "tracking"
+NOTIFY_CHANNEL = "tutti_tracking_timeline"
+MAX_TIMELINE_ENTRIES = 10_000
+_BIGINT_MAX = 2**63 - 1
+
+
+def _key_json(key: OrderKey | None) -> str | None:
+    if key is None:
+        return None
+    return json.dumps([key[0].isoformat(), key[1], key[2]])
+
+
+def _key_from_json(raw: str | None) -> OrderKey | None:
+    if raw is None:
+        return None
+    moment, sequence, event_id = json.loads(raw)
+    return datetime.fromisoformat(moment), int(sequence), str(event_id)
+
+
+def _facts(row: asyncpg.Record) -> OrderFacts:
+    last_key = None
+    if row["last_occurred_at"] is not None:
+        last_key = (row["last_occurred_at"], row["last_sequence"], row["last_event_id"])
+    cost = Cost(row["cost_currency"], row["cost_minor"]) if row["cost_currency"] is not None else None
+    return OrderFacts(
+        order_id=row["order_id"],
+        first_seen_at=row["first_seen_at"],
+        customer_id=row["customer_id"],
+        channel=row["channel"],
+        location_ids=tuple(row["location_ids"]),
+        status=row["status"],
+        last_key=last_key,
+        entry_count=row["entry_count"],
+        placed_at=row["placed_at"],
+        prepared_at=row["prepared_at"],
+        cancelled_at=row["cancelled_at"],
+        refused_at=row["refused_at"],
+        returned_at=row["returned_at"],
+        promised_at=row["promised_at"],
+        promised_key=_key_from_json(row["promised_key"]),
+        cost=cost,
+        cost_key=_key_from_json(row["cost_key"]),
+    )
+
+
+class _Recording:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim(self, event_id: str) -> bool:
+        return await claim_event(self._conn, CONSUMER, event_id)
+
+    async def lock_order(self, order_id: str) -> OrderFacts | None:
+        row = await self._conn.fetchrow("SELECT * FROM order_index WHERE order_id = $1 FOR UPDATE", order_id)
+        return _facts(row) if row is not None else None
+
+    async def insert_entry(self, event: TrackedEvent) -> datetime | None:
+        return await self._conn.fetchval(
+            """
+            INSERT INTO timeline_entries (event_id, order_id, type, step, occurred_at, sequence, source,
+                                          topic, details, explanation, location_ids, return_id, decoded)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13)
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING received_at
+            """,
+            event.event_id,
+            event.order_id,
+            event.type,
+            event.step,
+            event.occurred_at,
+            min(event.sequence, _BIGINT_MAX),
+            event.source,
+            event.topic,
+            json.dumps(event.details),
+            event.explanation,
+            list(event.location_ids),
+            event.return_id,
+            event.decoded,
+        )
+
+    async def save_order(self, facts: OrderFacts) -> None:
+        last = facts.last_key
+        await self._conn.execute(
+            """
+            INSERT INTO order_index AS o (order_id, first_seen_at, updated_at, customer_id, channel,
+                location_ids, status, last_occurred_at, last_sequence, last_event_id, entry_count, placed_at,
+                prepared_at, cancelled_at, refused_at, returned_at, promised_at, promised_key, cost_currency,
+                cost_minor, cost_key)
+            VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
+                    $18, $19, $20::jsonb)
+            ON CONFLICT (order_id) DO UPDATE SET
+                updated_at = now(), customer_id = EXCLUDED.customer_id, channel = EXCLUDED.channel,
+                location_ids = EXCLUDED.location_ids, status = EXCLUDED.status,
+                last_occurred_at = EXCLUDED.last_occurred_at, last_sequence = EXCLUDED.last_sequence,
+                last_event_id = EXCLUDED.last_event_id, entry_count = EXCLUDED.entry_count,
+                placed_at = EXCLUDED.placed_at, prepared_at = EXCLUDED.prepared_at,
+                cancelled_at = EXCLUDED.cancelled_at, refused_at = EXCLUDED.refused_at,
+                returned_at = EXCLUDED.returned_at, promised_at = EXCLUDED.promised_at,
+                promised_key = EXCLUDED.promised_key, cost_currency = EXCLUDED.cost_currency,
+                cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key
+            """,
+            facts.order_id,
+            facts.first_seen_at,
+            facts.customer_id,
+            facts.channel,
+            list(facts.location_ids),
+            facts.status,
+            last[0] if last else None,
+            min(last[1], _BIGINT_MAX) if last else None,
+            last[2] if last else None,
+            facts.entry_count,
+            facts.placed_at,
+            facts.prepared_at,
+            facts.cancelled_at,
+            facts.refused_at,
+            facts.returned_at,
+            facts.promised_at,
+            _key_json(facts.promised_key),
+            facts.cost.currency if facts.cost else None,
+            facts.cost.amount_minor if facts.cost else None,
+            _key_json(facts.cost_key),
+        )
+
+    async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None:
+        # One statement; rows in key order so concurrent transactions lock them in the same order.
+        items = sorted(delta.items())
+        await self._conn.execute(
+            """
+            INSERT INTO kpi_hourly AS k (channel, bucket, metric, value)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[])
+            ON CONFLICT (bucket, channel, metric) DO UPDATE SET value = k.value + EXCLUDED.value
+            """,
+            [k[0] for k, _ in items],
+            [k[1] for k, _ in items],
+            [k[2] for k, _ in items],
+            [v for _, v in items],
+        )
+
+
+def _entry(row: asyncpg.Record) -> TimelineEntry:
+    return TimelineEntry(
+        event_id=row["event_id"],
+        order_id=row["order_id"],
+        step=row["step"],
+        type=row["type"],
+        occurred_at=row["occurred_at"],
+        source=row["source"],
+        sequence=row["sequence"],
+        details=json.loads(row["details"]),
+        received_at=row["received_at"],
+        explanation=row["explanation"],
+        location_ids=tuple(row["location_ids"]),
+        return_id=row["return_id"],
+    )
+
+
+class PostgresTrackingStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def recording(self) -> AsyncIterator[_Recording]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _Recording(conn)
+
+    async def timeline(self, order_id: str) -> list[TimelineEntry]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM timeline_entries WHERE order_id = $1 "
+            "ORDER BY occurred_at, sequence, event_id LIMIT $2",
+            order_id,
+            MAX_TIMELINE_ENTRIES,
+        )
+        return [_entry(r) for r in rows]
+
+    async def order(self, order_id: str) -> OrderFacts | None:
+        row = await self._pool.fetchrow("SELECT * FROM order_index WHERE order_id = $1", order_id)
+        return _facts(row) if row is not None else None
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        conditions: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.customer_id:
+            conditions.append(f"customer_id = {arg(query.customer_id)}")
+        if query.location_id:
+            conditions.append(f"location_ids @> ARRAY[{arg(query.location_id)}]::text[]")
+        if query.channel:
+            conditions.append(f"channel = {arg(query.channel)}")
+        if query.status:
+            conditions.append(f"status = {arg(query.status)}")
+        if query.after:
+            conditions.append(f"(first_seen_at, order_id) < ({arg(query.after[0])}, {arg(query.after[1])})")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        # Only $n placeholders are interpolated; every value travels as a parameter.
+        sql = (
+            f"SELECT * FROM order_index {where} "  # noqa: S608
+            f"ORDER BY first_seen_at DESC, order_id DESC LIMIT {arg(query.page_size + 1)}"
+        )
+        rows = await self._pool.fetch(sql, *args)
+        orders = [_facts(r) for r in rows[: query.page_size]]
+        next_after = None
+        if len(rows) > query.page_size:
+            next_after = (orders[-1].first_seen_at, orders[-1].order_id)
+        return SearchPage(orders=orders, next_after=next_after)
+
+    async def kpi_sums(
+        self, start: datetime, end: datetime, channel: str | None
+    ) -> dict[tuple[str, str], int]:
+        rows = await self._pool.fetch(
+            """
+            SELECT channel, metric, sum(value)::bigint AS value FROM kpi_hourly
+            WHERE bucket >= $1 AND bucket < $2 AND ($3::text IS NULL OR channel = $3)
+            GROUP BY channel, metric
+            """,
+            start,
+            end,
+            channel,
+        )
+        return {(r["channel"], r["metric"]): r["value"] for r in rows}
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+
+class PostgresTimelineNotifications:
+    """LISTENs on one dedicated connection per process and wakes the watchers of the order named
+    by each notification. Every replica's watchers wake whichever replica recorded the entry."""
+
+    def __init__(self, dsn: str, *, keepalive_seconds: float = 10.0) -> None:
+        self._dsn = dsn
+        self._keepalive = keepalive_seconds
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.listening = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, order_id: str) -> AsyncIterator[asyncio.Event]:
+        wake = asyncio.Event()
+        self._watchers.setdefault(order_id, set()).add(wake)
+        try:
+            yield wake
+        finally:
+            watchers = self._watchers.get(order_id)
+            if watchers is not None:
+                watchers.discard(wake)
+                if not watchers:
+                    del self._watchers[order_id]
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for wake in self._watchers.get(payload, ()):
+            wake.set()
+
+    def _wake_all(self) -> None:
+        for watchers in self._watchers.values():
+            for wake in watchers:
+                wake.set()
+
+    async def run(self) -> None:
+        """Listen until cancelled; raises when the connection is lost (the runtime restarts it)."""
+        conn = await asyncpg.connect(self._dsn)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self.listening.set()
+            # Anything recorded while we were not listening: let every watcher re-read.
+            self._wake_all()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), timeout=self._keepalive)
+                if not lost.is_set():
+                    await conn.fetchval("SELECT 1", timeout=self._keepalive)
+            raise ConnectionError("tracking notification connection lost")
+        finally:
+            self.listening.clear()
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)

@@ -1,0 +1,147 @@
+"""Tracking's use cases: record an event (timeline entry, order facts and KPIs in one
+transaction, once per event id) and read timelines, searches and KPIs back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Protocol
+
+from runtime.errors import NotFound
+from services.tracking.domain import queries
+from services.tracking.domain.events import RawEvent, Skipped, TrackedEvent, extract
+from services.tracking.domain.model import (
+    ChannelReport,
+    KpiKey,
+    OrderFacts,
+    SearchPage,
+    TimelineEntry,
+    apply,
+    build_report,
+    kpi_delta,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RecordingTransaction(Protocol):
+    """One transaction of the store; everything done through it commits together."""
+
+    async def claim(self, event_id: str) -> bool:
+        """False when this event was already recorded."""
+
+    async def lock_order(self, order_id: str) -> OrderFacts | None:
+        """The order's facts, locked until the end of the transaction (None when unseen)."""
+
+    async def insert_entry(self, event: TrackedEvent) -> datetime | None:
+        """Insert the timeline entry (and notify watchers at commit); returns its received_at,
+        None when an entry with this event id already exists."""
+
+    async def save_order(self, facts: OrderFacts) -> None: ...
+
+    async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None: ...
+
+
+class TrackingStore(Protocol):
+    def recording(self) -> AbstractAsyncContextManager[RecordingTransaction]: ...
+
+    async def timeline(self, order_id: str) -> list[TimelineEntry]: ...
+
+    async def order(self, order_id: str) -> OrderFacts | None: ...
+
+    async def search(self, query: queries.SearchQuery) -> SearchPage: ...
+
+    async def kpi_sums(
+        self, start: datetime, end: datetime, channel: str | None
+    ) -> dict[tuple[str, str], int]: ...
+
+
+class TimelineNotifications(Protocol):
+    def subscribe(self, order_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set whenever an entry of ``order_id`` may have been recorded."""
+
+
+class TrackingService:
+    def __init__(
+        self,
+        store: TrackingStore,
+        notifications: TimelineNotifications,
+        *,
+        watch_poll_seconds: float = 5.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._notifications = notifications
+        self._watch_poll = watch_poll_seconds
+        self._clock = clock
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def record(self, raw: RawEvent) -> bool:
+        """Record one event; True when it added an entry, False for a duplicate or an event
+        about no order. Raises (so the consumer does not commit) when the store fails."""
+        tracked = extract(raw)
+        if isinstance(tracked, Skipped):
+            log.debug("event not tracked: %s", tracked.reason, extra=dict(tracked.extra))
+            return False
+        async with self._store.recording() as tx:
+            if not await tx.claim(tracked.event_id):
+                return False
+            before = await tx.lock_order(tracked.order_id)
+            received_at = await tx.insert_entry(tracked)
+            if received_at is None:
+                return False
+            after = apply(before, tracked, received_at)
+            await tx.save_order(after)
+            delta = kpi_delta(before, after)
+            if delta:
+                await tx.add_kpis(delta)
+        return True
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get_timeline(self, order_id: str) -> tuple[OrderFacts, list[TimelineEntry]]:
+        queries.require_order_id(order_id)
+        facts = await self._store.order(order_id)
+        if facts is None:
+            raise NotFound(f"no event of order {order_id!r} has been recorded")
+        return facts, await self._store.timeline(order_id)
+
+    def watch_timeline(self, order_id: str) -> AsyncIterator[tuple[TimelineEntry, bool]]:
+        """(entry, existing) pairs: the recorded entries first, then new ones as recorded."""
+        queries.require_order_id(order_id)
+        return self._watch(order_id)
+
+    async def _watch(self, order_id: str) -> AsyncIterator[tuple[TimelineEntry, bool]]:
+        seen: set[str] = set()
+        # Subscribe before the first read, so nothing recorded in between is missed.
+        async with self._notifications.subscribe(order_id) as wake:
+            for entry in await self._store.timeline(order_id):
+                seen.add(entry.event_id)
+                yield entry, True
+            while True:
+                # A notification is the fast path; the poll covers a listener reconnecting.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=self._watch_poll)
+                wake.clear()
+                for entry in await self._store.timeline(order_id):
+                    if entry.event_id not in seen:
+                        seen.add(entry.event_id)
+                        yield entry, False
+
+    async def search_orders(self, query: queries.SearchQuery) -> tuple[list[OrderFacts], str]:
+        page = await self._store.search(query)
+        token = queries.encode_page_token(page.next_after) if page.next_after else ""
+        return page.orders, token
+
+    async def get_kpis(
+        self, start: datetime | None, end: datetime | None, channel: str | None
+    ) -> tuple[datetime, datetime, list[ChannelReport], ChannelReport]:
+        start, end = queries.kpi_window(start, end, self._clock())
+        sums = await self._store.kpi_sums(start, end, channel)
+        channels, total = build_report(sums)
+        return start, end, channels, total
