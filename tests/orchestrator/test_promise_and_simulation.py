@@ -71,7 +71,7 @@ def test_codec_round_trip() -> None:
             opening_hours=WEEKDAYS_9_TO_19,
             timezone="Europe/Paris",
             daily_capacity=10,
-            open_lines=2,
+            open_orders=2,
         ),
         loc("b", 3, {"sku-a": 1}),
     ]

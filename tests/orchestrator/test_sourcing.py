@@ -46,18 +46,18 @@ def test_cost_against_distance_weights(weights: dict[str, int], winner: str) -> 
 
 def test_capacity_exhausted_goes_to_next() -> None:
     candidates = [
-        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_lines=10),
-        loc("next", 5, {"sku-a": 5}, daily_capacity=10, open_lines=3),
+        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_orders=10),
+        loc("next", 5, {"sku-a": 5}, daily_capacity=10, open_orders=3),
     ]
     decision = source(request(("sku-a", 1)), candidates, rules(weights=ONLY_DISTANCE))
     assert decision.shipments[0].location_id == "next"
     busy = next(c for c in decision.candidates if c.location_id == "busy")
-    assert busy.reason == "capacity exhausted (10/10 lines today)"
+    assert busy.reason == "capacity exhausted (10/10 orders today)"
 
 
 def test_capacity_ignored_when_rules_say_so() -> None:
     candidates = [
-        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_lines=10),
+        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_orders=10),
         loc("next", 5, {"sku-a": 5}),
     ]
     decision = source(
@@ -70,8 +70,8 @@ def test_capacity_ignored_when_rules_say_so() -> None:
 
 def test_workload_weight_prefers_the_quieter_store() -> None:
     candidates = [
-        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_lines=9),
-        loc("quiet", 1, {"sku-a": 5}, daily_capacity=10, open_lines=1),
+        loc("busy", 1, {"sku-a": 5}, daily_capacity=10, open_orders=9),
+        loc("quiet", 1, {"sku-a": 5}, daily_capacity=10, open_orders=1),
     ]
     decision = source(request(("sku-a", 1)), candidates, rules(weights={"workload": 1}))
     assert decision.shipments[0].location_id == "quiet"
@@ -267,14 +267,15 @@ def test_explanation_lists_every_candidate_with_scores() -> None:
     assert "runner-up b" in decision.explanation
 
 
-def test_capacity_limits_lines_taken_by_a_split() -> None:
+def test_missing_capability_excludes_a_store() -> None:
     candidates = [
-        loc("small", 1, {"sku-a": 5, "sku-b": 5}, daily_capacity=5, open_lines=4),
-        loc("other", 9, {"sku-a": 5, "sku-b": 5}, daily_capacity=100),
+        loc("no-express", 1, {"sku-a": 5}, capabilities=frozenset({"click_and_collect"})),
+        loc("express", 3, {"sku-a": 5}, capabilities=frozenset({"express", "ship_from_store"})),
     ]
-    decision = source(request(("sku-a", 1), ("sku-b", 1)), candidates, rules(weights=ONLY_DISTANCE))
-    # "small" has room for one line only, so "other" serving both wins over a split.
-    assert [s.location_id for s in decision.shipments] == ["other"]
+    decision = source(request(("sku-a", 1), method="home_express"), candidates, rules())
+    assert decision.shipments[0].location_id == "express"
+    reasons = {c.location_id: c.reason for c in decision.candidates}
+    assert reasons["no-express"] == "lacks the express capability"
 
 
 def test_deterministic() -> None:

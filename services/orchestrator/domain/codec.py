@@ -33,7 +33,8 @@ def candidate_to_dict(c: Candidate) -> dict[str, Any]:
         "point": _point(c.point),
         "active": c.active,
         "daily_capacity": c.daily_capacity,
-        "open_lines": c.open_lines,
+        "open_orders": c.open_orders,
+        "capabilities": sorted(c.capabilities),
         "timezone": c.timezone,
         "hours": [
             [w.weekday, w.opens.strftime("%H:%M"), w.closes.strftime("%H:%M")] for w in c.opening_hours
@@ -49,7 +50,8 @@ def candidate_from_dict(d: dict[str, Any]) -> Candidate:
         point=_unpoint(d.get("point")),
         active=d.get("active", True),
         daily_capacity=d.get("daily_capacity", 0),
-        open_lines=d.get("open_lines", 0),
+        open_orders=d.get("open_orders", 0),
+        capabilities=frozenset(d.get("capabilities", ())),
         opening_hours=tuple(
             OpeningWindow(w[0], time.fromisoformat(w[1]), time.fromisoformat(w[2]))
             for w in d.get("hours", [])
@@ -121,7 +123,6 @@ def decision_to_dict(dec: Decision) -> dict[str, Any]:
                 "utilisation": c.utilisation,
                 "scores": dict(c.scores),
                 "score": c.score,
-                "room": c.room,
             }
             for c in dec.candidates
         ],
@@ -162,7 +163,6 @@ def decision_from_dict(d: dict[str, Any]) -> Decision:
                 c.get("utilisation", 0.0),
                 dict(c.get("scores", {})),
                 c.get("score", 0.0),
-                c.get("room"),
             )
             for c in d.get("candidates", [])
         ),

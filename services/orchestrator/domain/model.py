@@ -56,10 +56,13 @@ class Candidate:
     location_type: str
     point: Point | None = None
     active: bool = True
-    # Order lines a location can prepare per day; 0 means unlimited.
+    # Orders a location can prepare per day; 0 means unlimited.
     daily_capacity: int = 0
-    # Order lines already open at this location today.
-    open_lines: int = 0
+    # Orders already open at this location today (from the orchestrator's own tables).
+    open_orders: int = 0
+    # What the location declares it can do (ship, click_and_collect, ship_from_store, express);
+    # empty means not declared, and then not checked.
+    capabilities: frozenset[str] = frozenset()
     # Empty means always open (typical of a distribution centre).
     opening_hours: tuple[OpeningWindow, ...] = ()
     timezone: str = "UTC"
@@ -72,3 +75,14 @@ class LineRequest:
     line_id: str
     sku: str
     quantity: int
+
+
+# Capability a location needs to serve a delivery method (stores and warehouses differ).
+def required_capability(method: str, location_type: str) -> str:
+    if method == "home_express":
+        return "express"
+    if method == "click_and_collect":
+        return "click_and_collect"
+    if method == "ship_from_store" or (method == "home_standard" and location_type == "store"):
+        return "ship_from_store"
+    return "ship"

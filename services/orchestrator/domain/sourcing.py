@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.orchestrator.domain.model import PICKUP_METHODS, Candidate, LineRequest, Point, distance_km
+from services.orchestrator.domain.model import (
+    PICKUP_METHODS,
+    Candidate,
+    LineRequest,
+    Point,
+    distance_km,
+    required_capability,
+)
 from services.orchestrator.domain.promise import delivered_at, express_deadline
 from services.orchestrator.domain.rules import CRITERIA, Eligibility, RuleSet
 
@@ -55,8 +62,6 @@ class CandidateReport:
     utilisation: float = 0.0
     scores: Mapping[str, float] = field(default_factory=dict)
     score: float = 0.0
-    # Lines the location can still take today; None when capacity does not limit it.
-    room: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +205,10 @@ def _assess(
                 if distance is not None
                 else "no coordinates to check the distance limit"
             )
-        elif c.daily_capacity > 0 and not policy.ignore_capacity and c.open_lines >= c.daily_capacity:
-            reason = f"capacity exhausted ({c.open_lines}/{c.daily_capacity} lines today)"
+        elif c.capabilities and required_capability(request.method, c.location_type) not in c.capabilities:
+            reason = f"lacks the {required_capability(request.method, c.location_type)} capability"
+        elif c.daily_capacity > 0 and not policy.ignore_capacity and c.open_orders >= c.daily_capacity:
+            reason = f"capacity exhausted ({c.open_orders}/{c.daily_capacity} orders today)"
         elif not servable:
             protected = buffer > 0 and any(c.stock.get(li.sku, 0) >= li.quantity for li in request.lines)
             reason = (
@@ -236,10 +243,7 @@ def _assess(
         assert delivery is not None
         lines = [li for li in request.lines if li.line_id in servable]
         depth = min(c.stock.get(li.sku, 0) - buffer - li.quantity for li in lines)
-        utilisation = c.open_lines / c.daily_capacity if c.daily_capacity > 0 else 0.0
-        room = (
-            c.daily_capacity - c.open_lines if c.daily_capacity > 0 and not policy.ignore_capacity else None
-        )
+        utilisation = c.open_orders / c.daily_capacity if c.daily_capacity > 0 else 0.0
         cost = rules.costs.per_shipment_minor.get(c.location_type, 0) + round(
             rules.costs.per_km_minor.get(request.method, 0) * (distance or 0.0)
         )
@@ -260,7 +264,6 @@ def _assess(
                 delivery_at=delivery,
                 stock_depth=depth,
                 utilisation=utilisation,
-                room=room,
             )
         )
     # Relative criteria are scaled over the eligible candidates: best 1, worst 0.
@@ -313,11 +316,7 @@ def _choose(
 ) -> tuple[list[tuple[CandidateReport, tuple[str, ...]]], list[str]]:
     eligible = [r for r in reports if r.eligible]
     all_ids = tuple(li.line_id for li in request.lines)
-    full = [
-        r
-        for r in eligible
-        if set(all_ids) <= set(r.servable_line_ids) and (r.room is None or r.room >= len(all_ids))
-    ]
+    full = [r for r in eligible if set(all_ids) <= set(r.servable_line_ids)]
     if full:
         best = max(full, key=lambda r: r.score)
         return [(best, all_ids)], []
@@ -333,7 +332,7 @@ def _choose(
     while remaining and len(chosen) < policy.max_splits:
         used = {r.location_id for r, _ in chosen}
         options = [
-            (r, tuple(i for i in remaining if i in r.servable_line_ids)[: r.room])
+            (r, tuple(i for i in remaining if i in r.servable_line_ids))
             for r in eligible
             if r.location_id not in used
         ]
