@@ -204,6 +204,19 @@ async def test_unknown_event_types_still_get_an_entry(tracking, publisher) -> No
     assert not reply.entries[0].details.fields
 
 
+async def test_a_malformed_event_is_skipped_without_stalling_the_partition(tracking, publisher) -> None:
+    order_id = random_id("order")
+    t0 = datetime.now(UTC)
+    poison = order_event(order_id, "OrderPlaced", t0)
+    poison.event_id = "not-a-uuid"
+    await publisher.publish_envelope(ORDER_EVENTS, poison)
+    await publisher.publish_envelope(ORDER_EVENTS, order_event(order_id, "OrderCancelled", t0))
+
+    reply = await timeline_of(tracking, order_id, 1)
+
+    assert [e.step for e in reply.entries] == ["cancelled"]
+
+
 async def test_search_by_customer_store_channel_and_status(tracking, publisher) -> None:
     customer_id, store = random_id("cust"), random_id("store")
     orders = [random_id("order") for _ in range(3)]
