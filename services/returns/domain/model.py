@@ -101,6 +101,8 @@ class PurchasedLine:
     quantity: int
     unit_price_minor: int
     category: str = ""
+    # False while the goods have not reached the customer (not shipped or collected yet).
+    handed_over: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,9 @@ def check_eligibility(
         if bought is None:
             raise NotFound(f"order {purchase.order_id} has no line {item.line_id!r}")
         subject = f"{purchase.order_id}/{item.line_id}"
+        if not bought.handed_over:
+            problems.append((subject, f"line {item.line_id} ({bought.sku}) has not been shipped or collected "
+                                      "yet; cancel it on the order instead"))
         returned = already_returned.get(item.line_id, 0)
         if item.quantity > bought.quantity - returned:
             left = max(bought.quantity - returned, 0)
@@ -303,6 +308,8 @@ class InventoryTask:
     expected_at: datetime | None = None
     reservation_id: str = ""
     reference: str = ""
+    # The incoming supply an incoming-supply task sets (stable across set and clear).
+    supply_id: str = ""
 
 
 def incoming_tasks(ret: Return) -> list[InventoryTask]:
@@ -312,7 +319,8 @@ def incoming_tasks(ret: Return) -> list[InventoryTask]:
     return [
         InventoryTask(task_id=f"{ret.return_id}:{line.line_id}:incoming", kind=TaskKind.SET_INCOMING,
                       sku=line.sku, location_id=ret.receiving_location_id, quantity=line.quantity,
-                      expected_at=ret.expected_at, reference=ret.return_id)
+                      expected_at=ret.expected_at, reference=ret.return_id,
+                      supply_id=f"{ret.return_id}:{line.line_id}")
         for line in ret.lines
     ]
 
@@ -330,7 +338,8 @@ def clear_incoming_tasks(ret: Return, line_ids: Iterable[str], suffix: str) -> l
         tasks.append(InventoryTask(task_id=f"{ret.return_id}:{line_id}:incoming:{suffix}",
                                    kind=TaskKind.CLEAR_INCOMING, sku=line.sku,
                                    location_id=ret.receiving_location_id, quantity=remaining,
-                                   expected_at=ret.expected_at, reference=ret.return_id))
+                                   expected_at=ret.expected_at, reference=ret.return_id,
+                                   supply_id=f"{ret.return_id}:{line_id}"))
     return tasks
 
 
@@ -483,7 +492,8 @@ def estimate_refund(
     return compute_refund(ret, items, rules, exchanged_line_ids=exchanged_line_ids)
 
 
-def disposition_tasks(ret: Return, receipt_id: str, items: Sequence[GradedItem]) -> list[InventoryTask]:
+def disposition_tasks(ret: Return, receipt_id: str, items: Sequence[GradedItem],
+                      dc_expected_at: datetime | None = None) -> list[InventoryTask]:
     """Stock effects of a receipt; ids derived from the receipt so a replay does nothing new."""
     tasks: list[InventoryTask] = []
     for item in items:
@@ -498,7 +508,8 @@ def disposition_tasks(ret: Return, receipt_id: str, items: Sequence[GradedItem])
             # On its way to the DC: incoming supply there until the DC's own receipt books it.
             tasks.append(InventoryTask(f"{base}:to-dc", TaskKind.SET_INCOMING, item.sku,
                                        item.destination_location_id, item.quantity,
-                                       reference=ret.return_id))
+                                       expected_at=dc_expected_at, reference=ret.return_id,
+                                       supply_id=f"{base}:to-dc"))
         # RETURN_TO_VENDOR: leaves our stock entirely; nothing to book.
     return tasks
 

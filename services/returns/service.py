@@ -1,0 +1,388 @@
+"""Use cases of the returns service: open a return or an exchange, receive and grade goods,
+cancel. Each turns a command into domain calls inside one PostgreSQL transaction (state,
+events in the outbox, inventory effects to apply), then applies the inventory effects at once
+so returned goods are back on sale within the call; effects that fail are retried by
+``TaskWorker`` until inventory acknowledges them (each is idempotent by its task id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from runtime.errors import AlreadyExists, InvalidArgument, NotFound
+from services.returns.adapters import events
+from services.returns.adapters.codec import ReturnView
+from services.returns.domain import model as m
+from services.returns.domain.rules import ReturnRules
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+# --- ports -----------------------------------------------------------------------------------------
+
+
+class OrderDirectory(Protocol):
+    """What was bought: the orchestrator's orders."""
+
+    async def get_purchase(self, order_id: str) -> m.Purchase | None: ...
+
+
+class InventoryPort(Protocol):
+    """Inventory effects and the facts disposition rules need."""
+
+    async def location_type(self, location_id: str) -> str | None:
+        """"store", "distribution_centre", "dropship_supplier"; None when the location is unknown."""
+
+    async def sells(self, location_id: str, sku: str) -> bool:
+        """Whether the location carries the SKU."""
+
+    async def apply(self, task: m.InventoryTask) -> None:
+        """Apply one effect; idempotent by task id. Raises TuttiError for a refusal."""
+
+
+class Transaction(Protocol):
+    async def lock_order(self, order_id: str) -> None: ...
+    async def find_by_request(self, order_id: str, request_id: str) -> tuple[m.Return, str] | None: ...
+    async def returns_of_order(self, order_id: str) -> list[m.Return]: ...
+    async def get(self, return_id: str, *, for_update: bool = False) -> m.Return | None: ...
+    async def insert(self, ret: m.Return, fingerprint: str) -> None: ...
+    async def update(self, ret: m.Return) -> None: ...
+    async def get_receipt(self, return_id: str, receipt_id: str) -> m.Receipt | None: ...
+    async def insert_receipt(self, receipt: m.Receipt) -> None: ...
+    async def get_exchange(self, return_id: str) -> tuple[m.Exchange, bytes | None] | None: ...
+    async def insert_exchange(self, exchange: m.Exchange, address: bytes | None) -> None: ...
+    async def cancel_exchange(self, exchange_id: str) -> None: ...
+    async def add_tasks(self, tasks: Sequence[m.InventoryTask], *, done: bool = False) -> None: ...
+    async def emit(self, event: events.Event) -> None: ...
+    async def view(self, return_id: str, rules: ReturnRules) -> ReturnView | None: ...
+
+
+class ReturnsStore(Protocol):
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
+    async def pending_tasks(self, limit: int) -> list[m.InventoryTask]: ...
+    async def task_done(self, task_id: str) -> None: ...
+    async def task_failed(self, task_id: str, error: str, retry_in: timedelta) -> None: ...
+    async def returns_of_order(self, order_id: str) -> list[str]: ...
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateReturn:
+    request_id: str
+    order_id: str
+    # Set for a till purchase (its order id is pos_order_id(terminal, sale)).
+    pos_purchase: m.Purchase | None
+    lines: tuple[m.RequestedLine, ...]
+    method: m.ReturnMethod
+    receiving_location_id: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveReturn:
+    return_id: str
+    receipt_id: str
+    location_id: str
+    lines: tuple[m.ReceivedLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateExchange:
+    request: CreateReturn
+    replacement_sku: str
+    fulfilment: m.Fulfilment
+    location_id: str
+    shipping_address: bytes | None
+
+
+def check_identifier(field: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "required")
+    if not IDENTIFIER.match(value):
+        raise InvalidArgument(field, "1..128 characters of [A-Za-z0-9._:/-] starting with a letter or digit")
+
+
+def _fingerprint(cmd: CreateReturn, extra: str = "") -> str:
+    doc = [cmd.order_id, [[x.line_id, x.quantity, x.reason.value] for x in cmd.lines], cmd.method.value,
+           cmd.receiving_location_id, extra]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+class ReturnsService:
+    def __init__(self, store: ReturnsStore, orders: OrderDirectory, inventory: InventoryPort,
+                 rules: ReturnRules, clock: type[datetime] = datetime) -> None:
+        self._store = store
+        self._orders = orders
+        self._inventory = inventory
+        self._rules = rules
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return self._clock.now(UTC)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def get_return(self, return_id: str) -> ReturnView:
+        if not return_id:
+            raise InvalidArgument("return_id", "required")
+        async with self._store.transaction() as tx:
+            view = await tx.view(return_id, self._rules)
+        if view is None:
+            raise NotFound(f"return {return_id} not found")
+        return view
+
+    async def list_returns(self, order_id: str) -> list[ReturnView]:
+        if not order_id:
+            raise InvalidArgument("order_id", "required")
+        ids = await self._store.returns_of_order(order_id)
+        views = []
+        async with self._store.transaction() as tx:
+            for return_id in ids:
+                view = await tx.view(return_id, self._rules)
+                if view is not None:
+                    views.append(view)
+        return views
+
+    # --- create ----------------------------------------------------------------------------
+
+    async def _validate_create(self, cmd: CreateReturn) -> None:
+        check_identifier("request_id", cmd.request_id)
+        if not cmd.order_id:
+            raise InvalidArgument("order_id", "an order id or a POS receipt is required")
+        check_identifier("receiving_location_id", cmd.receiving_location_id)
+        for i, line in enumerate(cmd.lines):
+            check_identifier(f"lines[{i}].line_id", line.line_id)
+        m.validate_requested_lines(cmd.lines)
+
+    async def _purchase(self, cmd: CreateReturn) -> m.Purchase:
+        if cmd.pos_purchase is not None:
+            return cmd.pos_purchase
+        purchase = await self._orders.get_purchase(cmd.order_id)
+        if purchase is None:
+            raise NotFound(f"order {cmd.order_id} not found")
+        return purchase
+
+    async def _known_location(self, field: str, location_id: str) -> str:
+        location_type = await self._inventory.location_type(location_id)
+        if location_type is None:
+            raise NotFound(f"{field}: location {location_id} is not known to inventory")
+        return location_type
+
+    async def _existing(self, tx: Transaction, cmd: CreateReturn, fingerprint: str) -> ReturnView | None:
+        found = await tx.find_by_request(cmd.order_id, cmd.request_id)
+        if found is None:
+            return None
+        ret, stored = found
+        if stored != fingerprint:
+            raise AlreadyExists(f"request_id {cmd.request_id} was already used for return {ret.return_id} "
+                                "of this order with other content")
+        return await tx.view(ret.return_id, self._rules)
+
+    async def create_return(self, cmd: CreateReturn) -> tuple[ReturnView, bool]:
+        await self._validate_create(cmd)
+        fingerprint = _fingerprint(cmd)
+        async with self._store.transaction() as tx:
+            existing = await self._existing(tx, cmd, fingerprint)
+        if existing is not None:
+            return existing, True
+        purchase = await self._purchase(cmd)
+        await self._known_location("receiving_location_id", cmd.receiving_location_id)
+        async with self._store.transaction() as tx:
+            await tx.lock_order(cmd.order_id)
+            existing = await self._existing(tx, cmd, fingerprint)
+            if existing is not None:
+                return existing, True
+            ret = self._open(cmd, purchase, m.returned_quantities(await tx.returns_of_order(cmd.order_id)))
+            await tx.insert(ret, fingerprint)
+            tasks = m.incoming_tasks(ret)
+            await tx.add_tasks(tasks)
+            await tx.emit(events.return_requested(ret, m.estimate_refund(ret, self._rules)))
+            view = await tx.view(ret.return_id, self._rules)
+        await self.apply_tasks(tasks)
+        assert view is not None
+        return view, False
+
+    def _open(self, cmd: CreateReturn, purchase: m.Purchase, already: dict[str, int]) -> m.Return:
+        return m.open_return(purchase=purchase, request_id=cmd.request_id, requested=cmd.lines,
+                             already_returned=already, rules=self._rules, method=cmd.method,
+                             receiving_location_id=cmd.receiving_location_id,
+                             initiated_channel=cmd.channel, now=self._now())
+
+    # --- exchange --------------------------------------------------------------------------
+
+    async def create_exchange(self, cmd: CreateExchange) -> tuple[ReturnView, bool]:
+        await self._validate_create(cmd.request)
+        if not cmd.replacement_sku:
+            raise InvalidArgument("replacement_sku", "required")
+        check_identifier("location_id", cmd.location_id)
+        if cmd.fulfilment is m.Fulfilment.SHIP and not cmd.shipping_address:
+            raise InvalidArgument("shipping_address", "required to ship the replacement")
+        fingerprint = _fingerprint(cmd.request, f"{cmd.replacement_sku}|{cmd.fulfilment}|{cmd.location_id}")
+        async with self._store.transaction() as tx:
+            existing = await self._existing(tx, cmd.request, fingerprint)
+        if existing is not None:
+            return existing, True
+        purchase = await self._purchase(cmd.request)
+        await self._known_location("receiving_location_id", cmd.request.receiving_location_id)
+        await self._known_location("location_id", cmd.location_id)
+        async with self._store.transaction() as tx:
+            await tx.lock_order(cmd.request.order_id)
+            existing = await self._existing(tx, cmd.request, fingerprint)
+            if existing is not None:
+                return existing, True
+            ret = self._open(cmd.request, purchase,
+                             m.returned_quantities(await tx.returns_of_order(cmd.request.order_id)))
+            exchange = m.open_exchange(ret, replacement_sku=cmd.replacement_sku, fulfilment=cmd.fulfilment,
+                                       location_id=cmd.location_id, now=self._now())
+            ret = replace(ret, exchange_id=exchange.exchange_id)
+            reserve = m.reserve_task(exchange)
+            # Reserved before commit: no stock, no exchange (FAILED_PRECONDITION, nothing saved).
+            # A crash after the reservation is healed by the retry: same request, same reservation id.
+            await self._inventory.apply(reserve)
+            await tx.insert(ret, fingerprint)
+            await tx.insert_exchange(exchange, cmd.shipping_address)
+            tasks = m.incoming_tasks(ret)
+            await tx.add_tasks(tasks)
+            await tx.add_tasks([reserve], done=True)
+            exchanged = frozenset({exchange.original_line_id})
+            await tx.emit(events.return_requested(ret, m.estimate_refund(ret, self._rules,
+                                                                         exchanged_line_ids=exchanged)))
+            await tx.emit(events.exchange_created(exchange, cmd.shipping_address))
+            view = await tx.view(ret.return_id, self._rules)
+        await self.apply_tasks(tasks)
+        assert view is not None
+        return view, False
+
+    # --- receive ---------------------------------------------------------------------------
+
+    async def receive_return(self, cmd: ReceiveReturn) -> tuple[ReturnView, m.Receipt, bool]:
+        check_identifier("return_id", cmd.return_id)
+        receipt_id = cmd.receipt_id or cmd.return_id
+        check_identifier("receipt_id", receipt_id)
+        check_identifier("location_id", cmd.location_id)
+        if not cmd.lines:
+            raise InvalidArgument("lines", "at least one received line is required")
+        async with self._store.transaction() as tx:
+            ret = await tx.get(cmd.return_id)
+            if ret is None:
+                raise NotFound(f"return {cmd.return_id} not found")
+            previous = await tx.get_receipt(cmd.return_id, receipt_id)
+            if previous is not None:
+                view = await tx.view(cmd.return_id, self._rules)
+        if previous is not None:
+            assert view is not None
+            return view, previous, True
+        location_type = await self._known_location("location_id", cmd.location_id)
+        sells = {line.sku: await self._inventory.sells(cmd.location_id, line.sku) for line in ret.lines}
+        async with self._store.transaction() as tx:
+            ret = await tx.get(cmd.return_id, for_update=True)
+            assert ret is not None
+            previous = await tx.get_receipt(cmd.return_id, receipt_id)
+            if previous is not None:
+                view = await tx.view(cmd.return_id, self._rules)
+                assert view is not None
+                return view, previous, True
+            items = m.grade_receipt(ret, cmd.lines, location_id=cmd.location_id, location_type=location_type,
+                                    sells_item=lambda sku: sells.get(sku, False), rules=self._rules)
+            found = await tx.get_exchange(ret.return_id)
+            exchanged = frozenset({found[0].original_line_id}) if found else frozenset()
+            refund = m.compute_refund(ret, items, self._rules, exchanged_line_ids=exchanged)
+            now = self._now()
+            updated = m.apply_receipt(ret, items, refund)
+            receipt = m.Receipt(receipt_id=receipt_id, return_id=ret.return_id, location_id=cmd.location_id,
+                                received_at=now, items=items, refund=refund)
+            dc_expected = now + timedelta(days=self._rules.transit_days[m.ReturnMethod.CARRIER_LABEL])
+            tasks = [*m.clear_incoming_tasks(updated, [i.line_id for i in items], receipt_id),
+                     *m.disposition_tasks(updated, receipt_id, items, dc_expected_at=dc_expected)]
+            await tx.update(updated)
+            await tx.insert_receipt(receipt)
+            await tx.add_tasks(tasks)
+            for event in events.receipt_events(updated, receipt):
+                await tx.emit(event)
+            view = await tx.view(ret.return_id, self._rules)
+        await self.apply_tasks(tasks)
+        assert view is not None
+        return view, receipt, False
+
+    # --- cancel ----------------------------------------------------------------------------
+
+    async def cancel_return(self, return_id: str, reason: str) -> ReturnView:
+        check_identifier("return_id", return_id)
+        tasks: list[m.InventoryTask] = []
+        async with self._store.transaction() as tx:
+            ret = await tx.get(return_id, for_update=True)
+            if ret is None:
+                raise NotFound(f"return {return_id} not found")
+            if ret.status is not m.ReturnStatus.CANCELLED:
+                cancelled = m.cancel(ret)
+                tasks = m.clear_incoming_tasks(cancelled, [line.line_id for line in ret.lines], "cancel")
+                await tx.update(cancelled)
+                await tx.emit(events.return_cancelled(cancelled, reason))
+                found = await tx.get_exchange(return_id)
+                if found is not None and not found[0].cancelled:
+                    tasks.append(m.release_task(found[0]))
+                    await tx.cancel_exchange(found[0].exchange_id)
+                    await tx.emit(events.exchange_cancelled(found[0]))
+                await tx.add_tasks(tasks)
+            view = await tx.view(return_id, self._rules)
+        await self.apply_tasks(tasks)
+        assert view is not None
+        return view
+
+    # --- inventory effects -----------------------------------------------------------------
+
+    async def apply_tasks(self, tasks: Sequence[m.InventoryTask]) -> None:
+        """Apply effects now; a failure is left to the worker (the task stays pending)."""
+        for task in tasks:
+            try:
+                await self._inventory.apply(task)
+            except Exception as exc:
+                log.warning("inventory effect %s deferred: %r", task.task_id, exc)
+                await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=1))
+            else:
+                await self._store.task_done(task.task_id)
+
+
+class TaskWorker:
+    """Retries inventory effects that could not be applied inline, with backoff per task."""
+
+    def __init__(self, store: ReturnsStore, inventory: InventoryPort, *, poll_seconds: float = 1.0,
+                 grace: timedelta = timedelta(seconds=2)) -> None:
+        self._store = store
+        self._inventory = inventory
+        self._poll = poll_seconds
+        self._grace = grace
+
+    async def run(self) -> None:
+        while True:
+            await self.run_once()
+            await asyncio.sleep(self._poll)
+
+    async def run_once(self) -> int:
+        applied = 0
+        for task in await self._store.pending_tasks(100):
+            try:
+                await self._inventory.apply(task)
+            except Exception as exc:
+                await self._failed(task, exc)
+            else:
+                await self._store.task_done(task.task_id)
+                applied += 1
+        return applied
+
+    async def _failed(self, task: m.InventoryTask, exc: BaseException) -> None:
+        log.warning("inventory effect %s failed; will retry: %r", task.task_id, exc)
+        await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=5))
