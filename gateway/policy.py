@@ -10,10 +10,12 @@ Scopes:
   (tutti.common.v1.Channel) in the request must be the caller's; an unset one is filled in.
 * ``location``: a store or terminal principal only acts for its own location. Every
   ``location_id``/``location_ids`` in the request must be the caller's; an unset one is
-  filled in; a request that names no location at all is refused.
+  filled in; a request that names no location at all is refused. A terminal's
+  ``terminal_id`` fields must be its own principal id (filled in when unset).
 * ``owner``: the order the call is about must belong to the caller (a channel principal: the
   order's channel; a store or terminal: one of the order's locations). ``response`` checks the
-  order in the response; ``order`` looks the order up first by the request's ``order_id``.
+  order in the response; ``order`` looks the order up first by the request's ``order_id``;
+  ``filter`` drops from a listed response the items that are not the caller's.
   Not owning an order answers NOT_FOUND, so existence does not leak.
 
 ``required`` lists request fields that must be non-empty; the gateway refuses the call with
@@ -32,6 +34,7 @@ class Owner(StrEnum):
     NONE = "none"
     RESPONSE = "response"  # the response is (or contains) the order: check it before answering
     ORDER = "order"  # look the order up by the request's order_id before forwarding
+    FILTER = "filter"  # a list: drop the items (orders) that are not the caller's
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class Rule:
     scope_location: bool = False
     owner: Owner = Owner.NONE
     required: tuple[str, ...] = ()
+    # For Owner.ORDER: the method that looks the order up (default: the gateway's order lookup).
+    lookup: str | None = None
 
     def allows(self, kind: Kind) -> bool:
         return kind is Kind.ADMIN or kind in self.kinds
@@ -54,60 +59,75 @@ ADMIN_ONLY = _rule(Kind.ADMIN)
 
 C, S, T, A, SVC = Kind.CHANNEL, Kind.STORE, Kind.TERMINAL, Kind.ADMIN, Kind.SERVICE
 
-# Where the gateway looks an order up for ``Owner.ORDER`` checks (called with the gateway's own
-# authority, the caller's deadline and trace context).
+# Where the gateway looks an order up for ``Owner.ORDER`` checks (called with the caller's
+# deadline and trace context); its request has ``order_id`` and its response carries the order's
+# channel and locations.
 ORDER_LOOKUP_METHOD = "tutti.orchestrator.v1.OrderService/GetOrder"
 
 # "package.Service/Method" → rule. "package.Service/*" applies to every method of the service
 # without a row of its own.
+INVENTORY = "tutti.inventory.v1.InventoryService/"
+ORDERS = "tutti.orchestrator.v1.OrderService/"
+RETURNS = "tutti.returns.v1.ReturnsService/"
+TRACKING = "tutti.tracking.v1.TrackingService/"
+
+# "package.Service/Method" → rule. "package.Service/*" applies to every method of the service
+# without a row of its own. Methods absent here are admin-only: inventory's reservation RPCs
+# (ReserveStock, ConfirmReservation, ...) are the orchestrator's, called directly, not through here.
 POLICIES: dict[str, Rule] = {
-    # --- inventory: availability is readable by every selling principal -------------------
-    "tutti.inventory.v1.InventoryService/GetAvailability": _rule(C, S, T, SVC, required=("sku",)),
-    "tutti.inventory.v1.InventoryService/BatchGetAvailability": _rule(C, S, T, SVC),
-    "tutti.inventory.v1.InventoryService/WatchAvailability": _rule(C, S, T, SVC),
-    # POS sales: a terminal or store app reports sales of its own location only.
-    "tutti.inventory.v1.InventoryService/StreamSales": _rule(S, T, SVC, scope_location=True),
-    "tutti.inventory.v1.InventoryService/RecordSale": _rule(S, T, SVC, scope_location=True),
-    # Stock sync from ERP/WMS and location master data: back-office and trusted integrations.
-    "tutti.inventory.v1.InventoryService/SyncStock": _rule(SVC),
-    "tutti.inventory.v1.InventoryService/ImportStock": _rule(SVC),
-    "tutti.inventory.v1.InventoryService/UpsertLocation": ADMIN_ONLY,
-    "tutti.inventory.v1.InventoryService/ListLocations": _rule(C, S, T, SVC),
+    # --- inventory: availability is readable by every selling principal, with its channel's buffers
+    INVENTORY + "GetAvailability": _rule(C, S, T, SVC, scope_channel=True, required=("sku",)),
+    INVENTORY + "BatchGetAvailability": _rule(C, S, T, SVC, scope_channel=True, required=("skus",)),
+    INVENTORY + "WatchAvailability": _rule(C, S, T, SVC, scope_channel=True, required=("skus",)),
+    INVENTORY + "ListLocations": _rule(C, S, T, SVC),
+    INVENTORY + "GetLocation": _rule(C, S, T, SVC, required=("location_id",)),
+    INVENTORY + "GetStockLevels": _rule(S, SVC, required=("sku",)),
+    # POS sales: a terminal or store app reports sales of its own location (and terminal) only.
+    INVENTORY + "StreamPosSales": _rule(S, T, SVC, scope_location=True),
+    # Stock movements a store makes itself, at its own location.
+    INVENTORY + "ReceiveStock": _rule(S, SVC, scope_location=True, required=("movement_id",)),
+    INVENTORY + "AdjustStock": _rule(S, SVC, scope_location=True, required=("movement_id", "sku")),
+    INVENTORY + "QuarantineStock": _rule(S, SVC, scope_location=True, required=("movement_id", "sku")),
+    INVENTORY + "ReleaseQuarantine": _rule(S, SVC, scope_location=True, required=("movement_id", "sku")),
+    # Stock sync from ERP/WMS: trusted integrations and back-office.
+    INVENTORY + "ApplyStockSnapshot": _rule(SVC, required=("snapshot_id",)),
+    INVENTORY + "ImportStockCsv": _rule(SVC, required=("import_id", "csv")),
+    INVENTORY + "TransferStock": _rule(SVC, required=("movement_id", "sku")),
+    INVENTORY + "SetIncomingSupply": _rule(SVC, required=("sku", "location_id")),
+    INVENTORY + "RegisterSkus": _rule(SVC, required=("skus",)),
+    # Locations, safety stock and channel buffers are business configuration: admin only
+    # (UpsertLocations, SetSafetyStock, SetChannelPolicy, ListChannelPolicies have no row).
     # --- orchestrator: orders belong to the channel that placed them ----------------------
-    "tutti.orchestrator.v1.OrderService/QuoteDelivery": _rule(C, scope_channel=True),
-    "tutti.orchestrator.v1.OrderService/PlaceOrder": _rule(C, scope_channel=True, required=("order_id",)),
-    "tutti.orchestrator.v1.OrderService/GetOrder": _rule(
-        C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)
+    ORDERS + "QuoteDelivery": _rule(C, scope_channel=True),
+    ORDERS + "PlaceOrder": _rule(
+        C, scope_channel=True, required=("channel_order_id", "customer_id", "lines")
     ),
-    "tutti.orchestrator.v1.OrderService/CancelOrder": _rule(C, owner=Owner.ORDER, required=("order_id",)),
-    "tutti.orchestrator.v1.OrderService/ListOrders": _rule(C, scope_channel=True),
-    "tutti.orchestrator.v1.OrderService/ListCustomerOrders": _rule(
-        C, scope_channel=True, required=("customer_id",)
-    ),
-    "tutti.orchestrator.v1.OrderService/WatchOrder": _rule(
-        C, S, SVC, owner=Owner.ORDER, required=("order_id",)
-    ),
-    # Fulfilment updates come from the store or warehouse doing the work.
-    "tutti.orchestrator.v1.OrderService/UpdateFulfilment": _rule(S, SVC, scope_location=True),
-    "tutti.orchestrator.v1.OrderService/ListFulfilments": _rule(S, SVC, scope_location=True),
+    ORDERS + "GetOrder": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
+    # A customer's orders, as far as the calling channel placed them.
+    ORDERS + "ListOrders": _rule(C, SVC, owner=Owner.FILTER, required=("customer_id",)),
+    ORDERS + "CancelOrder": _rule(C, owner=Owner.ORDER, required=("order_id",)),
+    ORDERS + "WatchOrder": _rule(C, S, SVC, owner=Owner.ORDER, required=("order_id",)),
+    # Fulfilment updates come from the store or warehouse doing the work, for its own location.
+    ORDERS + "UpdateFulfilment": _rule(S, SVC, scope_location=True, required=("order_id", "update_id")),
+    ORDERS + "ReportLocationOffline": _rule(S, SVC, scope_location=True),
+    ORDERS + "GetSourcingDecision": _rule(SVC, required=("order_id",)),
     # Sourcing rules are business configuration: back-office only.
     "tutti.orchestrator.v1.RulesService/*": ADMIN_ONLY,
-    # --- returns: any channel or store takes a return of any order of its own, stores of any order
-    "tutti.returns.v1.ReturnsService/CreateReturn": _rule(C, S, owner=Owner.ORDER, required=("order_id",)),
-    "tutti.returns.v1.ReturnsService/GetReturn": _rule(C, S, SVC, required=("return_id",)),
-    "tutti.returns.v1.ReturnsService/ReceiveReturn": _rule(
-        S, SVC, scope_location=True, required=("return_id",)
-    ),
-    "tutti.returns.v1.ReturnsService/GradeReturn": _rule(
-        S, SVC, scope_location=True, required=("return_id",)
-    ),
+    # --- returns: any channel or store takes a return, whatever the purchase channel ------
+    RETURNS + "CreateReturn": _rule(C, S, SVC, scope_channel=True, required=("request_id",)),
+    RETURNS + "CreateExchange": _rule(C, S, SVC, scope_channel=True),
+    RETURNS + "GetReturn": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("return_id",)),
+    RETURNS + "ListReturns": _rule(C, S, SVC, owner=Owner.ORDER, required=("order_id",)),
+    # The store (or warehouse) receiving the parcel grades it, at its own location.
+    RETURNS + "ReceiveReturn": _rule(S, SVC, scope_location=True, required=("return_id",)),
+    RETURNS + "CancelReturn": _rule(SVC, required=("return_id",)),
     # --- tracking: the timeline of an order is its owner's --------------------------------
-    "tutti.tracking.v1.TrackingService/GetTimeline": _rule(
-        C, S, SVC, owner=Owner.ORDER, required=("order_id",)
+    TRACKING + "GetOrderTimeline": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
+    TRACKING + "WatchOrderTimeline": _rule(
+        C, S, SVC, owner=Owner.ORDER, lookup=TRACKING + "GetOrderTimeline", required=("order_id",)
     ),
-    "tutti.tracking.v1.TrackingService/GetOrderTimeline": _rule(
-        C, S, SVC, owner=Owner.ORDER, required=("order_id",)
-    ),
+    TRACKING + "SearchOrders": _rule(C, S, SVC, scope_channel=True, scope_location=True),
+    # KPIs span every channel: back-office only (GetKpis has no row).
 }
 
 

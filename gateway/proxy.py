@@ -147,12 +147,13 @@ class Gateway:
         except asyncio.CancelledError:
             call.cancel()
             raise
-        if (
-            route.rule.owner is Owner.RESPONSE
-            and principal.kind in SCOPED_KINDS
-            and not scope.visible_to(route.response_type.FromString(response), principal)
-        ):
-            raise errors.NotFound(_not_found_message(decoded))
+        if route.rule.owner is Owner.RESPONSE and principal.kind in SCOPED_KINDS:
+            if not scope.visible_to(route.response_type.FromString(response), principal):
+                raise errors.NotFound(_not_found_message(decoded))
+        elif route.rule.owner is Owner.FILTER and principal.kind in SCOPED_KINDS:
+            listed = route.response_type.FromString(response)
+            if scope.keep_visible(listed, principal):
+                response = listed.SerializeToString()
         return response
 
     async def _unary_stream(
@@ -162,7 +163,7 @@ class Gateway:
         request, decoded = self._prepare(route, principal, request)
         timeout = self._timeout(route, context)
         metadata = self._metadata(context, principal)
-        if route.rule.owner is not Owner.NONE and principal.kind in SCOPED_KINDS:
+        if route.rule.owner in (Owner.ORDER, Owner.RESPONSE) and principal.kind in SCOPED_KINDS:
             await self._check_order_owner(route, decoded, principal, timeout, metadata, context)
         call = self._callables[route.path](request, timeout=timeout, metadata=metadata)
         try:
@@ -259,7 +260,7 @@ class Gateway:
         scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
             rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
         )
-        lookup = rule.owner is not Owner.NONE and principal.kind in SCOPED_KINDS
+        lookup = rule.owner in (Owner.ORDER, Owner.RESPONSE) and principal.kind in SCOPED_KINDS
         if not (rule.required or scoped or lookup):
             return request, None
         try:
@@ -296,7 +297,7 @@ class Gateway:
         """Look the order up (with the caller's deadline) and answer NOT_FOUND unless it is the
         caller's. Fails closed when the order cannot be looked up."""
         order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
-        lookup = self._routes.get(self._order_lookup)
+        lookup = self._routes.get(f"/{route.rule.lookup}" if route.rule.lookup else self._order_lookup)
         if not order_id or lookup is None:
             raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
         request = (

@@ -7,6 +7,7 @@ backend named by its package. A backend adding an RPC or a service needs no gate
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import pkgutil
@@ -82,12 +83,8 @@ def build_routes(
                     log.warning(
                         "policy of %s requires fields its request lacks: %s", name, ", ".join(missing)
                     )
-                    rule = Rule(
-                        rule.kinds,
-                        rule.scope_channel,
-                        rule.scope_location,
-                        rule.owner,
-                        tuple(p for p in rule.required if p not in missing),
+                    rule = dataclasses.replace(
+                        rule, required=tuple(p for p in rule.required if p not in missing)
                     )
                 routes[f"/{name}"] = Route(
                     path=f"/{name}",

@@ -17,6 +17,9 @@ from runtime.errors import FieldViolation, InvalidArgument, PermissionDenied
 
 CHANNEL_ENUM = "tutti.common.v1.Channel"
 LOCATION_FIELDS = ("location_id", "location_ids")
+# Locations that make an order (or return) visible to a store: where it is fulfilled, collected
+# or received.
+VISIBLE_LOCATION_FIELDS = (*LOCATION_FIELDS, "pickup_location_id", "receiving_location_id")
 MAX_DEPTH = 5
 MAX_ID_LENGTH = 256
 
@@ -38,6 +41,10 @@ def _is_channel(field: FieldDescriptor) -> bool:
 
 def _is_location(field: FieldDescriptor) -> bool:
     return field.name in LOCATION_FIELDS and field.type == FieldDescriptor.TYPE_STRING
+
+
+def _is_terminal(field: FieldDescriptor) -> bool:
+    return field.name == "terminal_id" and field.type == FieldDescriptor.TYPE_STRING
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
@@ -62,18 +69,22 @@ def _descend(field: FieldDescriptor, depth: int) -> bool:
     )
 
 
-def _walk(message: Message, prefix: str = "", depth: int = 0) -> Iterator[Found]:
-    """Channel and location fields of ``message`` and of its present sub-messages."""
+def _walk(message: Message, prefix: str = "", depth: int = 0, *, visible: bool = False) -> Iterator[Found]:
+    """Channel, location and terminal fields of ``message`` and of its present sub-messages
+    (``visible``: every field whose location makes the message visible to a store)."""
     for field in message.DESCRIPTOR.fields:
         path = f"{prefix}{field.name}"
-        if _is_channel(field) or _is_location(field):
+        location = _is_location(field) or (
+            visible and field.name in VISIBLE_LOCATION_FIELDS and field.type == FieldDescriptor.TYPE_STRING
+        )
+        if _is_channel(field) or location or _is_terminal(field):
             yield Found(path, message, field)
         elif _descend(field, depth):
             if _is_repeated(field):
                 for index, item in enumerate(getattr(message, field.name)):
-                    yield from _walk(item, f"{path}[{index}].", depth + 1)
+                    yield from _walk(item, f"{path}[{index}].", depth + 1, visible=visible)
             elif message.HasField(field.name):
-                yield from _walk(getattr(message, field.name), f"{path}.", depth + 1)
+                yield from _walk(getattr(message, field.name), f"{path}.", depth + 1, visible=visible)
 
 
 def _enum_name(field: FieldDescriptor, value: int) -> str:
@@ -114,6 +125,15 @@ def scope_request(message: Message, principal: Principal, rule: Rule) -> bool:
     if rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL):
         seen = False
         for found in _walk(message):
+            if _is_terminal(found.field) and principal.kind is Kind.TERMINAL:
+                terminal = getattr(found.parent, found.field.name)
+                if not terminal:
+                    setattr(found.parent, found.field.name, principal.id)
+                    changed = True
+                elif terminal != principal.id:
+                    raise PermissionDenied(
+                        f"{found.path}: this credential is terminal {principal.id!r}, not {terminal!r}"
+                    )
             if not _is_location(found.field):
                 continue
             if _is_repeated(found.field):
@@ -146,8 +166,10 @@ def visible_to(message: Message, principal: Principal) -> bool:
         return True
     channels: set[int] = set()
     locations: set[str] = set()
-    for found in _walk(message):
+    for found in _walk(message, visible=True):
         value = getattr(found.parent, found.field.name)
+        if _is_terminal(found.field):
+            continue
         if _is_channel(found.field):
             channels.add(value)
         elif _is_repeated(found.field):
@@ -157,6 +179,27 @@ def visible_to(message: Message, principal: Principal) -> bool:
     if principal.kind is Kind.CHANNEL:
         return principal.channel in channels
     return principal.location_id in locations
+
+
+def keep_visible(message: Message, principal: Principal) -> bool:
+    """Drop from every top-level list of messages the items not visible to the caller.
+    Returns True when something was dropped (the message must be re-serialised)."""
+    if principal.kind in (Kind.ADMIN, Kind.SERVICE):
+        return False
+    dropped = False
+    for field in message.DESCRIPTOR.fields:
+        if field.type != FieldDescriptor.TYPE_MESSAGE or not _is_repeated(field) or _is_map(field):
+            continue
+        items = getattr(message, field.name)
+        kept = [item for item in items if visible_to(item, principal)]
+        if len(kept) != len(items):
+            dropped = True
+            copies = [type(item)() for item in kept]
+            for copy, item in zip(copies, kept, strict=True):
+                copy.CopyFrom(item)
+            del items[:]
+            items.extend(copies)
+    return dropped
 
 
 def _present(message: Message, path: str) -> bool | None:

@@ -96,6 +96,11 @@ class FakeBackend:
                     m("RecordSaleRequest").FromString,
                     m("RecordSalesResponse").SerializeToString,
                 ),
+                "ListOrders": grpc.unary_unary_rpc_method_handler(
+                    self.list_orders,
+                    m("ListOrdersRequest").FromString,
+                    m("ListOrdersResponse").SerializeToString,
+                ),
                 "Echo": grpc.unary_unary_rpc_method_handler(
                     self.echo, m("EchoRequest").FromString, m("EchoResponse").SerializeToString
                 ),
@@ -119,6 +124,9 @@ class FakeBackend:
         )
         self.orders.setdefault(request.order_id, order)
         return message("PlaceOrderResponse")(order=self.orders[request.order_id])
+
+    async def list_orders(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return message("ListOrdersResponse")(orders=list(self.orders.values()))
 
     async def watch_order(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls.append(f"WatchOrder:{request.order_id}")

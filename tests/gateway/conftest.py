@@ -28,6 +28,7 @@ TEST_POLICIES = {
     P + "WatchOrder": Rule(frozenset({C, S}), owner=Owner.ORDER, required=("order_id",)),
     P + "RecordSales": Rule(frozenset({S, T}), scope_location=True),
     P + "StreamSales": Rule(frozenset({S, T}), scope_location=True),
+    P + "ListOrders": Rule(frozenset({C, S}), owner=Owner.FILTER),
     P + "Echo": Rule(frozenset(Kind)),
 }
 
@@ -131,6 +132,11 @@ class Client:
     def cancel_order(self, **fields: Any) -> Any:
         return self._call("unary_unary", "CancelOrder", "GetOrderRequest", "GetOrderResponse")(
             message("GetOrderRequest")(**fields), metadata=self.metadata, timeout=10
+        )
+
+    def list_orders(self) -> Any:
+        return self._call("unary_unary", "ListOrders", "ListOrdersRequest", "ListOrdersResponse")(
+            message("ListOrdersRequest")(), metadata=self.metadata, timeout=10
         )
 
     def watch_order(self, **fields: Any) -> Any:

@@ -116,6 +116,15 @@ async def test_a_store_sees_orders_of_its_location_only(as_: Any) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_list_only_shows_the_callers_orders(as_: Any) -> None:
+    web_order = await place(as_, "web", location_ids=["loc-a"])
+    app_order = await place(as_, "app", location_ids=["loc-b"])
+    web_sees = {o.order_id for o in (await as_("web").list_orders()).orders}
+    assert web_order in web_sees and app_order not in web_sees
+    store_sees = {o.order_id for o in (await as_("store-b").list_orders()).orders}
+    assert app_order in store_sees and web_order not in store_sees
+
+
 async def test_admin_sees_every_order(as_: Any) -> None:
     order_id = await place(as_, "app")
     assert (await as_("admin").get_order(order_id=order_id)).order.channel == common_pb2.CHANNEL_APP
