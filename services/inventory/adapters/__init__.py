@@ -1,0 +1,1 @@
+"""Redis store (Lua scripts), outbox relay to Kafka, availability fan-out."""

@@ -1,0 +1,248 @@
+"""The Redis store: every mutation is one Lua script call (atomic: counters, reservation,
+ledger outbox entry and the pub/sub change notice are written together), reads are one call.
+Key layout and the scripts' conventions are documented in adapters/lua/common.lua."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.inventory.domain import model
+
+LUA = Path(__file__).parent / "lua"
+SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read")
+OUTBOX = "inv:outbox"
+AVAIL_CHANNEL = "inv:avail"
+META_CHANNEL = "inv:meta"
+
+
+def _list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}.
+    return value if isinstance(value, list) else []
+
+
+def level_from(sku: str, loc: str, v: dict[str, Any]) -> model.StockLevel:
+    return model.StockLevel(
+        sku=sku, location_id=loc,
+        counters=model.Counters(int(v["oh"]), int(v["rs"]), int(v["ss"]), int(v["qt"])),
+        incoming=tuple(
+            model.IncomingSupply(s["id"], int(s["q"]), int(s.get("at") or 0), str(s.get("src") or ""))
+            for s in _list(v.get("sup"))
+        ),
+        sequence=int(v["seq"]), snapshot_as_of_ms=int(v.get("asof") or 0),
+    )
+
+
+def reservation_from(r: dict[str, Any]) -> model.Reservation:
+    return model.Reservation(
+        reservation_id=r["id"], status=model.ReservationStatus(r["st"]),
+        lines=tuple(
+            model.ReservedLine(line["s"], line["l"], int(line["q"]), int(line["r"]), int(line["f"]))
+            for line in _list(r["lines"])
+        ),
+        channel=r.get("ch") or "", order_id=r.get("ord") or "", expires_at_ms=int(r.get("exp") or 0),
+        created_at_ms=int(r.get("cr") or 0),
+    )
+
+
+def _raise(e: dict[str, Any], line_field: str = "lines") -> None:
+    code, msg = e["code"], e["msg"]
+    field = e.get("field") or ""
+    if code == "NOT_FOUND":
+        raise NotFound(f"{field}: {msg}" if field else msg)
+    if code == "INVALID_ARGUMENT":
+        raise InvalidArgument(field.replace("lines", line_field, 1) or line_field, msg)
+    if code == "ALREADY_EXISTS":
+        raise AlreadyExists(msg)
+    if code == "FAILED_PRECONDITION":
+        shorts = _list(e.get("short"))
+        violations = []
+        for s in shorts:
+            what = s.get("what") or "available"
+            subject = f"{line_field}[{s['i']}]"
+            violations.append(
+                (subject, f"{s['s']} at {s['l']}: requested {s.get('want', '?')}, {what} {s.get('have', '?')}")
+            )
+        if violations:
+            names = ", ".join(f"{subj} ({desc})" for subj, desc in violations)
+            raise FailedPrecondition(f"{msg}: {names}", violations)
+        raise FailedPrecondition(msg)
+    raise RuntimeError(f"unexpected script error {code}: {msg}")
+
+
+def _decode(raw: bytes | str, line_field: str = "lines") -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(raw)
+    if "e" in out:
+        _raise(out["e"], line_field)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadResult:
+    policy: model.ChannelPolicy
+    location_state: dict[str, str]  # "1" active, "0" inactive, "missing"
+    skus: list[tuple[str, bool, list[model.StockLevel]]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyResult:
+    duplicate: bool
+    ops: list[dict[str, Any]]
+    levels: dict[tuple[str, str], model.StockLevel]
+
+
+class RedisStore:
+    def __init__(self, redis: Redis, *, idempotency_ttl_s: int = 7 * 86400, closed_ttl_s: int = 7 * 86400) -> None:
+        self.redis = redis
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.closed_ttl_s = closed_ttl_s
+        prelude = (LUA / "common.lua").read_text()
+        self._scripts = {name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
+                         for name in SCRIPTS}
+
+    async def _call(self, name: str, args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=[], args=list(args))
+
+    # --- master data --------------------------------------------------------------------------
+
+    async def write_meta(self, *, delete: Sequence[str] = (), hset: Sequence[tuple[str, str, str]] = (),
+                         events: Sequence[tuple[str, str, bytes]] = ()) -> None:
+        spec = {
+            "del": list(delete),
+            "hset": [list(h) for h in hset],
+            "events": [[t, k, base64.b64encode(p).decode()] for t, k, p in events],
+        }
+        await self._call("meta", [json.dumps(spec)])
+
+    async def locations(self, ids: Sequence[str] | None = None) -> dict[str, model.Location]:
+        if ids is None:
+            raw = await self.redis.hgetall("inv:locations")
+        else:
+            values = await self.redis.hmget("inv:locations", list(ids)) if ids else []
+            raw = {i: v for i, v in zip(ids, values, strict=True) if v is not None}
+        return {(k.decode() if isinstance(k, bytes) else k): location_from_json(v) for k, v in raw.items()}
+
+    async def policies(self) -> list[model.ChannelPolicy]:
+        out = []
+        async for key in self.redis.scan_iter(match="inv:policy:*", count=100):
+            name = key.decode().removeprefix("inv:policy:")
+            out.append(policy_from_hash(name, await self.redis.hgetall(key)))
+        return sorted(out, key=lambda p: p.channel)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def read(self, channel: str, location_ids: Sequence[str], skus: Sequence[str]) -> ReadResult:
+        raw = await self._call("read", [channel, len(location_ids), *location_ids, *skus])
+        out = json.loads(raw)
+        policy = model.ChannelPolicy(
+            channel=channel, buffer_units=int(out["policy"]["buffer"]),
+            excluded_location_ids=frozenset(_list(out["policy"]["x"])),
+        )
+        locstate = out["loc"] if isinstance(out["loc"], dict) else {}
+        entries = [
+            (e["s"], bool(e["known"]), [level_from(e["s"], lv["l"], lv) for lv in _list(e["levels"])])
+            for e in out["skus"]
+        ]
+        return ReadResult(policy, locstate, entries)
+
+    async def get_reservation(self, reservation_id: str) -> model.Reservation | None:
+        raw = await self.redis.hgetall(f"inv:res:{reservation_id}")
+        if not raw:
+            return None
+        r = {k.decode(): v.decode() for k, v in raw.items()}
+        r["id"] = reservation_id
+        r["lines"] = json.loads(r["lines"])
+        return reservation_from(r)
+
+    # --- reservations -------------------------------------------------------------------------
+
+    async def reserve(self, reservation_id: str, lines: Sequence[model.Line], channel: str, order_id: str,
+                      hold_ttl_s: int, fp: str) -> tuple[model.Reservation, bool]:
+        args: list[Any] = [reservation_id, channel, order_id, hold_ttl_s, fp, len(lines)]
+        for line in lines:
+            args += [line.sku, line.location_id, line.quantity]
+        out = _decode(await self._call("reserve", args))
+        return reservation_from(out["r"]), bool(out["dup"])
+
+    async def confirm(self, reservation_id: str, order_id: str) -> model.Reservation:
+        out = _decode(await self._call("confirm", [reservation_id, order_id]))
+        return reservation_from(out["r"])
+
+    async def release_or_fulfil(self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str,
+                                reason: str) -> model.Reservation:
+        idem = f"inv:idem:{op}:{reservation_id}:{request_id}" if request_id else ""
+        args: list[Any] = [op, reservation_id, idem, self.idempotency_ttl_s, self.closed_ttl_s, reason, len(lines)]
+        for line in lines:
+            args += [line.sku, line.location_id, line.quantity]
+        out = _decode(await self._call("release", args))
+        return reservation_from(out["r"])
+
+    async def sweep(self, limit: int = 200) -> int:
+        return int(await self._call("sweep", [limit, self.closed_ttl_s]))
+
+    # --- stock movements ----------------------------------------------------------------------
+
+    async def apply(self, ops: Sequence[dict[str, Any]], *, idem_key: str = "", fp: str = "", reference: str = "",
+                    reason: str = "", line_field: str = "lines") -> ApplyResult:
+        raw = await self._call(
+            "apply", [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops))]
+        )
+        out = _decode(raw, line_field)
+        levels = {}
+        for key, v in (out.get("levels") or {}).items():
+            sku, _, loc = key.rpartition("@")
+            levels[(sku, loc)] = level_from(sku, loc, v)
+        return ApplyResult(bool(out.get("dup")), _list(out.get("ops")), levels)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+
+# --- master data stored as JSON -----------------------------------------------------------------
+
+
+def location_to_json(loc: model.Location) -> str:
+    return json.dumps(dataclasses.asdict(loc))
+
+
+def location_from_json(raw: bytes | str) -> model.Location:
+    d = json.loads(raw)
+    return model.Location(
+        location_id=d["location_id"], name=d["name"], type=model.LocationType(d["type"]),
+        latitude=d["latitude"], longitude=d["longitude"],
+        capabilities=tuple(model.Capability(c) for c in d["capabilities"]),
+        opening_hours=tuple(model.OpeningHours(**h) for h in d["opening_hours"]),
+        daily_capacity=d["daily_capacity"], active=d["active"], address=model.Address(**d["address"]),
+        time_zone=d.get("time_zone", ""),
+    )
+
+
+def sku_to_json(s: model.Sku) -> str:
+    return json.dumps(dataclasses.asdict(s))
+
+
+def policy_from_hash(channel: str, raw: dict[bytes, bytes]) -> model.ChannelPolicy:
+    buffer = 0
+    excluded = set()
+    for k, v in raw.items():
+        key = k.decode()
+        if key == "buffer":
+            buffer = int(v)
+        elif key.startswith("x:"):
+            excluded.add(key[2:])
+    return model.ChannelPolicy(channel, buffer, frozenset(excluded))
+
+
+def policy_fields(p: model.ChannelPolicy) -> list[tuple[str, str, str]]:
+    key = f"inv:policy:{p.channel}"
+    return [(key, "buffer", str(p.buffer_units)), *[(key, f"x:{loc}", "1") for loc in sorted(p.excluded_location_ids)]]
+
+
+__all__ = ["FieldViolation", "ReadResult", "RedisStore"]

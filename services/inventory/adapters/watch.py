@@ -1,0 +1,101 @@
+"""In-process fan-out of availability changes: one Redis pub/sub subscription per process
+(channel ``inv:avail``, published by the same Lua script that changes the counters) feeds
+every WatchAvailability stream of the process through bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runtime.errors import Unavailable
+from services.inventory.adapters.redis_store import AVAIL_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    def __init__(self, hub: AvailabilityHub, skus: Collection[str], locations: Collection[str],
+                 max_queue: int) -> None:
+        self._hub = hub
+        self.skus = frozenset(skus)
+        self.locations = frozenset(locations)
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_queue)
+        self.error: str | None = None
+
+    def wants(self, change: dict[str, Any]) -> bool:
+        return (not self.skus or change["s"] in self.skus) and (not self.locations or change["l"] in self.locations)
+
+    def offer(self, change: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            self.close("the watch fell behind; reconnect to get a fresh snapshot")
+
+    def close(self, error: str) -> None:
+        if self.error is None:
+            self.error = error
+            # Make room for the end marker.
+            while self.queue.full():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    async def changes(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                raise Unavailable(self.error or "watch closed")
+            yield item
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._hub.unsubscribe(self)
+
+
+class AvailabilityHub:
+    def __init__(self, redis: Redis, *, max_queue: int = 10_000) -> None:
+        self._redis = redis
+        self._subs: set[Subscription] = set()
+        self._max_queue = max_queue
+        self.ready = asyncio.Event()
+
+    def subscribe(self, skus: Collection[str], locations: Collection[str]) -> Subscription:
+        if not self.ready.is_set():
+            raise Unavailable("availability feed is not connected yet; retry")
+        sub = Subscription(self, skus, locations, self._max_queue)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subs)
+
+    async def run(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(AVAIL_CHANNEL)
+        self.ready.set()
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                for change in json.loads(message["data"]):
+                    for sub in list(self._subs):
+                        if sub.wants(change):
+                            sub.offer(change)
+        finally:
+            # Changes may be missed while reconnecting: watchers must resubscribe for a fresh snapshot.
+            self.ready.clear()
+            for sub in list(self._subs):
+                sub.close("availability feed reconnecting; watch again")
+            self._subs.clear()
+            await pubsub.aclose()

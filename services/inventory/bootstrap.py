@@ -1,0 +1,103 @@
+"""Composition root of the inventory service: Redis client, scripts, Kafka producer, outbox
+relay, availability fan-out and the hold sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+from redis.asyncio import Redis
+
+from runtime.grpc_server import Wiring
+from runtime.kafka import create_producer
+from runtime.settings import CommonSettings, Env
+from services.inventory.adapters.redis_store import RedisStore
+from services.inventory.adapters.relay import OutboxRelay
+from services.inventory.adapters.watch import AvailabilityHub
+from services.inventory.entrypoints.grpc import InventoryServicer
+from services.inventory.service import InventoryService
+from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySettings:
+    redis_url: str
+    idempotency_ttl_s: int
+    closed_reservation_ttl_s: int
+    sweep_interval_s: float
+    relay_batch: int
+    relay_enabled: bool
+
+    @classmethod
+    def from_env(cls, common: CommonSettings, environ: dict[str, str] | None = None) -> InventorySettings:
+        env = Env(environ if environ is not None else dict(os.environ))
+        return cls(
+            redis_url=env.url("TUTTI_INVENTORY_REDIS_URL", common.redis_url, ("redis", "rediss", "unix")),
+            idempotency_ttl_s=env.int("TUTTI_INVENTORY_IDEMPOTENCY_TTL_SECONDS", 7 * 86400, minimum=60),
+            closed_reservation_ttl_s=env.int("TUTTI_INVENTORY_CLOSED_RESERVATION_TTL_SECONDS", 7 * 86400, minimum=60),
+            sweep_interval_s=env.float("TUTTI_INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, minimum=0.05),
+            relay_batch=env.int("TUTTI_INVENTORY_RELAY_BATCH", 500, minimum=1, maximum=10_000),
+            relay_enabled=env.bool("TUTTI_INVENTORY_RELAY_ENABLED", True),
+        )
+
+
+async def build(settings: CommonSettings, stack: AsyncExitStack, inventory: InventorySettings | None = None) -> Wiring:
+    cfg = inventory or InventorySettings.from_env(settings)
+    redis = Redis.from_url(cfg.redis_url, max_connections=64, health_check_interval=30, socket_keepalive=True)
+    stack.push_async_callback(redis.aclose)
+    store = RedisStore(redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s)
+    hub = AvailabilityHub(redis)
+    service = InventoryService(store, hub)
+
+    producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")
+    producer_started = asyncio.Event()
+    stack.push_async_callback(producer.stop)
+    relay = OutboxRelay(redis, producer, batch=cfg.relay_batch)
+
+    async def start_producer() -> None:
+        await producer.start()
+        producer_started.set()
+
+    async def relay_outbox() -> None:
+        if not producer_started.is_set():
+            await start_producer()
+        if cfg.relay_enabled:
+            await relay.run()
+
+    async def sweep_holds() -> None:
+        while True:
+            released = await service.sweep_expired()
+            if released:
+                log.info("expired holds released", extra={"count": released})
+                continue  # more may be waiting
+            await asyncio.sleep(cfg.sweep_interval_s)
+
+    async def fan_out() -> None:
+        await hub.run()
+
+    async def ready() -> None:
+        await store.ping()
+        if not producer_started.is_set():
+            raise ConnectionError("Kafka producer not started yet")
+        if not hub.ready.is_set():
+            raise ConnectionError("availability feed not subscribed yet")
+
+    def register(server: grpc.aio.Server) -> None:
+        inventory_pb2_grpc.add_InventoryServiceServicer_to_server(InventoryServicer(service), server)
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(start_producer(), timeout=10)
+
+    return Wiring(
+        register=register,
+        service_names=[inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name],
+        ready=ready,
+        background=(relay_outbox, sweep_holds, fan_out),
+    )

@@ -1,0 +1,1 @@
+"""The pure inventory model: no gRPC, Redis or Kafka here, only rules and state."""

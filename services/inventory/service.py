@@ -1,0 +1,472 @@
+"""Inventory use cases: validate a command, run it as one atomic store call, shape the result.
+
+Every mutating use case is idempotent: reservations by reservation id, movements by movement /
+snapshot / import id, POS sales by terminal and sale id, partial releases and fulfilments by
+request id; absolute settings (safety stock, incoming supply, policies, master data) by nature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from services.inventory.adapters import codec
+from services.inventory.adapters.watch import AvailabilityHub
+from services.inventory.adapters.redis_store import (
+    RedisStore,
+    location_to_json,
+    policy_fields,
+    sku_to_json,
+)
+from services.inventory.domain import model
+from services.inventory.domain.csv_import import parse_stock_csv
+from tutti.inventory.v1 import events_pb2
+
+EVENT_LOCATION = "tutti.inventory.v1.LocationUpserted"
+EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
+EVENT_POLICY = "tutti.inventory.v1.ChannelPolicySet"
+
+
+@dataclass(frozen=True, slots=True)
+class PosResult:
+    duplicate: bool
+    shortfall: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchUpdate:
+    snapshot: bool
+    availability: model.SkuAvailability
+    snapshot_complete: bool = False
+
+
+class InventoryService:
+    def __init__(self, store: RedisStore, hub: AvailabilityHub | None = None) -> None:
+        self.store = store
+        self.hub = hub
+
+    # --- master data --------------------------------------------------------------------------
+
+    async def upsert_locations(self, locations: Sequence[model.Location]) -> list[model.Location]:
+        if not locations:
+            raise InvalidArgument("locations", "at least one location is required")
+        if len(locations) > model.MAX_LOCATIONS:
+            raise InvalidArgument("locations", f"at most {model.MAX_LOCATIONS} per call")
+        violations: list[FieldViolation | None] = []
+        for i, loc in enumerate(locations):
+            if loc.type is None:
+                violations.append(FieldViolation(f"locations[{i}].type", "is required"))
+            violations += model.validate_location(loc, f"locations[{i}]")
+        model.raise_if(violations)
+        hset: list[tuple[str, str, str]] = []
+        events = []
+        for loc in locations:
+            hset.append(("inv:locations", loc.location_id, location_to_json(loc)))
+            hset.append(("inv:locstate", loc.location_id, "1" if loc.active else "0"))
+            payload = events_pb2.LocationUpserted(location=codec.location_pb(loc), location_id=loc.location_id)
+            events.append((EVENT_LOCATION, f"location:{loc.location_id}", payload.SerializeToString()))
+        await self.store.write_meta(hset=hset, events=events)
+        return list(locations)
+
+    async def list_locations(self, types: Sequence[model.LocationType] = (),
+                             capabilities: Sequence[model.Capability] = (), active_only: bool = False
+                             ) -> list[model.Location]:
+        found = await self.store.locations()
+        out = [
+            loc for loc in found.values()
+            if (not types or loc.type in types)
+            and all(c in loc.capabilities for c in capabilities)
+            and (loc.active or not active_only)
+        ]
+        return sorted(out, key=lambda loc: loc.location_id)
+
+    async def get_location(self, location_id: str) -> model.Location:
+        model.require_id("location_id", location_id)
+        found = await self.store.locations([location_id])
+        if location_id not in found:
+            raise NotFound(f"location_id: unknown location {location_id}")
+        return found[location_id]
+
+    async def register_skus(self, skus: Sequence[model.Sku]) -> int:
+        if not skus:
+            raise InvalidArgument("skus", "at least one SKU is required")
+        if len(skus) > model.MAX_SKUS:
+            raise InvalidArgument("skus", f"at most {model.MAX_SKUS} per call")
+        model.raise_if(model.check_id(f"skus[{i}].sku", s.sku) for i, s in enumerate(skus))
+        hset = [("inv:skus", s.sku, sku_to_json(s)) for s in skus]
+        events = [
+            (EVENT_SKU, s.sku, events_pb2.SkuRegistered(sku=codec.sku_pb(s)).SerializeToString()) for s in skus
+        ]
+        await self.store.write_meta(hset=hset, events=events)
+        return len(skus)
+
+    async def set_channel_policy(self, policy: model.ChannelPolicy) -> model.ChannelPolicy:
+        if not policy.channel:
+            raise InvalidArgument("policy.channel", "is required")
+        if policy.buffer_units < 0 or policy.buffer_units > model.MAX_QUANTITY:
+            raise InvalidArgument("policy.buffer_units", "must be between 0 and 1000000000")
+        ids = sorted(policy.excluded_location_ids)
+        model.raise_if(model.check_id(f"policy.excluded_location_ids[{i}]", x) for i, x in enumerate(ids))
+        known = await self.store.locations(ids)
+        for i, x in enumerate(ids):
+            if x not in known:
+                raise NotFound(f"policy.excluded_location_ids[{i}]: unknown location {x}")
+        payload = events_pb2.ChannelPolicySet(policy=codec.policy_pb(policy)).SerializeToString()
+        await self.store.write_meta(
+            delete=[f"inv:policy:{policy.channel}"], hset=policy_fields(policy),
+            events=[(EVENT_POLICY, f"channel:{policy.channel}", payload)],
+        )
+        return policy
+
+    async def list_channel_policies(self) -> list[model.ChannelPolicy]:
+        return await self.store.policies()
+
+    # --- availability -------------------------------------------------------------------------
+
+    async def batch_get_availability(self, skus: Sequence[str], location_ids: Sequence[str], channel: str
+                                     ) -> list[model.SkuAvailability]:
+        if not skus:
+            raise InvalidArgument("skus", "at least one SKU is required")
+        if len(skus) > model.MAX_BATCH_SKUS:
+            raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per call, got {len(skus)}")
+        model.raise_if([
+            *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
+            *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
+        ])
+        result = await self.store.read(channel, _unique(location_ids), skus)
+        for i, x in enumerate(location_ids):
+            if result.location_state.get(x, "missing") == "missing":
+                raise NotFound(f"location_ids[{i}]: unknown location {x}")
+        out = []
+        for i, (sku, known, levels) in enumerate(result.skus):
+            if not known:
+                raise NotFound(f"skus[{i}]: unknown SKU {sku}")
+            active = {loc: state == "1" for loc, state in result.location_state.items()}
+            out.append(model.availability_view(sku, levels, result.policy, active))
+        return out
+
+    async def get_availability(self, sku: str, location_ids: Sequence[str], channel: str) -> model.SkuAvailability:
+        model.require_id("sku", sku)
+        try:
+            (view,) = await self.batch_get_availability([sku], location_ids, channel)
+        except NotFound as exc:
+            raise NotFound(exc.message.replace("skus[0]", "sku")) from None
+        return view
+
+    async def get_stock_levels(self, sku: str, location_ids: Sequence[str]) -> list[model.StockLevel]:
+        model.require_id("sku", sku)
+        model.raise_if(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids))
+        result = await self.store.read("", _unique(location_ids), [sku])
+        for i, x in enumerate(location_ids):
+            if result.location_state.get(x, "missing") == "missing":
+                raise NotFound(f"location_ids[{i}]: unknown location {x}")
+        _, known, levels = result.skus[0]
+        if not known:
+            raise NotFound(f"sku: unknown SKU {sku}")
+        return levels
+
+    async def watch(self, skus: Sequence[str], location_ids: Sequence[str], channel: str
+                    ) -> AsyncIterator[WatchUpdate]:
+        """The current availability of ``skus`` (one message per SKU), then every change.
+
+        Subscribes before reading the snapshot and drops changes the snapshot already shows
+        (by per SKU x location sequence), so nothing is missed and nothing goes backwards."""
+        if self.hub is None:
+            raise Unavailable("watching is not enabled in this process")
+        if len(skus) > model.MAX_BATCH_SKUS:
+            raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per watch, got {len(skus)}")
+        model.raise_if([
+            *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
+            *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
+        ])
+        wanted_locs = set(location_ids)
+        with self.hub.subscribe(skus, location_ids) as sub:
+            seen: dict[tuple[str, str], int] = {}
+            shown: dict[str, dict[str, model.LocationAvailability]] = {}
+            if skus:
+                result = await self.store.read(channel, _unique(location_ids), _unique(skus))
+                for i, x in enumerate(location_ids):
+                    if result.location_state.get(x, "missing") == "missing":
+                        raise NotFound(f"location_ids[{i}]: unknown location {x}")
+                policy = result.policy
+                active = {loc: state == "1" for loc, state in result.location_state.items()}
+                views = []
+                for i, (sku, known, levels) in enumerate(result.skus):
+                    if not known:
+                        raise NotFound(f"skus[{i}]: unknown SKU {sku}")
+                    for level in levels:
+                        seen[(sku, level.location_id)] = level.sequence
+                    view = model.availability_view(sku, levels, policy, active)
+                    shown[sku] = {a.level.location_id: a for a in view.locations}
+                    views.append(view)
+                for i, view in enumerate(views):
+                    yield WatchUpdate(True, view, snapshot_complete=i == len(views) - 1)
+            else:
+                policy = (await self.store.read(channel, [], [])).policy
+                active = {}
+                yield WatchUpdate(True, model.SkuAvailability("", channel, ()), snapshot_complete=True)
+            async for change in sub.changes():
+                sku, loc, seq = change["s"], change["l"], int(change["seq"])
+                if seq <= seen.get((sku, loc), 0):
+                    continue
+                seen[(sku, loc)] = seq
+                if wanted_locs and loc not in wanted_locs:
+                    continue
+                if loc not in active:
+                    found = await self.store.locations([loc])
+                    active[loc] = loc in found and found[loc].active
+                if not active[loc] or loc in policy.excluded_location_ids:
+                    continue
+                inc = int(change.get("inc") or 0)
+                level = model.StockLevel(
+                    sku, loc, model.Counters(int(change["oh"]), int(change["rs"]), int(change["ss"]), int(change["qt"])),
+                    incoming=(model.IncomingSupply("", inc, 0),) if inc else (), sequence=seq,
+                )
+                entry = model.LocationAvailability(level, model.channel_available(level.counters, policy, loc, True))
+                per_sku = shown.setdefault(sku, {})
+                per_sku[loc] = entry
+                network = sum(a.available for a in per_sku.values())
+                yield WatchUpdate(False, _ChangedView(sku, channel, (entry,), network))
+
+    # --- reservations -------------------------------------------------------------------------
+
+    async def reserve(self, reservation_id: str, lines: Sequence[model.Line], channel: str, order_id: str = "",
+                      hold_ttl_s: int = 0) -> tuple[model.Reservation, bool]:
+        violations = [model.check_id("reservation_id", reservation_id)]
+        if order_id:
+            violations.append(model.check_id("order_id", order_id))
+        if not channel:
+            violations.append(FieldViolation("channel", "is required"))
+        if not 0 <= hold_ttl_s <= model.MAX_HOLD_SECONDS:
+            violations.append(FieldViolation("hold_ttl_seconds", f"must be between 0 and {model.MAX_HOLD_SECONDS}"))
+        model.raise_if(violations)
+        model.validate_lines(lines)
+        fp = model.fingerprint(sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s)
+        return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
+
+    async def confirm(self, reservation_id: str, order_id: str = "") -> model.Reservation:
+        model.require_id("reservation_id", reservation_id)
+        if order_id:
+            model.require_id("order_id", order_id)
+        return await self.store.confirm(reservation_id, order_id)
+
+    async def release(self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "",
+                      reason: str = "") -> model.Reservation:
+        return await self._release_or_fulfil("release", reservation_id, lines, request_id, reason)
+
+    async def fulfil(self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "",
+                     reason: str = "") -> model.Reservation:
+        return await self._release_or_fulfil("fulfil", reservation_id, lines, request_id, reason)
+
+    async def _release_or_fulfil(self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str,
+                                 reason: str) -> model.Reservation:
+        model.require_id("reservation_id", reservation_id)
+        model.validate_lines(lines, required=False)
+        if request_id:
+            model.require_id("request_id", request_id)
+        elif lines:
+            raise InvalidArgument("request_id", "is required when lines are given (it makes retries safe)")
+        return await self.store.release_or_fulfil(op, reservation_id, lines, request_id, reason[:200])
+
+    async def get_reservation(self, reservation_id: str) -> model.Reservation:
+        model.require_id("reservation_id", reservation_id)
+        found = await self.store.get_reservation(reservation_id)
+        if found is None:
+            raise NotFound(f"reservation_id: unknown reservation {reservation_id}")
+        return found
+
+    async def sweep_expired(self, limit: int = 200) -> int:
+        return await self.store.sweep(limit)
+
+    # --- stock sync ---------------------------------------------------------------------------
+
+    async def apply_snapshot(self, snapshot_id: str, as_of_ms: int, lines: Sequence[model.Line], source: str = "",
+                             safety: dict[tuple[str, str], int] | None = None, line_field: str = "lines",
+                             ) -> list[tuple[model.Line, bool, model.StockLevel, int]]:
+        model.require_id("snapshot_id", snapshot_id)
+        if as_of_ms <= 0:
+            raise InvalidArgument("as_of", "is required")
+        if not lines:
+            raise InvalidArgument(line_field, "at least one line is required")
+        if len(lines) > model.MAX_SNAPSHOT_LINES:
+            raise InvalidArgument(line_field, f"at most {model.MAX_SNAPSHOT_LINES} lines per snapshot")
+        violations: list[FieldViolation | None] = []
+        seen: set[tuple[str, str]] = set()
+        for i, line in enumerate(lines):
+            violations += [
+                model.check_id(f"{line_field}[{i}].sku", line.sku),
+                model.check_id(f"{line_field}[{i}].location_id", line.location_id),
+                model.check_quantity(f"{line_field}[{i}].on_hand", line.quantity, allow_zero=True),
+            ]
+            if (line.sku, line.location_id) in seen:
+                violations.append(FieldViolation(f"{line_field}[{i}]", "SKU x location appears more than once"))
+            seen.add((line.sku, line.location_id))
+        model.raise_if(violations)
+        ops: list[dict[str, Any]] = []
+        for line in lines:
+            ops.append({"op": "snap", "k": "SNAPSHOT_APPLIED", "s": line.sku, "l": line.location_id,
+                        "abs": line.quantity, "asof": as_of_ms})
+            if safety and (line.sku, line.location_id) in safety:
+                ops.append({"op": "safety", "k": "SAFETY_STOCK_SET", "s": line.sku, "l": line.location_id,
+                            "ss": safety[(line.sku, line.location_id)]})
+        fp = model.fingerprint(as_of_ms, [(x.sku, x.location_id, x.quantity) for x in lines], safety)
+        result = await self.store.apply(ops, idem_key=f"inv:idem:snap:{snapshot_id}", fp=fp, reference=snapshot_id,
+                                        reason=source[:200], line_field=line_field)
+        out = []
+        snap_ops = [op for op, spec in zip(result.ops, ops, strict=True) if spec["op"] == "snap"]
+        for line, op in zip(lines, snap_ops, strict=True):
+            level = result.levels.get((line.sku, line.location_id))
+            if level is None:  # a rebuilt idempotency record carries no levels
+                level = (await self.get_stock_levels(line.sku, [line.location_id]))[0]
+            out.append((line, bool(op.get("applied")), level, int(op.get("sf") or 0)))
+        return out
+
+    async def import_csv(self, import_id: str, data: bytes, as_of_ms: int) -> tuple[int, int]:
+        model.require_id("import_id", import_id)
+        rows = parse_stock_csv(data)
+        lines = [model.Line(r.sku, r.location_id, r.on_hand) for r in rows]
+        safety = {(r.sku, r.location_id): r.safety_stock for r in rows if r.safety_stock is not None}
+        results = await self.apply_snapshot(import_id, as_of_ms, lines, "CSV", safety, line_field="csv")
+        applied = sum(1 for _, ok, _, _ in results if ok)
+        return applied, len(results) - applied
+
+    async def _movement(self, movement_id: str, ops: list[dict[str, Any]], fp_parts: object, reason: str,
+                        line_field: str = "lines") -> tuple[bool, dict[tuple[str, str], model.StockLevel]]:
+        fp = model.fingerprint(fp_parts)
+        result = await self.store.apply(ops, idem_key=f"inv:idem:mv:{movement_id}", fp=fp, reference=movement_id,
+                                        reason=reason[:200], line_field=line_field)
+        levels = result.levels
+        missing = {(op["s"], op["l"]) for op in ops} - set(levels)
+        for sku, loc in missing:  # a rebuilt idempotency record carries no levels
+            levels[(sku, loc)] = (await self.get_stock_levels(sku, [loc]))[0]
+        return result.duplicate, levels
+
+    async def receive(self, movement_id: str, location_id: str, lines: Sequence[model.Line], quarantined: bool = False,
+                      supply_id: str = "", reason: str = "") -> tuple[bool, list[model.StockLevel]]:
+        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("location_id", location_id),
+                        model.check_id("supply_id", supply_id) if supply_id else None])
+        lines = [model.Line(x.sku, location_id, x.quantity) for x in lines]
+        model.validate_lines(lines, maximum=model.MAX_MOVEMENT_LINES)
+        ops = [{"op": "delta", "k": "RECEIVED", "s": x.sku, "l": location_id,
+                "doh": 0 if quarantined else x.quantity, "dqt": x.quantity if quarantined else 0,
+                "mode": "strict", "sup": supply_id} for x in lines]
+        dup, levels = await self._movement(movement_id, ops, ("recv", location_id, lines, quarantined, supply_id),
+                                           reason)
+        return dup, [levels[(x.sku, location_id)] for x in lines]
+
+    async def adjust(self, movement_id: str, sku: str, location_id: str, delta: int, reason: str = ""
+                     ) -> tuple[bool, model.StockLevel]:
+        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
+                        model.check_id("location_id", location_id),
+                        FieldViolation("delta", "must not be zero") if delta == 0 else None,
+                        FieldViolation("delta", "is out of range") if abs(delta) > model.MAX_QUANTITY else None])
+        ops = [{"op": "delta", "k": "ADJUSTED", "s": sku, "l": location_id, "doh": delta, "dqt": 0, "mode": "strict"}]
+        dup, levels = await self._movement(movement_id, ops, ("adj", sku, location_id, delta), reason, "sku")
+        return dup, levels[(sku, location_id)]
+
+    async def transfer(self, movement_id: str, sku: str, from_id: str, to_id: str, quantity: int
+                       ) -> tuple[bool, model.StockLevel, model.StockLevel]:
+        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
+                        model.check_id("from_location_id", from_id), model.check_id("to_location_id", to_id),
+                        model.check_quantity("quantity", quantity),
+                        FieldViolation("to_location_id", "must differ from from_location_id")
+                        if from_id == to_id else None])
+        ops = [
+            {"op": "delta", "k": "TRANSFERRED_OUT", "s": sku, "l": from_id, "doh": -quantity, "dqt": 0,
+             "mode": "strict", "cp": to_id},
+            {"op": "delta", "k": "TRANSFERRED_IN", "s": sku, "l": to_id, "doh": quantity, "dqt": 0,
+             "mode": "strict", "cp": from_id},
+        ]
+        try:
+            dup, levels = await self._movement(movement_id, ops, ("xfer", sku, from_id, to_id, quantity), "transfer")
+        except NotFound as exc:
+            raise NotFound(exc.message.replace("lines[0].location_id", "from_location_id")
+                           .replace("lines[1].location_id", "to_location_id").replace("lines[0].sku", "sku")) from None
+        return dup, levels[(sku, from_id)], levels[(sku, to_id)]
+
+    async def quarantine(self, movement_id: str, sku: str, location_id: str, quantity: int, reason: str = ""
+                         ) -> tuple[bool, model.StockLevel]:
+        self._check_single(movement_id, sku, location_id, quantity)
+        ops = [{"op": "delta", "k": "QUARANTINED", "s": sku, "l": location_id, "doh": -quantity, "dqt": quantity,
+                "mode": "strict"}]
+        dup, levels = await self._movement(movement_id, ops, ("qt", sku, location_id, quantity), reason, "sku")
+        return dup, levels[(sku, location_id)]
+
+    async def release_quarantine(self, movement_id: str, sku: str, location_id: str, quantity: int, restock: bool
+                                 ) -> tuple[bool, model.StockLevel]:
+        self._check_single(movement_id, sku, location_id, quantity)
+        kind = "QUARANTINE_RESTOCKED" if restock else "QUARANTINE_DISPOSED"
+        ops = [{"op": "delta", "k": kind, "s": sku, "l": location_id, "doh": quantity if restock else 0,
+                "dqt": -quantity, "mode": "strict"}]
+        dup, levels = await self._movement(movement_id, ops, ("uq", sku, location_id, quantity, restock), kind, "sku")
+        return dup, levels[(sku, location_id)]
+
+    @staticmethod
+    def _check_single(movement_id: str, sku: str, location_id: str, quantity: int) -> None:
+        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
+                        model.check_id("location_id", location_id), model.check_quantity("quantity", quantity)])
+
+    async def set_safety_stock(self, lines: Sequence[model.Line]) -> list[model.StockLevel]:
+        if not lines:
+            raise InvalidArgument("lines", "at least one line is required")
+        if len(lines) > model.MAX_SNAPSHOT_LINES:
+            raise InvalidArgument("lines", f"at most {model.MAX_SNAPSHOT_LINES} lines")
+        violations: list[FieldViolation | None] = []
+        for i, x in enumerate(lines):
+            violations += [model.check_id(f"lines[{i}].sku", x.sku), model.check_id(f"lines[{i}].location_id", x.location_id),
+                           model.check_quantity(f"lines[{i}].safety_stock", x.quantity, allow_zero=True)]
+        model.raise_if(violations)
+        ops = [{"op": "safety", "k": "SAFETY_STOCK_SET", "s": x.sku, "l": x.location_id, "ss": x.quantity} for x in lines]
+        result = await self.store.apply(ops)
+        return [result.levels[(x.sku, x.location_id)] for x in lines]
+
+    async def set_incoming_supply(self, sku: str, location_id: str, supply: model.IncomingSupply) -> model.StockLevel:
+        model.raise_if([model.check_id("sku", sku), model.check_id("location_id", location_id),
+                        model.check_id("supply.supply_id", supply.supply_id),
+                        model.check_quantity("supply.quantity", supply.quantity, allow_zero=True),
+                        FieldViolation("supply.expected_at", "is required")
+                        if supply.quantity > 0 and supply.expected_at_ms <= 0 else None])
+        ops = [{"op": "incoming", "k": "INCOMING_SUPPLY_SET", "s": sku, "l": location_id, "sid": supply.supply_id,
+                "q": supply.quantity, "at": supply.expected_at_ms, "src": supply.source[:100]}]
+        result = await self.store.apply(ops, reference=supply.supply_id, line_field="sku")
+        return result.levels[(sku, location_id)]
+
+    # --- POS ----------------------------------------------------------------------------------
+
+    async def pos_sale(self, terminal_id: str, sale_id: str, location_id: str, is_return: bool,
+                       lines: Sequence[tuple[str, int, bool]]) -> PosResult:
+        """Records a till sale or return. A sale never fails for lack of stock (the goods are gone):
+        on_hand falls to the reserved level at most and the rest is reported as shortfall."""
+        model.raise_if([model.check_id("terminal_id", terminal_id), model.check_id("sale_id", sale_id),
+                        model.check_id("location_id", location_id)])
+        model.validate_lines([model.Line(s, location_id, q) for s, q, _ in lines], maximum=model.MAX_POS_LINES)
+        ops = []
+        for sku, qty, damaged in lines:
+            if is_return:
+                ops.append({"op": "delta", "k": "POS_RETURNED", "s": sku, "l": location_id,
+                            "doh": 0 if damaged else qty, "dqt": qty if damaged else 0, "mode": "strict"})
+            else:
+                ops.append({"op": "delta", "k": "POS_SOLD", "s": sku, "l": location_id, "doh": -qty, "dqt": 0,
+                            "mode": "clamp"})
+        ref = f"pos:{terminal_id}:{sale_id}"
+        fp = model.fingerprint(location_id, is_return, list(lines))
+        result = await self.store.apply(ops, idem_key=f"inv:idem:{ref}", fp=fp, reference=ref, reason="POS")
+        shortfall = {op["s"]: int(op["sf"]) for op in result.ops if int(op.get("sf") or 0) > 0}
+        return PosResult(result.duplicate, shortfall)
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangedView(model.SkuAvailability):
+    """A change: the changed location only, with the network total over the watched locations."""
+
+    total: int = 0
+
+    @property
+    def network_available(self) -> int:
+        return self.total
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
