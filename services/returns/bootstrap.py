@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 
 from runtime.errors import Unavailable
 from runtime.grpc_server import Wiring, client_channel
@@ -21,7 +22,6 @@ from services.returns.adapters.rules_file import DEFAULT_RULES_FILE, load_rules
 from services.returns.domain.rules import ReturnRules
 from services.returns.entrypoints.grpc import ReturnsServicer
 from services.returns.service import ReturnsService, TaskWorker
-from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 
 SCHEMA = "returns"
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -75,6 +75,13 @@ def test_unknown_line_is_not_found() -> None:
         open_return([line("L9")])
 
 
+def test_lines_not_handed_over_yet_cannot_be_returned() -> None:
+    p = purchase()
+    p = replace(p, lines=(replace(p.lines[0], handed_over=False), *p.lines[1:]))
+    with pytest.raises(FailedPrecondition, match="not been shipped or collected"):
+        open_return([line("L1")], p=p)
+
+
 def test_non_returnable_category() -> None:
     with pytest.raises(FailedPrecondition, match="gift-card"):
         open_return([line("L2")])

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-
-from services.returns.domain import model as m
 from tutti.common.v1 import common_pb2
 from tutti.returns.v1 import returns_pb2 as pb
+
+from services.returns.domain import model as m
 
 REASONS = {
     m.Reason.CHANGED_MIND: pb.RETURN_REASON_CHANGED_MIND,

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
+from tutti.returns.v1 import events_pb2 as ev
 
 from services.returns.adapters import codec
 from services.returns.domain import model as m
-from tutti.returns.v1 import events_pb2 as ev
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 
 import grpc
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as ipb
+from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
 
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, TuttiError, Unavailable
 from services.returns.adapters import codec
 from services.returns.domain import model as m
-from tutti.common.v1 import common_pb2
-from tutti.inventory.v1 import inventory_pb2 as ipb
-from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
 
 LOCATION_TYPES = {
     common_pb2.LOCATION_TYPE_STORE: "store",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from tutti.orchestrator.v1 import orchestrator_pb2 as opb
+from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
 
 from runtime.errors import Unavailable
 from services.returns.adapters import codec
 from services.returns.domain import model as m
-from tutti.orchestrator.v1 import orchestrator_pb2 as opb
-from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
 
 # Goods the customer has: only these lines can come back (others are cancelled on the order).
 HANDED_OVER = {opb.LINE_STATUS_SHIPPED, opb.LINE_STATUS_DELIVERED, opb.LINE_STATUS_COLLECTED}

@@ -216,7 +216,7 @@ class PgReturnsStore:
     async def task_failed(self, task_id: str, error: str, retry_in: timedelta) -> None:
         await self._pool.execute(
             "UPDATE inventory_tasks SET attempts = attempts + 1, last_error = $2, "
-            "next_attempt_at = now() + $3 * least(attempts + 1, 12) WHERE task_id = $1 AND done_at IS NULL",
+            "next_attempt_at = now() + $3::interval * least(attempts + 1, 12) WHERE task_id = $1 AND done_at IS NULL",
             task_id, error[:500], retry_in)
 
     async def ping(self) -> None:

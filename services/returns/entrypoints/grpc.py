@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+from tutti.returns.v1 import returns_pb2 as pb
+from tutti.returns.v1 import returns_pb2_grpc
 
 from runtime.errors import FieldViolation, InvalidArgument
 from services.returns.adapters import codec
 from services.returns.domain import model as m
 from services.returns.service import CreateExchange, CreateReturn, ReceiveReturn, ReturnsService
-from tutti.returns.v1 import returns_pb2 as pb
-from tutti.returns.v1 import returns_pb2_grpc
 
 MAX_LINES = 200
 

@@ -1,0 +1,254 @@
+"""The returns service layer on the real PostgreSQL schema, with in-memory fakes of the other
+services' ports (orders, inventory): idempotency, effects decided once, errors, history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from runtime.postgres import apply_migrations, create_pool
+from runtime.settings import CommonSettings
+from services.returns.adapters.postgres import PgReturnsStore
+from services.returns.adapters.rules_file import load_rules
+from services.returns.bootstrap import MIGRATIONS, SCHEMA
+from services.returns.domain import model as m
+from services.returns.service import CreateExchange, CreateReturn, ReceiveReturn, ReturnsService, TaskWorker
+from tests.support import random_id
+
+pytestmark = pytest.mark.integration
+
+
+class FakeOrders:
+    def __init__(self) -> None:
+        self.purchases: dict[str, m.Purchase] = {}
+
+    async def get_purchase(self, order_id: str) -> m.Purchase | None:
+        return self.purchases.get(order_id)
+
+
+class FakeInventory:
+    def __init__(self) -> None:
+        self.applied: dict[str, m.InventoryTask] = {}
+        self.locations = {"STORE-A": "store", "STORE-B": "store", "DC-PARIS": "distribution_centre"}
+        self.carried: set[tuple[str, str]] = set()
+        self.down = False
+        self.refuse_reserve = False
+
+    async def location_type(self, location_id: str) -> str | None:
+        return self.locations.get(location_id)
+
+    async def sells(self, location_id: str, sku: str) -> bool:
+        return (location_id, sku) in self.carried
+
+    async def apply(self, task: m.InventoryTask) -> None:
+        if self.down:
+            raise Unavailable("inventory down")
+        if task.kind is m.TaskKind.RESERVE and self.refuse_reserve:
+            raise FailedPrecondition(f"not enough {task.sku} at {task.location_id}")
+        self.applied[task.task_id] = task
+
+    def of(self, kind: m.TaskKind) -> list[m.InventoryTask]:
+        return [t for t in self.applied.values() if t.kind is kind]
+
+
+@pytest.fixture
+async def store(settings: CommonSettings) -> AsyncIterator[PgReturnsStore]:
+    await apply_migrations(settings.database_url, SCHEMA, [MIGRATIONS])
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=4)
+    try:
+        yield PgReturnsStore(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def orders() -> FakeOrders:
+    return FakeOrders()
+
+
+@pytest.fixture
+def inventory() -> FakeInventory:
+    return FakeInventory()
+
+
+@pytest.fixture
+def service(store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory) -> ReturnsService:
+    return ReturnsService(store, orders, inventory, load_rules())
+
+
+def web_order(orders: FakeOrders, days_ago: int = 2) -> str:
+    order_id = random_id("ORD")
+    orders.purchases[order_id] = m.Purchase(
+        order_id=order_id, source=m.PurchaseSource.ORDER, channel="web",
+        purchased_at=datetime.now(UTC) - timedelta(days=days_ago), currency="EUR",
+        lines=(m.PurchasedLine("1", "SKU-A", 2, 2500), m.PurchasedLine("2", "SKU-B", 1, 9000)),
+    )
+    return order_id
+
+
+def create(order_id: str, *lines: tuple[str, int], method: m.ReturnMethod = m.ReturnMethod.IN_STORE,
+           request_id: str | None = None, location: str = "STORE-A") -> CreateReturn:
+    return CreateReturn(
+        request_id=request_id or random_id("req"), order_id=order_id, pos_purchase=None,
+        lines=tuple(m.RequestedLine(line, qty, m.Reason.WRONG_SIZE) for line, qty in lines),
+        method=method, receiving_location_id=location, channel="store",
+    )
+
+
+async def test_create_is_idempotent_by_request_id(service: ReturnsService, orders: FakeOrders) -> None:
+    order_id = web_order(orders)
+    cmd = create(order_id, ("1", 1))
+    first, dup1 = await service.create_return(cmd)
+    again, dup2 = await service.create_return(cmd)
+    assert (dup1, dup2) == (False, True)
+    assert again.ret.return_id == first.ret.return_id
+    assert [v.ret.return_id for v in await service.list_returns(order_id)] == [first.ret.return_id]
+    with pytest.raises(AlreadyExists):
+        await service.create_return(create(order_id, ("1", 2), request_id=cmd.request_id))
+
+
+async def test_quantities_already_returned_are_enforced_across_returns(
+        service: ReturnsService, orders: FakeOrders) -> None:
+    order_id = web_order(orders)
+    await service.create_return(create(order_id, ("1", 1)))
+    await service.create_return(create(order_id, ("1", 1)))
+    with pytest.raises(FailedPrecondition, match="2 already returned"):
+        await service.create_return(create(order_id, ("1", 1)))
+
+
+async def test_bad_input(service: ReturnsService, orders: FakeOrders) -> None:
+    with pytest.raises(NotFound, match="order"):
+        await service.create_return(create("ORD-nope", ("1", 1)))
+    order_id = web_order(orders)
+    with pytest.raises(NotFound, match="no line '9'"):
+        await service.create_return(create(order_id, ("9", 1)))
+    with pytest.raises(FailedPrecondition, match="3 requested but 2 bought"):
+        await service.create_return(create(order_id, ("1", 3)))
+    with pytest.raises(NotFound, match="location STORE-X"):
+        await service.create_return(create(order_id, ("1", 1), location="STORE-X"))
+    with pytest.raises(InvalidArgument, match="request_id"):
+        await service.create_return(create(order_id, ("1", 1), request_id="bad id!"))
+    old = web_order(orders, days_ago=45)
+    with pytest.raises(FailedPrecondition, match="return window"):
+        await service.create_return(create(old, ("1", 1)))
+
+
+async def test_in_transit_return_is_incoming_supply_until_received(
+        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    view, _ = await service.create_return(create(order_id, ("1", 2), method=m.ReturnMethod.CARRIER_LABEL))
+    rid = view.ret.return_id
+    [incoming] = inventory.of(m.TaskKind.SET_INCOMING)
+    assert (incoming.sku, incoming.location_id, incoming.quantity) == ("SKU-A", "STORE-A", 2)
+    assert incoming.expected_at == view.ret.expected_at
+    inventory.carried.add(("STORE-A", "SKU-A"))
+    await service.receive_return(ReceiveReturn(rid, "", "STORE-A", (m.ReceivedLine("1", 2, m.Grade.RESELLABLE),)))
+    [cleared] = inventory.of(m.TaskKind.CLEAR_INCOMING)
+    assert cleared.quantity == 0 and cleared.supply_id == incoming.supply_id
+
+
+async def test_duplicate_receipt_restocks_once(service: ReturnsService, orders: FakeOrders,
+                                               inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    inventory.carried.add(("STORE-A", "SKU-A"))
+    view, _ = await service.create_return(create(order_id, ("1", 2)))
+    rid = view.ret.return_id
+    receive = ReceiveReturn(rid, "rcpt-1", "STORE-A", (m.ReceivedLine("1", 2, m.Grade.RESELLABLE),))
+    _, receipt, dup1 = await service.receive_return(receive)
+    after, again, dup2 = await service.receive_return(receive)
+    assert (dup1, dup2) == (False, True)
+    assert again.refund == receipt.refund and receipt.refund.total_minor == 5000
+    assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.RESTOCK)] == [("STORE-A", 2)]
+    assert after.ret.status is m.ReturnStatus.RECEIVED
+    with pytest.raises(FailedPrecondition, match="only 0 of 2 still expected"):
+        await service.receive_return(ReceiveReturn(rid, "rcpt-2", "STORE-A",
+                                                   (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+    assert len(inventory.of(m.TaskKind.RESTOCK)) == 1
+
+
+async def test_damaged_goes_to_quarantine_and_history_tells_the_story(
+        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    inventory.carried.add(("STORE-B", "SKU-B"))
+    view, _ = await service.create_return(create(order_id, ("2", 1), location="STORE-B"))
+    view, _, _ = await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-B",
+                                                            (m.ReceivedLine("2", 1, m.Grade.DAMAGED),)))
+    assert inventory.of(m.TaskKind.RESTOCK) == []
+    assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.QUARANTINE)] == [("STORE-B", 1)]
+    types = [s.type.rsplit(".", 1)[1] for s in view.steps]
+    assert types == ["ReturnRequested", "ReturnReceived", "ReturnLineGraded", "ReturnQuarantined", "RefundIssued"]
+    assert all(s.occurred_at.tzinfo is not None for s in view.steps)
+
+
+async def test_store_not_selling_the_item_sends_it_to_the_dc(
+        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    view, _ = await service.create_return(create(order_id, ("1", 1)))
+    _, receipt, _ = await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-A",
+                                                               (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+    assert receipt.items[0].disposition is m.Disposition.SEND_TO_DC
+    assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.SET_INCOMING)] == [("DC-PARIS", 1)]
+    assert inventory.of(m.TaskKind.RESTOCK) == []
+
+
+async def test_effects_deferred_while_inventory_is_down_are_applied_by_the_worker(
+        service: ReturnsService, store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    inventory.carried.add(("STORE-A", "SKU-A"))
+    view, _ = await service.create_return(create(order_id, ("1", 1)))
+    inventory.down = True
+    await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-A",
+                                               (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+    assert inventory.of(m.TaskKind.RESTOCK) == []
+    inventory.down = False
+    async with store.transaction() as tx:  # make the deferred task due now
+        await tx._conn.execute("UPDATE inventory_tasks SET next_attempt_at = now() WHERE return_id = $1",
+                               view.ret.return_id)
+    await TaskWorker(store, inventory).run_once()
+    restocked = [t for t in inventory.of(m.TaskKind.RESTOCK) if t.reference == view.ret.return_id]
+    assert [t.quantity for t in restocked] == [1]
+
+
+async def test_exchange_reserves_the_replacement(service: ReturnsService, orders: FakeOrders,
+                                                 inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    cmd = CreateExchange(request=create(order_id, ("1", 1)), replacement_sku="SKU-A-L",
+                         fulfilment=m.Fulfilment.COLLECT, location_id="STORE-B", shipping_address=None)
+    view, dup = await service.create_exchange(cmd)
+    assert not dup and view.exchange is not None
+    [reserve] = inventory.of(m.TaskKind.RESERVE)
+    assert (reserve.sku, reserve.location_id, reserve.quantity, reserve.reservation_id) == (
+        "SKU-A-L", "STORE-B", 1, view.exchange.reservation_id)
+    assert reserve.reference == order_id and view.estimated_refund_minor == 0
+    again, dup = await service.create_exchange(cmd)
+    assert dup and again.exchange == view.exchange
+    cancelled = await service.cancel_return(view.ret.return_id, "customer changed plans")
+    assert cancelled.ret.status is m.ReturnStatus.CANCELLED and cancelled.exchange.cancelled  # type: ignore[union-attr]
+    assert [t.reservation_id for t in inventory.of(m.TaskKind.RELEASE)] == [reserve.reservation_id]
+
+
+async def test_exchange_without_stock_saves_nothing(service: ReturnsService, orders: FakeOrders,
+                                                    inventory: FakeInventory) -> None:
+    order_id = web_order(orders)
+    inventory.refuse_reserve = True
+    with pytest.raises(FailedPrecondition, match="not enough"):
+        await service.create_exchange(CreateExchange(
+            request=create(order_id, ("1", 1)), replacement_sku="SKU-A-L", fulfilment=m.Fulfilment.COLLECT,
+            location_id="STORE-B", shipping_address=None))
+    assert await service.list_returns(order_id) == []
+
+
+async def test_pos_purchase_returned_in_another_store(service: ReturnsService, inventory: FakeInventory) -> None:
+    terminal, sale = random_id("T"), random_id("S")
+    purchase = m.Purchase(order_id=m.pos_order_id(terminal, sale), source=m.PurchaseSource.POS, channel="store",
+                          purchased_at=datetime.now(UTC) - timedelta(days=1), currency="EUR",
+                          lines=(m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"),), location_id="STORE-B")
+    cmd = CreateReturn(request_id="r1", order_id=purchase.order_id, pos_purchase=purchase,
+                       lines=(m.RequestedLine("1", 1, m.Reason.CHANGED_MIND),), method=m.ReturnMethod.DROP_OFF_POINT,
+                       receiving_location_id="STORE-A", channel="web")
+    view, _ = await service.create_return(cmd)
+    assert view.ret.source is m.PurchaseSource.POS and view.ret.order_id == f"pos:{terminal}:{sale}"
+    assert view.estimated_refund_minor == 900
