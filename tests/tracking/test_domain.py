@@ -92,16 +92,14 @@ def test_step_names_come_from_the_event_type(event_type: str, step: str) -> None
     assert step_name(event_type) == step
 
 
-def test_extract_reads_the_conventional_fields_anywhere_in_the_payload() -> None:
+def test_extract_reads_the_conventional_fields() -> None:
     payload = {
         "order_id": "o-1",
         "customer_id": "c-9",
         "channel": "CHANNEL_WEB",
         "promise": {"ready_by": "2026-11-27T12:00:00.123456789Z"},
-        "decision": {
-            "explanation": "store S1 is 2 km away and has stock",
-            "lines": [{"sku": "A", "location_id": "S1"}, {"sku": "B", "location_ids": ["DC1", "S1"]}],
-        },
+        "decision": {"explanation": "store S1 is 2 km away and has stock"},
+        "lines": [{"sku": "A", "location_id": "S1"}, {"sku": "B", "location_ids": ["DC1", "S1"]}],
         "estimated_cost": {"currency": "eur", "amount_minor": "450"},
     }
     event = extract(raw("tutti.orchestrator.v1.OrderSourced", payload))
@@ -245,7 +243,8 @@ def test_a_late_refused_and_cancelled_order() -> None:
         tracked(
             "tutti.orchestrator.v1.OrderPlaced", {"channel": "web", "promised_at": T0.isoformat()}, at=T0
         ),
-        tracked("tutti.orchestrator.v1.OrderShipped", {}, at=T0 + timedelta(hours=1)),
+        tracked("tutti.orchestrator.v1.OrderShipped", {}, at=T0 + timedelta(minutes=30)),
+        tracked("tutti.orchestrator.v1.OrderDelivered", {}, at=T0 + timedelta(hours=1)),
         tracked(
             "tutti.orchestrator.v1.OrderRefusedByStore", {"reason": "no stock"}, at=T0 + timedelta(minutes=5)
         ),
@@ -312,3 +311,84 @@ def test_kpi_window_rounds_outwards_and_is_bounded() -> None:
         queries.kpi_window(T0, T0, now=T0)
     with pytest.raises(InvalidArgument):
         queries.kpi_window(T0 - timedelta(days=400), T0, now=T0)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "step"),
+    [
+        ("tutti.orchestrator.v1.OrderStatusChanged", {"status": "ORDER_STATUS_READY_FOR_PICKUP"}, "ready"),
+        (
+            "tutti.orchestrator.v1.OrderStatusChanged",
+            {"status": "ORDER_STATUS_PARTLY_SHIPPED"},
+            "partly_shipped",
+        ),
+        ("tutti.orchestrator.v1.OrderStatusChanged", {}, "status_changed"),
+        ("tutti.orchestrator.v1.OrderFulfilmentUpdated", {"event": "FULFILMENT_EVENT_PICKED"}, "picked"),
+        ("tutti.orchestrator.v1.OrderFulfilmentUpdated", {"event": "FULFILMENT_EVENT_REJECTED"}, "rejected"),
+        ("tutti.orchestrator.v1.OrderPlaced", {"status": "ORDER_STATUS_SHIPPED"}, "placed"),
+    ],
+)
+def test_generic_change_events_take_their_step_from_the_status_enum(event_type, payload, step) -> None:
+    event = extract(raw(event_type, {"order_id": "o-1", **payload}))
+    assert isinstance(event, TrackedEvent)
+    assert event.step == step
+
+
+def test_a_sourcing_decision_counts_chosen_locations_and_costs_not_the_candidates() -> None:
+    payload = {
+        "order_id": "o-1",
+        "location_ids": ["S1", "DC1"],
+        "decision": {
+            "explanation": "S1 and DC1 together serve every line",
+            "shipments": [
+                {
+                    "location_id": "S1",
+                    "cost": {"currency": "EUR", "amount_minor": "300"},
+                    "promised_at": "2026-11-27T12:00:00Z",
+                },
+                {
+                    "location_id": "DC1",
+                    "cost": {"currency": "EUR", "amount_minor": "450"},
+                    "promised_at": "2026-11-28T12:00:00Z",
+                },
+            ],
+            "candidates": [
+                {"location_id": "S9", "cost": {"currency": "EUR", "amount_minor": "99"}, "reason": "far"}
+            ],
+        },
+    }
+    event = extract(raw("tutti.orchestrator.v1.OrderSourced", payload))
+    assert isinstance(event, TrackedEvent)
+    assert event.location_ids == ("DC1", "S1")
+    assert event.cost == Cost("EUR", 750)
+    assert event.explanation == "S1 and DC1 together serve every line"
+
+
+def test_the_placing_events_promise_wins_over_later_ones() -> None:
+    promised = T0 + timedelta(hours=4)
+    placed = tracked("tutti.orchestrator.v1.OrderPlaced", {"promised_at": promised.isoformat()}, at=T0)
+    sourced = tracked(
+        "tutti.orchestrator.v1.OrderSourced",
+        {"decision": {"shipments": [{"promised_at": (T0 + timedelta(days=2)).isoformat()}]}},
+        at=T0 + timedelta(minutes=1),
+    )
+    for order in ([placed, sourced], [sourced, placed]):
+        facts = None
+        for event in order:
+            facts = apply(facts, event, T0)
+        assert facts.promised_at == promised
+
+
+def test_lines_of_the_placing_event_give_their_locations() -> None:
+    event = extract(
+        raw(
+            "tutti.orchestrator.v1.OrderPlaced",
+            {
+                "order_id": "o-1",
+                "pickup_location_id": "S2",
+                "lines": [{"sku": "A", "location_id": "S3"}],
+            },
+        )
+    )
+    assert isinstance(event, TrackedEvent)
+    assert event.location_ids == ("S2", "S3")

@@ -14,6 +14,8 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from tutti.common.v1 import common_pb2
 from tutti.events.v1 import envelope_pb2
+from tutti.orchestrator.v1 import events_pb2 as orders_events_pb2
+from tutti.orchestrator.v1 import orchestrator_pb2
 from tutti.returns.v1 import events_pb2 as returns_events_pb2
 from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
@@ -124,6 +126,84 @@ async def test_placing_an_order_produces_a_timeline_in_order_and_timestamped(tra
     assert reply.order.channel == common_pb2.CHANNEL_WEB
     assert reply.order.entry_count == len(steps)
     assert reply.order.placed_at.ToDatetime(tzinfo=UTC) == t0
+
+
+def _ts(moment: datetime) -> Any:
+    from google.protobuf import timestamp_pb2
+
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(moment)
+    return out
+
+
+async def test_the_orchestrators_own_events_build_the_timeline_and_kpis(tracking, publisher) -> None:
+    order_id, customer_id, store = random_id("order"), random_id("cust"), random_id("store")
+    hour = random_past_hour()
+    eur = lambda minor: common_pb2.Money(currency="EUR", amount_minor=minor)  # noqa: E731
+    placed = orders_events_pb2.OrderPlaced(
+        order_id=order_id,
+        customer_id=customer_id,
+        channel=common_pb2.CHANNEL_CALL_CENTRE,
+        method=common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT,
+        pickup_location_id=store,
+        promised_at=_ts(hour + timedelta(minutes=30)),
+        placed_at=_ts(hour),
+    )
+    sourced = orders_events_pb2.OrderSourced(
+        order_id=order_id,
+        location_ids=[store],
+        decision=orchestrator_pb2.SourcingDecision(
+            order_id=order_id,
+            sourced=True,
+            explanation=f"{store} holds every line 1.2 km from the customer",
+            shipments=[orchestrator_pb2.ShipmentPlan(location_id=store, cost=eur(120))],
+            candidates=[orchestrator_pb2.CandidateScore(location_id="far-away-dc", cost=eur(900))],
+        ),
+    )
+    fulfilment = [
+        (orchestrator_pb2.FULFILMENT_EVENT_ACCEPTED, 2),
+        (orchestrator_pb2.FULFILMENT_EVENT_PICKED, 10),
+        (orchestrator_pb2.FULFILMENT_EVENT_READY_FOR_PICKUP, 20),
+    ]
+    await publisher.publish(ORDER_EVENTS, placed, key=order_id, occurred_at=hour, sequence=1)
+    await publisher.publish(
+        ORDER_EVENTS, sourced, key=order_id, occurred_at=hour + timedelta(minutes=1), sequence=2
+    )
+    for seq, (event, minute) in enumerate(fulfilment, start=3):
+        update = orders_events_pb2.OrderFulfilmentUpdated(order_id=order_id, location_id=store, event=event)
+        await publisher.publish(
+            ORDER_EVENTS, update, key=order_id, occurred_at=hour + timedelta(minutes=minute), sequence=seq
+        )
+    status = orders_events_pb2.OrderStatusChanged(
+        order_id=order_id,
+        previous_status=orchestrator_pb2.ORDER_STATUS_PICKING,
+        status=orchestrator_pb2.ORDER_STATUS_READY_FOR_PICKUP,
+        location_ids=[store],
+        customer_id=customer_id,
+        channel=common_pb2.CHANNEL_CALL_CENTRE,
+    )
+    await publisher.publish(
+        ORDER_EVENTS, status, key=order_id, occurred_at=hour + timedelta(minutes=20), sequence=6
+    )
+
+    reply = await timeline_of(tracking, order_id, 6)
+
+    assert [e.step for e in reply.entries] == ["placed", "sourced", "accepted", "picked", "ready", "ready"]
+    assert reply.entries[1].explanation == f"{store} holds every line 1.2 km from the customer"
+    assert list(reply.order.location_ids) == [store]  # the candidate considered is not involved
+    assert reply.order.status == "ready"
+    assert reply.order.channel == common_pb2.CHANNEL_CALL_CENTRE
+
+    by_store = await tracking.SearchOrders(tracking_pb2.SearchOrdersRequest(location_id=store))
+    assert [o.order_id for o in by_store.orders] == [order_id]
+
+    window = tracking_pb2.GetKpisRequest(channel=common_pb2.CHANNEL_CALL_CENTRE)
+    window.start_time.FromDatetime(hour)
+    window.end_time.FromDatetime(hour + timedelta(hours=1))
+    kpis = (await tracking.GetKpis(window)).total
+    assert (kpis.orders_placed, kpis.orders_prepared, kpis.orders_on_time, kpis.orders_late) == (1, 1, 1, 0)
+    assert kpis.average_preparation_time.ToTimedelta() == timedelta(minutes=20)
+    assert [(m.currency, m.amount_minor) for m in kpis.average_cost_per_order] == [("EUR", 120)]
 
 
 async def test_a_duplicated_event_leaves_the_timeline_unchanged(tracking, publisher) -> None:
@@ -320,6 +400,7 @@ async def test_kpis_move_with_the_events(tracking, publisher) -> None:
             delivery_cost={"currency": "EUR", "amount_minor": "600"},
         ),
         order_event(prepared, "OrderShipped", hour + timedelta(minutes=40)),
+        order_event(prepared, "OrderDelivered", hour + timedelta(minutes=45)),
         order_event(cancelled, "OrderPlaced", hour + timedelta(minutes=1), channel="CHANNEL_MARKETPLACE"),
         order_event(cancelled, "OrderCancelled", hour + timedelta(minutes=2), reason="customer changed mind"),
         order_event(refused, "OrderPlaced", hour + timedelta(minutes=3), channel="CHANNEL_MARKETPLACE"),
@@ -345,9 +426,9 @@ async def test_kpis_move_with_the_events(tracking, publisher) -> None:
     reply = await wait_for(settled, timeout=30, interval=0.2, message="KPIs of the test hour")
     # Published after the duplicates on the same partition: once it shows, they were handled.
     await publisher.publish_envelope(
-        ORDER_EVENTS, order_event(prepared, "OrderDelivered", hour + timedelta(hours=2))
+        ORDER_EVENTS, order_event(prepared, "OrderReviewed", hour + timedelta(hours=2))
     )
-    await timeline_of(tracking, prepared, 3)
+    await timeline_of(tracking, prepared, 4)
     reply = await tracking.GetKpis(window)
 
     assert [c.channel for c in reply.channels] == [common_pb2.CHANNEL_MARKETPLACE]

@@ -61,6 +61,7 @@ def _facts(row: asyncpg.Record) -> OrderFacts:
         entry_count=row["entry_count"],
         placed_at=row["placed_at"],
         prepared_at=row["prepared_at"],
+        fulfilled_at=row["fulfilled_at"],
         cancelled_at=row["cancelled_at"],
         refused_at=row["refused_at"],
         returned_at=row["returned_at"],
@@ -113,9 +114,9 @@ class _Recording:
             INSERT INTO order_index AS o (order_id, first_seen_at, updated_at, customer_id, channel,
                 location_ids, status, last_occurred_at, last_sequence, last_event_id, entry_count, placed_at,
                 prepared_at, cancelled_at, refused_at, returned_at, promised_at, promised_key, cost_currency,
-                cost_minor, cost_key)
+                cost_minor, cost_key, fulfilled_at)
             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
-                    $18, $19, $20::jsonb)
+                    $18, $19, $20::jsonb, $21)
             ON CONFLICT (order_id) DO UPDATE SET
                 updated_at = now(), customer_id = EXCLUDED.customer_id, channel = EXCLUDED.channel,
                 location_ids = EXCLUDED.location_ids, status = EXCLUDED.status,
@@ -125,7 +126,8 @@ class _Recording:
                 cancelled_at = EXCLUDED.cancelled_at, refused_at = EXCLUDED.refused_at,
                 returned_at = EXCLUDED.returned_at, promised_at = EXCLUDED.promised_at,
                 promised_key = EXCLUDED.promised_key, cost_currency = EXCLUDED.cost_currency,
-                cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key
+                cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key,
+                fulfilled_at = EXCLUDED.fulfilled_at
             """,
             facts.order_id,
             facts.first_seen_at,
@@ -147,6 +149,7 @@ class _Recording:
             facts.cost.currency if facts.cost else None,
             facts.cost.amount_minor if facts.cost else None,
             _key_json(facts.cost_key),
+            facts.fulfilled_at,
         )
 
     async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None:

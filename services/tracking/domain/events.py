@@ -41,6 +41,7 @@ _ALIASES: Mapping[str, str] = {
     "collected_by_customer": "collected",
     "picked_up": "collected",
     "picking_completed": "picked",
+    "ready_for_pick_up": "ready",
     "refund_issued": "refunded",
     "return_refunded": "refunded",
     "refund_completed": "refunded",
@@ -51,6 +52,8 @@ _ALIASES: Mapping[str, str] = {
 
 # Steps that close preparation: the goods are ready for the customer or on their way.
 PREPARED_STEPS = frozenset({"ready", "shipped"})
+# Steps that keep the promise to the customer: goods waiting in the pickup store, or delivered.
+FULFILLED_STEPS = frozenset({"ready", "delivered"})
 CANCELLED_STEPS = frozenset({"cancelled"})
 PLACED_STEPS = frozenset({"placed"})
 # Words that, anywhere in a step, mean the order could not be served: a stock-out, a store or
@@ -84,6 +87,39 @@ def step_name(event_type: str) -> str:
         words = words[1:]
     snake = "_".join(words) or "unknown"
     return _ALIASES.get(snake, snake)
+
+
+# Generic "something changed" events name the step in an enum field instead of their type:
+# OrderStatusChanged{status: ORDER_STATUS_SHIPPED} → shipped,
+# OrderFulfilmentUpdated{event: FULFILMENT_EVENT_PICKED} → picked.
+_GENERIC_STEP_FIELDS = ("status", "event", "state", "kind")
+_ENUM_MARKERS = ("_STATUS_", "_EVENT_", "_STATE_", "_KIND_")
+
+
+def _is_generic(step: str) -> bool:
+    return step.endswith(("_changed", "_updated", "_reported")) or step in {"changed", "updated", "reported"}
+
+
+def enum_step(value: str) -> str:
+    """``ORDER_STATUS_READY_FOR_PICKUP`` → ready, ``FULFILMENT_EVENT_PICKED`` → picked."""
+    text = value.strip().upper()
+    for marker in _ENUM_MARKERS:
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    snake = text.lower()
+    return _ALIASES.get(snake, snake)
+
+
+def event_step(event_type: str, payload: Mapping[str, Any]) -> str:
+    """The step of an event: from its type, or from its status/event enum for generic types."""
+    step = step_name(event_type)
+    if _is_generic(step):
+        for key in _GENERIC_STEP_FIELDS:
+            value = payload.get(key)
+            if isinstance(value, str) and value and not value.endswith("UNSPECIFIED"):
+                return enum_step(value)
+    return step
 
 
 def is_refusal(step: str) -> bool:
@@ -181,7 +217,7 @@ def extract(raw: RawEvent) -> TrackedEvent | Skipped:
         event_id=raw.event_id,
         order_id=order_id,
         type=event_type,
-        step=step_name(event_type),
+        step=event_step(event_type, payload),
         occurred_at=raw.occurred_at,
         source=raw.source,
         sequence=raw.sequence,
@@ -246,8 +282,19 @@ def _first_str(payload: Mapping[str, Any], key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _shallow(payload: Mapping[str, Any]) -> Iterator[tuple[str, object]]:
+    """Top-level pairs, and those of objects directly in top-level lists (an order's lines), but
+    not deeper: a sourcing decision's candidates are locations considered, not involved."""
+    for key, value in payload.items():
+        yield key, value
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, Mapping):
+                    yield from item.items()
+
+
 def _location_ids(payload: Mapping[str, Any]) -> Iterator[str]:
-    for k, v in _walk(payload):
+    for k, v in _shallow(payload):
         if k.endswith("location_id") and isinstance(v, str) and v:
             yield v
         elif k.endswith("location_ids") and isinstance(v, list):
@@ -301,15 +348,43 @@ def _promised_at(payload: Mapping[str, Any]) -> datetime | None:
     return min(found) if found else None
 
 
-def _cost(payload: Mapping[str, Any]) -> Cost | None:
-    """A Money-shaped value ({currency, amount_minor}) under a key naming a cost."""
-    for k, v in _walk(payload):
-        if "cost" in k and isinstance(v, Mapping) and "currency" in v:
-            try:
-                amount = int(v.get("amount_minor", 0))
-            except (TypeError, ValueError):
+def _money(value: object) -> Cost | None:
+    if not isinstance(value, Mapping) or not value.get("currency"):
+        return None
+    try:
+        amount = int(value.get("amount_minor", 0))
+    except (TypeError, ValueError):
+        return None
+    return Cost(str(value["currency"]).upper(), amount)
+
+
+def _costs(value: object, depth: int = 0) -> Iterator[Cost]:
+    """Money values under keys naming a cost, skipping the costs of candidates considered
+    but not chosen."""
+    if depth > 8:
+        return
+    if isinstance(value, list):
+        for item in value:
+            yield from _costs(item, depth + 1)
+    elif isinstance(value, Mapping):
+        for key, child in value.items():
+            if "candidate" in key:
                 continue
-            currency = str(v["currency"]).upper()
-            if currency:
-                return Cost(currency, amount)
-    return None
+            money = _money(child) if "cost" in key else None
+            if money is not None:
+                yield money
+            elif isinstance(child, Mapping | list):
+                yield from _costs(child, depth + 1)
+
+
+def _cost(payload: Mapping[str, Any]) -> Cost | None:
+    """The logistics cost an event states: a top-level cost (shipping_cost…), else the sum of
+    the costs it lists (a decision's shipments), in the first currency met."""
+    for key, value in payload.items():
+        if "cost" in key and (money := _money(value)) is not None:
+            return money
+    found = list(_costs(payload))
+    if not found:
+        return None
+    currency = found[0].currency
+    return Cost(currency, sum(c.amount_minor for c in found if c.currency == currency))

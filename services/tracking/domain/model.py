@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.tracking.domain.events import (
     CANCELLED_STEPS,
+    FULFILLED_STEPS,
     PLACED_STEPS,
     PREPARED_STEPS,
     Cost,
@@ -40,11 +41,14 @@ class OrderFacts:
     entry_count: int = 0
     placed_at: datetime | None = None
     prepared_at: datetime | None = None
+    # When the promise to the customer was met: ready for collection or delivered.
+    fulfilled_at: datetime | None = None
     cancelled_at: datetime | None = None
     refused_at: datetime | None = None
     returned_at: datetime | None = None
     promised_at: datetime | None = None
-    # Key of the event the promise was read from: a later event (re-promise) wins.
+    # Key of the event the promise was read from: the placing event's promise wins, otherwise
+    # the latest event stating one.
     promised_key: OrderKey | None = None
     cost: Cost | None = None
     cost_key: OrderKey | None = None
@@ -52,6 +56,16 @@ class OrderFacts:
     @property
     def last_event_at(self) -> datetime | None:
         return self.last_key[0] if self.last_key else None
+
+
+# promised_key of a promise read from the placing event: sorts after every real key.
+_PLACING_PROMISE: OrderKey = (datetime.max.replace(tzinfo=UTC), 0, "")
+
+
+def _promise_wins(facts: OrderFacts, placing: bool, key: OrderKey) -> bool:
+    if placing:
+        return True
+    return facts.promised_key is None or key > facts.promised_key
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:
@@ -84,15 +98,17 @@ def apply(facts: OrderFacts | None, event: TrackedEvent, received_at: datetime) 
         changes["placed_at"] = _earliest(facts.placed_at, when)
     if step in PREPARED_STEPS:
         changes["prepared_at"] = _earliest(facts.prepared_at, when)
+    if step in FULFILLED_STEPS:
+        changes["fulfilled_at"] = _earliest(facts.fulfilled_at, when)
     if step in CANCELLED_STEPS:
         changes["cancelled_at"] = _earliest(facts.cancelled_at, when)
     if is_refusal(step):
         changes["refused_at"] = _earliest(facts.refused_at, when)
     if is_return(step) or step == "refunded":
         changes["returned_at"] = _earliest(facts.returned_at, when)
-    if event.promised_at is not None and (facts.promised_key is None or key > facts.promised_key):
+    if event.promised_at is not None and _promise_wins(facts, placing, key):
         changes["promised_at"] = event.promised_at
-        changes["promised_key"] = key
+        changes["promised_key"] = _PLACING_PROMISE if placing else key
     if event.cost is not None and (facts.cost_key is None or key > facts.cost_key):
         changes["cost"] = event.cost
         changes["cost_key"] = key
@@ -143,15 +159,12 @@ def contributions(facts: OrderFacts | None) -> dict[KpiKey, int]:
         add(facts.refused_at, REFUSED, 1)
     if facts.returned_at is not None:
         add(facts.returned_at, RETURNED, 1)
-    if facts.prepared_at is not None and facts.placed_at is not None and facts.prepared_at >= facts.placed_at:
-        add(facts.prepared_at, PREPARED, 1)
-        add(
-            facts.prepared_at,
-            PREPARATION_MS,
-            (facts.prepared_at - facts.placed_at) // timedelta(milliseconds=1),
-        )
-        if facts.promised_at is not None:
-            add(facts.prepared_at, ON_TIME if facts.prepared_at <= facts.promised_at else LATE, 1)
+    placed, prepared, fulfilled = facts.placed_at, facts.prepared_at, facts.fulfilled_at
+    if prepared is not None and placed is not None and prepared >= placed:
+        add(prepared, PREPARED, 1)
+        add(prepared, PREPARATION_MS, (prepared - placed) // timedelta(milliseconds=1))
+    if fulfilled is not None and facts.promised_at is not None:
+        add(fulfilled, ON_TIME if fulfilled <= facts.promised_at else LATE, 1)
     return out
 
 
