@@ -1,0 +1,260 @@
+"""Returns against the REAL inventory service (in-process, its own Redis db), PostgreSQL and
+Kafka: restock visible in availability, quarantine not available, exchange reservation,
+idempotent receipts, incoming supply, events on Kafka keyed by order id."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from runtime.kafka import RETURN_EVENTS, unpack
+from runtime.settings import CommonSettings
+from services.inventory.bootstrap import InventorySettings
+from services.inventory.bootstrap import build as build_inventory
+from services.returns.adapters.rules_file import load_rules
+from services.returns.bootstrap import ReturnsSettings
+from services.returns.bootstrap import build as build_returns
+from tests.support import RunningService, random_id, read_events, running_service, wait_for
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as ipb
+from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
+from tutti.returns.v1 import events_pb2 as ev
+from tutti.returns.v1 import returns_pb2 as pb
+from tutti.returns.v1 import returns_pb2_grpc as rgrpc
+
+pytestmark = pytest.mark.integration
+
+INVENTORY_REDIS_DB = 10
+
+
+@pytest.fixture(scope="module")
+async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
+    redis_url = settings.redis_url.rsplit("/", 1)[0] + f"/{INVENTORY_REDIS_DB}"
+    cfg = dataclasses.replace(InventorySettings.from_env(settings), redis_url=redis_url)
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_inventory(s, stack, cfg)
+
+    async with running_service(settings, build) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+async def returns(settings: CommonSettings, inventory: RunningService) -> AsyncIterator[RunningService]:
+    addresses = {**settings.addresses, "inventory": inventory.address}
+    cfg = ReturnsSettings(rules=load_rules(), pool_size=4, ready_dependencies=("inventory",),
+                          task_retry_seconds=0.5)
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
+
+    async with running_service(settings, build) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+async def inv(inventory: RunningService) -> AsyncIterator[igrpc.InventoryServiceStub]:
+    async with grpc.aio.insecure_channel(inventory.address) as channel:
+        yield igrpc.InventoryServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def ret(returns: RunningService) -> AsyncIterator[rgrpc.ReturnsServiceStub]:
+    async with grpc.aio.insecure_channel(returns.address) as channel:
+        yield rgrpc.ReturnsServiceStub(channel)
+
+
+async def store(inv: igrpc.InventoryServiceStub, *skus: str, stock: int = 0) -> str:
+    """A new store carrying the SKUs (a stock record each, ``stock`` units on hand)."""
+    location_id = random_id("STORE")
+    await inv.UpsertLocations(ipb.UpsertLocationsRequest(locations=[ipb.Location(
+        location_id=location_id, name=location_id, type=common_pb2.LOCATION_TYPE_STORE, active=True,
+        capabilities=[ipb.FULFILMENT_CAPABILITY_CLICK_AND_COLLECT])]))
+    await inv.RegisterSkus(ipb.RegisterSkusRequest(skus=[
+        ipb.Sku(sku=sku, name=sku, category="apparel", returnable=True) for sku in skus]))
+    for sku in skus:
+        await inv.ReceiveStock(ipb.ReceiveStockRequest(
+            movement_id=random_id("seed"), location_id=location_id,
+            lines=[ipb.ReservationLine(sku=sku, location_id=location_id, quantity=max(stock, 1))]))
+        if stock == 0:
+            await inv.AdjustStock(ipb.AdjustStockRequest(movement_id=random_id("seed"), sku=sku,
+                                                         location_id=location_id, delta=-1, reason="seed"))
+    return location_id
+
+
+async def level(inv: igrpc.InventoryServiceStub, sku: str, location_id: str) -> ipb.StockLevel:
+    reply = await inv.GetStockLevels(ipb.GetStockLevelsRequest(sku=sku, location_ids=[location_id]))
+    return next((lv for lv in reply.levels if lv.location_id == location_id), ipb.StockLevel())
+
+
+async def available(inv: igrpc.InventoryServiceStub, sku: str, location_id: str) -> int:
+    reply = await inv.GetAvailability(ipb.GetAvailabilityRequest(sku=sku, location_ids=[location_id],
+                                                                 channel=common_pb2.CHANNEL_WEB))
+    return next((x.available for x in reply.availability.locations if x.location_id == location_id), 0)
+
+
+def receipt(sold_at: datetime, *lines: tuple[str, str, int, int], location_id: str = "") -> pb.PosReceipt:
+    ts = pb.PosReceipt().sold_at
+    ts.FromDatetime(sold_at)
+    return pb.PosReceipt(
+        terminal_id=random_id("T"), sale_id=random_id("S"), location_id=location_id or "STORE-ELSEWHERE",
+        sold_at=ts, lines=[pb.PosReceiptLine(line_id=lid, sku=sku, quantity=qty,
+                                             unit_price=common_pb2.Money(currency="EUR", amount_minor=price))
+                           for lid, sku, qty, price in lines])
+
+
+async def test_returned_goods_restock_the_receiving_store_once(
+        inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub, settings: CommonSettings) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    assert await available(inv, sku, store_id) == 0
+    started_ms = int(time.time() * 1000)
+    created = await ret.CreateReturn(pb.CreateReturnRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC) - timedelta(days=2), ("1", sku, 2, 1999)),
+        lines=[pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_WRONG_SIZE)],
+        method=pb.RETURN_METHOD_IN_STORE, receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE))
+    rma = created.rma
+    request = pb.ReceiveReturnRequest(return_id=rma.return_id, location_id=store_id, lines=[
+        pb.ReceivedLine(line_id="1", quantity=2, grade=pb.ITEM_GRADE_RESELLABLE)])
+    first = await ret.ReceiveReturn(request)
+    assert first.receipt.items[0].disposition == pb.DISPOSITION_RESTOCK
+    assert first.receipt.refund.total.amount_minor == 2 * 1999
+    # Back on sale at once: the call returns after inventory applied the movement.
+    assert await available(inv, sku, store_id) == 2
+    second = await ret.ReceiveReturn(request)
+    assert second.duplicate and second.receipt == first.receipt
+    assert await available(inv, sku, store_id) == 2
+    assert first.rma.status == pb.RETURN_STATUS_RECEIVED
+
+    events = await read_events(settings.kafka_bootstrap, RETURN_EVENTS.name,
+                               lambda e: e.key == rma.order_id, count=5, from_beginning_ms=started_ms)
+    types = [e.type for e in events]
+    assert types == ["tutti.returns.v1.ReturnRequested", "tutti.returns.v1.ReturnReceived",
+                     "tutti.returns.v1.ReturnLineGraded", "tutti.returns.v1.ReturnRestocked",
+                     "tutti.returns.v1.RefundIssued"]
+    restocked = unpack(events[3], ev.ReturnRestocked)
+    assert (restocked.order_id, restocked.return_id, restocked.location_id, restocked.quantity) == (  # type: ignore[attr-defined]
+        rma.order_id, rma.return_id, store_id, 2)
+
+
+async def test_damaged_item_goes_to_quarantine_not_available_stock(
+        inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    created = await ret.CreateReturn(pb.CreateReturnRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 5000)),
+        lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_DEFECTIVE)],
+        method=pb.RETURN_METHOD_IN_STORE, receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE))
+    reply = await ret.ReceiveReturn(pb.ReceiveReturnRequest(
+        return_id=created.rma.return_id, location_id=store_id,
+        lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_DAMAGED)]))
+    assert reply.receipt.items[0].disposition == pb.DISPOSITION_QUARANTINE
+    lv = await level(inv, sku, store_id)
+    assert (lv.counters.on_hand, lv.counters.quarantined) == (0, 1)
+    assert await available(inv, sku, store_id) == 0
+
+
+async def test_return_in_transit_counts_as_incoming_supply_until_received(
+        inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    created = await ret.CreateReturn(pb.CreateReturnRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC), ("1", sku, 3, 1000)),
+        lines=[pb.ReturnLineRequest(line_id="1", quantity=3, reason=pb.RETURN_REASON_CHANGED_MIND)],
+        method=pb.RETURN_METHOD_CARRIER_LABEL, receiving_location_id=store_id, channel=common_pb2.CHANNEL_WEB))
+    lv = await level(inv, sku, store_id)
+    incoming = [s for s in lv.incoming if s.quantity]
+    assert [s.quantity for s in incoming] == [3]
+    assert incoming[0].expected_at.seconds == created.rma.expected_at.seconds
+    await ret.ReceiveReturn(pb.ReceiveReturnRequest(
+        return_id=created.rma.return_id, location_id=store_id,
+        lines=[pb.ReceivedLine(line_id="1", quantity=3, grade=pb.ITEM_GRADE_RESELLABLE)]))
+    lv = await level(inv, sku, store_id)
+    assert [s.quantity for s in lv.incoming if s.quantity] == []
+    assert lv.counters.on_hand == 3
+
+
+async def test_exchange_reserves_the_replacement(inv: igrpc.InventoryServiceStub,
+                                                 ret: rgrpc.ReturnsServiceStub) -> None:
+    sku_m, sku_l = random_id("SKU-M"), random_id("SKU-L")
+    store_id = await store(inv, sku_m, sku_l, stock=2)
+    reply = await ret.CreateExchange(pb.CreateExchangeRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC), ("1", sku_m, 1, 3000)),
+        line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
+        replacement_sku=sku_l, fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT, location_id=store_id,
+        method=pb.RETURN_METHOD_IN_STORE, receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE))
+    exchange = reply.exchange
+    assert exchange.order_id == reply.rma.order_id and exchange.replacement_sku == sku_l
+    reservation = await inv.GetReservation(ipb.GetReservationRequest(reservation_id=exchange.reservation_id))
+    assert [(x.sku, x.location_id, x.open) for x in reservation.reservation.lines] == [(sku_l, store_id, 1)]
+    assert await available(inv, sku_l, store_id) == 1
+
+
+async def test_bad_input_gets_precise_statuses(inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    base = pb.CreateReturnRequest(request_id=random_id("req"), method=pb.RETURN_METHOD_IN_STORE,
+                                  receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE)
+
+    async def code_of(request: pb.CreateReturnRequest) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ret.CreateReturn(request)
+        return info.value.code(), info.value.details() or ""
+
+    too_many = pb.CreateReturnRequest()
+    too_many.CopyFrom(base)
+    too_many.pos_receipt.CopyFrom(receipt(datetime.now(UTC), ("1", sku, 1, 100)))
+    too_many.lines.append(pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_OTHER))
+    code, details = await code_of(too_many)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "2 requested but 1 bought" in details
+
+    expired = pb.CreateReturnRequest()
+    expired.CopyFrom(too_many)
+    expired.pos_receipt.CopyFrom(receipt(datetime.now(UTC) - timedelta(days=90), ("1", sku, 1, 100)))
+    del expired.lines[:]
+    expired.lines.append(pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_OTHER))
+    code, details = await code_of(expired)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "return window" in details
+
+    unknown_line = pb.CreateReturnRequest()
+    unknown_line.CopyFrom(expired)
+    unknown_line.pos_receipt.CopyFrom(receipt(datetime.now(UTC), ("1", sku, 1, 100)))
+    unknown_line.lines[0].line_id = "7"
+    code, details = await code_of(unknown_line)
+    assert code == grpc.StatusCode.NOT_FOUND and "no line '7'" in details
+
+    no_reason = pb.CreateReturnRequest()
+    no_reason.CopyFrom(unknown_line)
+    no_reason.lines[0].line_id = "1"
+    no_reason.lines[0].reason = pb.RETURN_REASON_UNSPECIFIED
+    code, details = await code_of(no_reason)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "lines[0].reason" in details
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret.GetReturn(pb.GetReturnRequest(return_id="RMA-NOPE"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_history_lists_every_step_with_time(inv: igrpc.InventoryServiceStub,
+                                                  ret: rgrpc.ReturnsServiceStub) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    created = await ret.CreateReturn(pb.CreateReturnRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 1000)),
+        lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_ITEM)],
+        method=pb.RETURN_METHOD_IN_STORE, receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE))
+    await ret.ReceiveReturn(pb.ReceiveReturnRequest(
+        return_id=created.rma.return_id, location_id=store_id,
+        lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_RESELLABLE)]))
+    listed = await ret.ListReturns(pb.ListReturnsRequest(order_id=created.rma.order_id))
+    [rma] = listed.returns
+    assert [s.type.rsplit(".", 1)[1] for s in rma.history] == [
+        "ReturnRequested", "ReturnReceived", "ReturnLineGraded", "ReturnRestocked", "RefundIssued"]
+    assert all(s.occurred_at.seconds > 0 for s in rma.history)
+    await wait_for(lambda: available(inv, sku, store_id), message="restocked unit available")
