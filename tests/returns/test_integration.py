@@ -12,6 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as ipb
+from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
+from tutti.returns.v1 import events_pb2 as ev
+from tutti.returns.v1 import returns_pb2 as pb
+from tutti.returns.v1 import returns_pb2_grpc as rgrpc
+from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
 from runtime.kafka import RETURN_EVENTS, unpack
 from runtime.settings import CommonSettings
@@ -20,13 +27,8 @@ from services.inventory.bootstrap import build as build_inventory
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
+from services.tracking.bootstrap import build as build_tracking
 from tests.support import RunningService, random_id, read_events, running_service, wait_for
-from tutti.common.v1 import common_pb2
-from tutti.inventory.v1 import inventory_pb2 as ipb
-from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
-from tutti.returns.v1 import events_pb2 as ev
-from tutti.returns.v1 import returns_pb2 as pb
-from tutti.returns.v1 import returns_pb2_grpc as rgrpc
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +260,38 @@ async def test_history_lists_every_step_with_time(inv: igrpc.InventoryServiceStu
         "ReturnRequested", "ReturnReceived", "ReturnLineGraded", "ReturnRestocked", "RefundIssued"]
     assert all(s.occurred_at.seconds > 0 for s in rma.history)
     await wait_for(lambda: available(inv, sku, store_id), message="restocked unit available")
+
+
+@pytest.fixture(scope="module")
+async def tracking(settings: CommonSettings) -> AsyncIterator[tracking_pb2_grpc.TrackingServiceStub]:
+    async with (
+        running_service(CommonSettings.from_env("tracking"), build_tracking) as service,
+        grpc.aio.insecure_channel(service.address) as channel,
+    ):
+        yield tracking_pb2_grpc.TrackingServiceStub(channel)
+
+
+async def test_order_timeline_shows_the_return_steps(
+        inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub,
+        tracking: tracking_pb2_grpc.TrackingServiceStub) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+    created = await ret.CreateReturn(pb.CreateReturnRequest(
+        request_id=random_id("req"), pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 1000)),
+        lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_CHANGED_MIND)],
+        method=pb.RETURN_METHOD_IN_STORE, receiving_location_id=store_id, channel=common_pb2.CHANNEL_STORE))
+    rma = created.rma
+    await ret.ReceiveReturn(pb.ReceiveReturnRequest(
+        return_id=rma.return_id, location_id=store_id,
+        lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_NEEDS_REFURBISHMENT)]))
+
+    async def timeline() -> list[tracking_pb2.TimelineEntry]:
+        reply = await tracking.GetOrderTimeline(tracking_pb2.GetOrderTimelineRequest(order_id=rma.order_id))
+        return list(reply.entries) if len(reply.entries) >= 5 else []
+
+    entries = await wait_for(timeline, timeout=30, message="five return steps on the order's timeline")
+    assert [e.type.rsplit(".", 1)[1] for e in entries] == [
+        "ReturnRequested", "ReturnReceived", "ReturnLineGraded", "ReturnQuarantined", "RefundIssued"]
+    assert all(e.return_id == rma.return_id and e.source == "returns" for e in entries)
+    assert all(e.occurred_at.seconds > 0 for e in entries)
+    assert store_id in entries[-2].location_ids
