@@ -89,6 +89,29 @@ bench: infra-up $(GHZ) ## Measure Tutti against bare grpc.aio/Redis baselines (~
 loadtest: install ## Locust, headless, against the running stack: SCENARIO=black_friday|flash_sale|pos_rush USERS= DURATION=
 	$(WITH_INFRA) $(PY) -m loadtests --scenario $(SCENARIO) --users $(USERS) --duration $(DURATION) $(LOADTEST_ARGS)
 
+# --- contracts -----------------------------------------------------------------------------
+# buf comes from the npm registry into .tutti/tools (git-ignored), pinned.
+BUF_VERSION := 1.75.0
+BUF         := .tutti/tools/node_modules/.bin/buf
+
+.tutti/tools/buf-$(BUF_VERSION).stamp:
+	npm install --prefix .tutti/tools --no-save --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+	@touch $@
+
+.PHONY: proto-lint
+proto-lint: .tutti/tools/buf-$(BUF_VERSION).stamp ## Lint proto/ with buf (STANDARD + COMMENTS; see buf.yaml)
+	$(BUF) lint
+
+.PHONY: proto-breaking
+proto-breaking: .tutti/tools/buf-$(BUF_VERSION).stamp ## Check proto/ for breaking changes against the main branch
+	@if git rev-parse -q --verify main >/dev/null && git ls-tree -r --name-only main -- proto | grep -q '\.proto$$'; then \
+	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
+	else echo "proto-breaking: main has no protos yet; nothing to compare"; fi
+
+.PHONY: docs-api
+docs-api: gen/.stamp ## Regenerate docs/api.md (the API reference) from the proto comments
+	$(PY) -m tools.gen_api_docs
+
 # --- quality -------------------------------------------------------------------------------
 
 .PHONY: test
