@@ -315,7 +315,9 @@ class InventoryService:
         result = await self.store.apply(ops, idem_key=f"inv:idem:snap:{snapshot_id}", fp=fp, reference=snapshot_id,
                                         reason=source[:200], line_field=line_field)
         out = []
-        snap_ops = [op for op, spec in zip(result.ops, ops, strict=True) if spec["op"] == "snap"]
+        # A rebuilt idempotency record (see rebuild.py) carries no per-line results.
+        op_results = result.ops or [{"applied": False} for _ in ops]
+        snap_ops = [op for op, spec in zip(op_results, ops, strict=True) if spec["op"] == "snap"]
         for line, op in zip(lines, snap_ops, strict=True):
             level = result.levels.get((line.sku, line.location_id))
             if level is None:  # a rebuilt idempotency record carries no levels

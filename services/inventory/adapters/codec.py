@@ -181,6 +181,7 @@ def movement_pb(m: Mapping[str, Any], movement_id: str) -> events_pb2.StockMovem
             out.reservation_created_at.CopyFrom(ts_from_ms(_int(m, "cr")))
     if _int(m, "asof"):
         out.snapshot_as_of.CopyFrom(ts_from_ms(_int(m, "asof")))
+    out.incoming_changed = bool(m.get("supc"))
     sup = m.get("sup")
     if isinstance(sup, list):
         out.incoming.extend(

@@ -182,6 +182,11 @@ class RedisStore:
         for line in lines:
             args += [line.sku, line.location_id, line.quantity]
         out = _decode(await self._call("release", args))
+        if "r" not in out:  # a rebuilt idempotency record: answer with the current state
+            found = await self.get_reservation(reservation_id)
+            if found is None:
+                raise NotFound(f"reservation_id: unknown reservation {reservation_id}")
+            return found
         return reservation_from(out["r"])
 
     async def sweep(self, limit: int = 200) -> int:

@@ -138,6 +138,7 @@ for i, o in ipairs(ops) do
     if o.op == 'incoming' or (o.sup and o.sup ~= '') then
       local list = supplies(o.s, o.l)
       m.sup = list
+      m.supc = 1
     end
     batch:move(c, o.k, doh, drs, dqt, m)
     res.sf = info.sf or 0

@@ -1,0 +1,322 @@
+"""Rebuild the inventory's Redis state from the Kafka ledger.
+
+Redis is the fast state, not the only record: every change is a StockMovementRecorded on
+``tutti.inventory.movements.v1`` carrying the counters AFTER the movement, the reservation
+line state and the incoming supplies, plus the master data events (SKUs, locations, channel
+policies). Replaying the ledger keeps, per SKU x location, the movement with the highest
+sequence, per reservation line the latest line state, and per master-data key the latest
+event; that is the whole state. Idempotency records of movements, POS sales and partial
+releases are restored too, so a client retrying after the loss never counts twice.
+
+    python -m services.inventory.rebuild --redis-url redis://127.0.0.1:16379/0 [--force]
+
+Refuses to write into a non-empty Redis db unless --force (then it overwrites keys it
+rebuilds, and leaves others alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from runtime.kafka import INVENTORY_MOVEMENTS
+from runtime.settings import CommonSettings
+from services.inventory.adapters import codec
+from services.inventory.adapters.redis_store import location_to_json, policy_fields, sku_to_json
+from services.inventory.domain import model
+from tutti.events.v1 import envelope_pb2
+from tutti.inventory.v1 import events_pb2
+from tutti.inventory.v1 import inventory_pb2 as pb
+
+MV_RETENTION_MS = 7 * 24 * 3600 * 1000
+IDEM_TTL_S = 7 * 86400
+CLOSED_TTL_S = 7 * 86400
+
+
+def _order(event_id: str) -> tuple[int, int, int]:
+    """Global order of a ledger entry from its id ``inv-<ms>-<seq>-<index>`` (the outbox stream id)."""
+    _, ms, seq, index = event_id.split("-")[:4]
+    return int(ms), int(seq), int(index)
+
+
+def _kind(m: events_pb2.StockMovementRecorded) -> str:
+    return events_pb2.MovementKind.Name(m.kind).removeprefix("MOVEMENT_KIND_")
+
+
+@dataclass
+class LedgerState:
+    """The state the ledger describes, built in memory before writing."""
+
+    counters: dict[tuple[str, str], events_pb2.StockMovementRecorded] = field(default_factory=dict)
+    incoming: dict[tuple[str, str], list[pb.IncomingSupply]] = field(default_factory=dict)
+    physical: dict[tuple[str, str], list[events_pb2.StockMovementRecorded]] = field(default_factory=dict)
+    snapshot_as_of: dict[tuple[str, str], int] = field(default_factory=dict)
+    incoming_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    lines: dict[str, dict[tuple[str, str], tuple[tuple[int, int, int], events_pb2.StockMovementRecorded]]] = (
+        field(default_factory=dict))
+    reservations: dict[str, tuple[tuple[int, int, int], events_pb2.StockMovementRecorded]] = field(default_factory=dict)
+    idempotency: dict[str, int] = field(default_factory=dict)
+    skus: dict[str, model.Sku] = field(default_factory=dict)
+    locations: dict[str, tuple[tuple[int, int, int], model.Location]] = field(default_factory=dict)
+    policies: dict[str, tuple[tuple[int, int, int], model.ChannelPolicy]] = field(default_factory=dict)
+
+    def apply(self, envelope: envelope_pb2.EventEnvelope, skus: Collection[str] | None) -> None:
+        order = _order(envelope.event_id)
+        if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
+            m = events_pb2.StockMovementRecorded()
+            envelope.payload.Unpack(m)
+            if skus is not None and m.sku not in skus:
+                return
+            self._movement(m, order)
+        elif envelope.type == "tutti.inventory.v1.SkuRegistered":
+            e = events_pb2.SkuRegistered()
+            envelope.payload.Unpack(e)
+            if skus is None or e.sku.sku in skus:
+                self.skus[e.sku.sku] = model.Sku(e.sku.sku, e.sku.name, e.sku.category, e.sku.returnable)
+        elif envelope.type == "tutti.inventory.v1.LocationUpserted":
+            e2 = events_pb2.LocationUpserted()
+            envelope.payload.Unpack(e2)
+            prev = self.locations.get(e2.location_id)
+            if prev is None or prev[0] < order:
+                self.locations[e2.location_id] = (order, codec.location_from_pb(e2.location))
+        elif envelope.type == "tutti.inventory.v1.ChannelPolicySet":
+            e3 = events_pb2.ChannelPolicySet()
+            envelope.payload.Unpack(e3)
+            p = e3.policy
+            policy = model.ChannelPolicy(codec.channel_name(p.channel), p.buffer_units,
+                                         frozenset(p.excluded_location_ids))
+            prev_p = self.policies.get(policy.channel)
+            if prev_p is None or prev_p[0] < order:
+                self.policies[policy.channel] = (order, policy)
+
+    def _movement(self, m: events_pb2.StockMovementRecorded, order: tuple[int, int, int]) -> None:
+        key = (m.sku, m.location_id)
+        kind = _kind(m)
+        prev = self.counters.get(key)
+        if prev is None or prev.sequence < m.sequence:
+            self.counters[key] = m
+        if (m.incoming_changed or kind == "INCOMING_SUPPLY_SET") and self.incoming_seq.get(key, -1) < m.sequence:
+            self.incoming_seq[key] = m.sequence
+            self.incoming[key] = list(m.incoming)
+        if kind == "SNAPSHOT_APPLIED":
+            self.snapshot_as_of[key] = max(self.snapshot_as_of.get(key, 0), m.snapshot_as_of.ToMilliseconds())
+        elif m.on_hand_delta != 0:
+            self.physical.setdefault(key, []).append(m)
+        if m.reservation_id:
+            per = self.lines.setdefault(m.reservation_id, {})
+            line_prev = per.get(key)
+            # Lines keep the order they were reserved in (index within the reserving script call).
+            first = order if kind == "RESERVED" or line_prev is None else line_prev[0]
+            latest = m if line_prev is None or line_prev[1].sequence < m.sequence else line_prev[1]
+            per[key] = (first, latest)
+            res_prev = self.reservations.get(m.reservation_id)
+            if res_prev is None or res_prev[0] < order:
+                self.reservations[m.reservation_id] = (order, m)
+        idem = _idempotency_key(kind, m.reference)
+        if idem:
+            self.idempotency[idem] = max(self.idempotency.get(idem, 0), m.occurred_at.ToMilliseconds())
+
+
+def _idempotency_key(kind: str, reference: str) -> str:
+    if not reference:
+        return ""
+    if reference.startswith("inv:idem:"):
+        return reference
+    if kind == "SNAPSHOT_APPLIED":
+        return f"inv:idem:snap:{reference}"
+    if kind in {"POS_SOLD", "POS_RETURNED"}:
+        return f"inv:idem:{reference}"
+    if kind in {"RECEIVED", "ADJUSTED", "TRANSFERRED_OUT", "TRANSFERRED_IN", "QUARANTINED",
+                "QUARANTINE_RESTOCKED", "QUARANTINE_DISPOSED"}:
+        return f"inv:idem:mv:{reference}"
+    return ""
+
+
+async def read_ledger(bootstrap: str, *, since_ms: int | None = None, skus: Collection[str] | None = None,
+                      topic: str = INVENTORY_MOVEMENTS.name) -> LedgerState:
+    """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
+    state = LedgerState()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        end = await consumer.end_offsets(partitions)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            for tp in partitions:
+                if found.get(tp) is None:
+                    consumer.seek(tp, end[tp])
+                else:
+                    consumer.seek(tp, found[tp].offset)
+        pending = {tp for tp in partitions if await consumer.position(tp) < end[tp]}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        break
+                    envelope = envelope_pb2.EventEnvelope.FromString(record.value)
+                    if envelope.event_id.startswith("inv-"):
+                        state.apply(envelope, set(skus) if skus is not None else None)
+            pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+    finally:
+        await consumer.stop()
+    return state
+
+
+async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = None) -> dict[str, int]:
+    """Writes the rebuilt state; returns counts of what was written."""
+    now = now_ms or int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=False)
+    for sku in state.skus.values():
+        pipe.hset("inv:skus", sku.sku, sku_to_json(sku))
+    for _, loc in state.locations.values():
+        pipe.hset("inv:locations", loc.location_id, location_to_json(loc))
+        pipe.hset("inv:locstate", loc.location_id, "1" if loc.active else "0")
+    for _, policy in state.policies.values():
+        pipe.delete(f"inv:policy:{policy.channel}")
+        for key, f, v in policy_fields(policy):
+            pipe.hset(key, f, v)
+    for (sku, loc), m in state.counters.items():
+        incoming = state.incoming.get((sku, loc), [])
+        asof = state.snapshot_as_of.get((sku, loc), 0)
+        ts = m.occurred_at.ToMilliseconds()
+        pipe.hset(f"inv:{{{sku}}}:c:{loc}", mapping={
+            "oh": m.after.on_hand, "rs": m.after.reserved, "ss": m.after.safety_stock, "qt": m.after.quarantined,
+            "inc": sum(s.quantity for s in incoming), "seq": m.sequence, "asof": asof, "ts": ts,
+        })
+        pipe.sadd(f"inv:{{{sku}}}:locs", loc)
+        in_key = f"inv:{{{sku}}}:in:{loc}"
+        pipe.delete(in_key)
+        for s in incoming:
+            pipe.hset(in_key, s.supply_id, json.dumps({"q": s.quantity, "at": s.expected_at.ToMilliseconds(),
+                                                       "src": s.source}))
+        mv_key = f"inv:{{{sku}}}:mv:{loc}"
+        pipe.delete(mv_key)
+        for p in state.physical.get((sku, loc), []):
+            at = p.occurred_at.ToMilliseconds()
+            if at > asof and at >= ts - MV_RETENTION_MS:
+                pipe.zadd(mv_key, {f"{p.sequence}:{p.on_hand_delta}": at})
+    live = 0
+    for res_id, (_, last) in state.reservations.items():
+        lines = sorted(state.lines[res_id].values(), key=lambda x: x[0])
+        status = pb.ReservationStatus.Name(last.reservation_status).removeprefix("RESERVATION_STATUS_")
+        exp = last.hold_expires_at.ToMilliseconds() if last.HasField("hold_expires_at") else 0
+        key = f"inv:res:{res_id}"
+        closed = status not in ("HELD", "CONFIRMED")
+        ttl = CLOSED_TTL_S - (now - last.occurred_at.ToMilliseconds()) // 1000
+        if closed and ttl <= 0:
+            continue
+        pipe.delete(key)
+        pipe.hset(key, mapping={
+            "st": status, "ch": codec.channel_name(last.channel), "ord": last.order_id, "exp": exp,
+            "cr": last.reservation_created_at.ToMilliseconds(), "fp": "",
+            "lines": json.dumps([
+                {"s": m.sku, "l": m.location_id, "q": m.reservation_line_quantity, "r": m.reservation_line_released,
+                 "f": m.reservation_line_fulfilled}
+                for _, m in lines
+            ]),
+        })
+        if closed:
+            pipe.expire(key, ttl)
+        else:
+            live += 1
+            if status == "HELD" and exp:
+                pipe.zadd("inv:holds", {res_id: exp})
+    marker = json.dumps({"fp": "", "rebuilt": True})
+    for key, at in state.idempotency.items():
+        ttl = IDEM_TTL_S - (now - at) // 1000
+        if ttl > 0:
+            pipe.set(key, marker, ex=ttl)
+    await pipe.execute()
+    return {"counters": len(state.counters), "reservations_live": live, "skus": len(state.skus),
+            "locations": len(state.locations), "idempotency_records": len(state.idempotency)}
+
+
+async def rebuild(bootstrap: str, redis: Redis, *, since_ms: int | None = None,
+                  skus: Collection[str] | None = None) -> dict[str, int]:
+    state = await read_ledger(bootstrap, since_ms=since_ms, skus=skus)
+    return await write_state(redis, state)
+
+
+async def dump_state(redis: Redis, skus: Collection[str], location_ids: Collection[str] = ()) -> dict[str, Any]:
+    """A comparable picture of the state of ``skus`` (and master data of ``location_ids``)."""
+    out: dict[str, Any] = {"counters": {}, "incoming": {}, "movements": {}, "reservations": {}, "holds": {},
+                           "skus": {}, "locations": {}}
+    wanted = set(skus)
+    for sku in sorted(wanted):
+        raw_sku = await redis.hget("inv:skus", sku)
+        out["skus"][sku] = raw_sku.decode() if raw_sku else None
+        for loc_b in sorted(await redis.smembers(f"inv:{{{sku}}}:locs")):
+            loc = loc_b.decode()
+            c = await redis.hgetall(f"inv:{{{sku}}}:c:{loc}")
+            out["counters"][f"{sku}@{loc}"] = {k.decode(): int(v) for k, v in c.items()}
+            inc = await redis.hgetall(f"inv:{{{sku}}}:in:{loc}")
+            out["incoming"][f"{sku}@{loc}"] = {k.decode(): json.loads(v) for k, v in inc.items()}
+            mv = await redis.zrange(f"inv:{{{sku}}}:mv:{loc}", 0, -1, withscores=True)
+            out["movements"][f"{sku}@{loc}"] = [(k.decode(), int(s)) for k, s in mv]
+    async for key in redis.scan_iter(match="inv:res:*", count=1000):
+        raw = await redis.hgetall(key)
+        res = {k.decode(): v.decode() for k, v in raw.items()}
+        if not res:
+            continue
+        lines = json.loads(res["lines"])
+        if not any(line["s"] in wanted for line in lines):
+            continue
+        res_id = key.decode().removeprefix("inv:res:")
+        res.pop("fp", None)
+        res["lines"] = lines
+        out["reservations"][res_id] = res
+        score = await redis.zscore("inv:holds", res_id)
+        out["holds"][res_id] = int(score) if score is not None else None
+    for loc in sorted(location_ids):
+        raw_loc = await redis.hget("inv:locations", loc)
+        state = await redis.hget("inv:locstate", loc)
+        out["locations"][loc] = (raw_loc.decode() if raw_loc else None, state.decode() if state else None)
+    return out
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = CommonSettings.from_env("inventory")
+    redis = Redis.from_url(args.redis_url or settings.redis_url)
+    try:
+        if await redis.dbsize() and not args.force:
+            print("tutti-inventory-rebuild: the target Redis db is not empty; use --force to write into it",
+                  file=sys.stderr)
+            return 2
+        counts = await rebuild(args.kafka_bootstrap or settings.kafka_bootstrap, redis,
+                               skus=set(args.sku) if args.sku else None)
+    finally:
+        await redis.aclose()
+    print(json.dumps(counts))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.inventory.rebuild", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--redis-url", help="target Redis (default TUTTI_REDIS_URL)")
+    parser.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers (default TUTTI_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--sku", action="append", help="rebuild only these SKUs (repeatable)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty Redis db")
+    return asyncio.run(_main(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
