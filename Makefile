@@ -32,8 +32,14 @@ gen/.stamp: $(VENV)/.stamp $(PROTOS)
 	$(PY) -m tools.gen_protos
 	@touch $@
 
+# grpcurl, a real gRPC client that works through server reflection (used by the stack tests).
+GRPCURL := .tutti/bin/grpcurl
+
+$(GRPCURL):
+	GOBIN=$(CURDIR)/.tutti/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+
 .PHONY: install
-install: $(VENV)/.stamp gen/.stamp ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars
+install: $(VENV)/.stamp gen/.stamp $(GRPCURL) ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars, grpcurl
 	infra/install.sh
 
 .PHONY: proto

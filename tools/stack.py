@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "up", "down", "status"])
     parser.add_argument("--no-demo", action="store_true", help="do not load the demo retailer")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for SERVING")
+    parser.add_argument("--keep-infra", action="store_true",
+                        help="run: leave Kafka, Redis and PostgreSQL running after Ctrl-C")
     args = parser.parse_args(argv)
     settings = CommonSettings.from_env("stack")
 
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping…")
     finally:
         stop_all()
-        subprocess.run([str(ROOT / "infra" / "infra.sh"), "down"], check=False)  # noqa: S603
+        if not args.keep_infra:
+            subprocess.run([str(ROOT / "infra" / "infra.sh"), "down"], check=False)  # noqa: S603
     return 0
 
 
