@@ -42,8 +42,9 @@ class ReturnsSettings:
         raw = env.str("TUTTI_RETURNS_READY_DEPENDENCIES", ",".join(DEPENDENCIES))
         deps = tuple(d.strip() for d in raw.split(",") if d.strip())
         if any(d not in DEPENDENCIES for d in deps):
-            raise SettingsError(f"TUTTI_RETURNS_READY_DEPENDENCIES must list some of {', '.join(DEPENDENCIES)}, "
-                                f"got {raw!r}")
+            raise SettingsError(
+                f"TUTTI_RETURNS_READY_DEPENDENCIES must list some of {', '.join(DEPENDENCIES)}, got {raw!r}"
+            )
         return cls(
             rules=load_rules(env.str("TUTTI_RETURNS_RULES_FILE", str(DEFAULT_RULES_FILE))),
             pool_size=env.int("TUTTI_RETURNS_DB_POOL_SIZE", 10, minimum=2, maximum=200),
@@ -62,7 +63,9 @@ async def _channel_ready(name: str, channel: grpc.aio.Channel) -> None:
         raise Unavailable(f"{name} is not reachable") from None
 
 
-async def build(settings: CommonSettings, stack: AsyncExitStack, returns: ReturnsSettings | None = None) -> Wiring:
+async def build(
+    settings: CommonSettings, stack: AsyncExitStack, returns: ReturnsSettings | None = None
+) -> Wiring:
     returns = returns or ReturnsSettings.from_env()
     await apply_migrations(settings.database_url, SCHEMA, [MIGRATIONS])
     pool = await create_pool(settings.database_url, SCHEMA, max_size=returns.pool_size)

@@ -42,7 +42,7 @@ class InventoryPort(Protocol):
     """Inventory effects and the facts disposition rules need."""
 
     async def location_type(self, location_id: str) -> str | None:
-        """"store", "distribution_centre", "dropship_supplier"; None when the location is unknown."""
+        """ "store", "distribution_centre", "dropship_supplier"; None when the location is unknown."""
 
     async def sells(self, location_id: str, sku: str) -> bool:
         """Whether the location carries the SKU."""
@@ -116,14 +116,25 @@ def check_identifier(field: str, value: str) -> None:
 
 
 def _fingerprint(cmd: CreateReturn, extra: str = "") -> str:
-    doc = [cmd.order_id, [[x.line_id, x.quantity, x.reason.value] for x in cmd.lines], cmd.method.value,
-           cmd.receiving_location_id, extra]
+    doc = [
+        cmd.order_id,
+        [[x.line_id, x.quantity, x.reason.value] for x in cmd.lines],
+        cmd.method.value,
+        cmd.receiving_location_id,
+        extra,
+    ]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
 class ReturnsService:
-    def __init__(self, store: ReturnsStore, orders: OrderDirectory, inventory: InventoryPort,
-                 rules: ReturnRules, clock: type[datetime] = datetime) -> None:
+    def __init__(
+        self,
+        store: ReturnsStore,
+        orders: OrderDirectory,
+        inventory: InventoryPort,
+        rules: ReturnRules,
+        clock: type[datetime] = datetime,
+    ) -> None:
         self._store = store
         self._orders = orders
         self._inventory = inventory
@@ -187,8 +198,10 @@ class ReturnsService:
             return None
         ret, stored = found
         if stored != fingerprint:
-            raise AlreadyExists(f"request_id {cmd.request_id} was already used for return {ret.return_id} "
-                                "of this order with other content")
+            raise AlreadyExists(
+                f"request_id {cmd.request_id} was already used for return {ret.return_id} "
+                "of this order with other content"
+            )
         return await tx.view(ret.return_id, self._rules)
 
     async def create_return(self, cmd: CreateReturn) -> tuple[ReturnView, bool]:
@@ -216,10 +229,17 @@ class ReturnsService:
         return view, False
 
     def _open(self, cmd: CreateReturn, purchase: m.Purchase, already: dict[str, int]) -> m.Return:
-        return m.open_return(purchase=purchase, request_id=cmd.request_id, requested=cmd.lines,
-                             already_returned=already, rules=self._rules, method=cmd.method,
-                             receiving_location_id=cmd.receiving_location_id,
-                             initiated_channel=cmd.channel, now=self._now())
+        return m.open_return(
+            purchase=purchase,
+            request_id=cmd.request_id,
+            requested=cmd.lines,
+            already_returned=already,
+            rules=self._rules,
+            method=cmd.method,
+            receiving_location_id=cmd.receiving_location_id,
+            initiated_channel=cmd.channel,
+            now=self._now(),
+        )
 
     # --- exchange --------------------------------------------------------------------------
 
@@ -243,10 +263,16 @@ class ReturnsService:
             existing = await self._existing(tx, cmd.request, fingerprint)
             if existing is not None:
                 return existing, True
-            ret = self._open(cmd.request, purchase,
-                             m.returned_quantities(await tx.returns_of_order(cmd.request.order_id)))
-            exchange = m.open_exchange(ret, replacement_sku=cmd.replacement_sku, fulfilment=cmd.fulfilment,
-                                       location_id=cmd.location_id, now=self._now())
+            ret = self._open(
+                cmd.request, purchase, m.returned_quantities(await tx.returns_of_order(cmd.request.order_id))
+            )
+            exchange = m.open_exchange(
+                ret,
+                replacement_sku=cmd.replacement_sku,
+                fulfilment=cmd.fulfilment,
+                location_id=cmd.location_id,
+                now=self._now(),
+            )
             ret = replace(ret, exchange_id=exchange.exchange_id)
             reserve = m.reserve_task(exchange)
             # Reserved before commit: no stock, no exchange (FAILED_PRECONDITION, nothing saved).
@@ -258,8 +284,11 @@ class ReturnsService:
             await tx.add_tasks(tasks)
             await tx.add_tasks([reserve], done=True)
             exchanged = frozenset({exchange.original_line_id})
-            await tx.emit(events.return_requested(ret, m.estimate_refund(ret, self._rules,
-                                                                         exchanged_line_ids=exchanged)))
+            await tx.emit(
+                events.return_requested(
+                    ret, m.estimate_refund(ret, self._rules, exchanged_line_ids=exchanged)
+                )
+            )
             await tx.emit(events.exchange_created(exchange, cmd.shipping_address))
             view = await tx.view(ret.return_id, self._rules)
         await self.apply_tasks(tasks)
@@ -295,18 +324,32 @@ class ReturnsService:
                 view = await tx.view(cmd.return_id, self._rules)
                 assert view is not None
                 return view, previous, True
-            items = m.grade_receipt(ret, cmd.lines, location_id=cmd.location_id, location_type=location_type,
-                                    sells_item=lambda sku: sells.get(sku, False), rules=self._rules)
+            items = m.grade_receipt(
+                ret,
+                cmd.lines,
+                location_id=cmd.location_id,
+                location_type=location_type,
+                sells_item=lambda sku: sells.get(sku, False),
+                rules=self._rules,
+            )
             found = await tx.get_exchange(ret.return_id)
             exchanged = frozenset({found[0].original_line_id}) if found else frozenset()
             refund = m.compute_refund(ret, items, self._rules, exchanged_line_ids=exchanged)
             now = self._now()
             updated = m.apply_receipt(ret, items, refund)
-            receipt = m.Receipt(receipt_id=receipt_id, return_id=ret.return_id, location_id=cmd.location_id,
-                                received_at=now, items=items, refund=refund)
+            receipt = m.Receipt(
+                receipt_id=receipt_id,
+                return_id=ret.return_id,
+                location_id=cmd.location_id,
+                received_at=now,
+                items=items,
+                refund=refund,
+            )
             dc_expected = now + timedelta(days=self._rules.transit_days[m.ReturnMethod.CARRIER_LABEL])
-            tasks = [*m.clear_incoming_tasks(updated, [i.line_id for i in items], receipt_id),
-                     *m.disposition_tasks(updated, receipt_id, items, dc_expected_at=dc_expected)]
+            tasks = [
+                *m.clear_incoming_tasks(updated, [i.line_id for i in items], receipt_id),
+                *m.disposition_tasks(updated, receipt_id, items, dc_expected_at=dc_expected),
+            ]
             await tx.update(updated)
             await tx.insert_receipt(receipt)
             await tx.add_tasks(tasks)
@@ -349,7 +392,7 @@ class ReturnsService:
         for task in tasks:
             try:
                 await self._inventory.apply(task)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
                 log.warning("inventory effect %s deferred: %r", task.task_id, exc)
                 await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=1))
             else:
@@ -359,8 +402,14 @@ class ReturnsService:
 class TaskWorker:
     """Retries inventory effects that could not be applied inline, with backoff per task."""
 
-    def __init__(self, store: ReturnsStore, inventory: InventoryPort, *, poll_seconds: float = 1.0,
-                 grace: timedelta = timedelta(seconds=2)) -> None:
+    def __init__(
+        self,
+        store: ReturnsStore,
+        inventory: InventoryPort,
+        *,
+        poll_seconds: float = 1.0,
+        grace: timedelta = timedelta(seconds=2),
+    ) -> None:
         self._store = store
         self._inventory = inventory
         self._poll = poll_seconds
@@ -376,7 +425,7 @@ class TaskWorker:
         for task in await self._store.pending_tasks(100):
             try:
                 await self._inventory.apply(task)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
                 await self._failed(task, exc)
             else:
                 await self._store.task_done(task.task_id)

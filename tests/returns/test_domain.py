@@ -18,8 +18,12 @@ RULES = load_rules()
 
 def purchase(days_ago: int = 3, channel: str = "web", **overrides: object) -> m.Purchase:
     base = m.Purchase(
-        order_id="ORD-1", source=m.PurchaseSource.ORDER, channel=channel,
-        purchased_at=NOW - timedelta(days=days_ago), currency="EUR", customer_id="C-1",
+        order_id="ORD-1",
+        source=m.PurchaseSource.ORDER,
+        channel=channel,
+        purchased_at=NOW - timedelta(days=days_ago),
+        currency="EUR",
+        customer_id="C-1",
         lines=(
             m.PurchasedLine("L1", "SKU-SHIRT-M", 2, 2000, "apparel"),
             m.PurchasedLine("L2", "SKU-GIFT", 1, 5000, "gift-card"),
@@ -29,12 +33,25 @@ def purchase(days_ago: int = 3, channel: str = "web", **overrides: object) -> m.
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def open_return(requested: list[m.RequestedLine], *, already: dict[str, int] | None = None,
-                method: m.ReturnMethod = m.ReturnMethod.IN_STORE, p: m.Purchase | None = None,
-                request_id: str = "req-1") -> m.Return:
-    return m.open_return(purchase=p or purchase(), request_id=request_id, requested=requested,
-                         already_returned=already or {}, rules=RULES, method=method,
-                         receiving_location_id="STORE-LYON", initiated_channel="store", now=NOW)
+def open_return(
+    requested: list[m.RequestedLine],
+    *,
+    already: dict[str, int] | None = None,
+    method: m.ReturnMethod = m.ReturnMethod.IN_STORE,
+    p: m.Purchase | None = None,
+    request_id: str = "req-1",
+) -> m.Return:
+    return m.open_return(
+        purchase=p or purchase(),
+        request_id=request_id,
+        requested=requested,
+        already_returned=already or {},
+        rules=RULES,
+        method=method,
+        receiving_location_id="STORE-LYON",
+        initiated_channel="store",
+        now=NOW,
+    )
 
 
 def line(line_id: str = "L1", qty: int = 1, reason: m.Reason = m.Reason.CHANGED_MIND) -> m.RequestedLine:
@@ -108,9 +125,12 @@ def test_defective_items_get_the_guarantee_window() -> None:
 
 @pytest.mark.parametrize(
     ("requested", "field"),
-    [([], "lines"), ([m.RequestedLine("L1", 0, m.Reason.OTHER)], "lines[0].quantity"),
-     ([m.RequestedLine("", 1, m.Reason.OTHER)], "lines[0].line_id"),
-     ([line("L1"), line("L1")], "lines[1].line_id")],
+    [
+        ([], "lines"),
+        ([m.RequestedLine("L1", 0, m.Reason.OTHER)], "lines[0].quantity"),
+        ([m.RequestedLine("", 1, m.Reason.OTHER)], "lines[0].line_id"),
+        ([line("L1"), line("L1")], "lines[1].line_id"),
+    ],
 )
 def test_malformed_lines_are_invalid_arguments(requested: list[m.RequestedLine], field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
@@ -129,7 +149,8 @@ def test_in_transit_returns_expect_goods_after_the_transit_days() -> None:
     assert ret.expected_at == NOW + timedelta(days=4)
     tasks = m.incoming_tasks(ret)
     assert [(t.kind, t.sku, t.location_id, t.quantity, t.expected_at) for t in tasks] == [
-        (m.TaskKind.SET_INCOMING, "SKU-SHIRT-M", "STORE-LYON", 2, NOW + timedelta(days=4))]
+        (m.TaskKind.SET_INCOMING, "SKU-SHIRT-M", "STORE-LYON", 2, NOW + timedelta(days=4))
+    ]
     assert m.incoming_tasks(open_return([line("L1")])) == []
 
 
@@ -142,10 +163,17 @@ def test_returned_quantities_ignore_cancelled_returns() -> None:
 # --- receipt, grading, disposition ---------------------------------------------------------------
 
 
-def grade(ret: m.Return, received: list[m.ReceivedLine], *, sells: bool = True,
-          rules: ReturnRules = RULES) -> tuple[m.GradedItem, ...]:
-    return m.grade_receipt(ret, received, location_id="STORE-LYON", location_type="store",
-                           sells_item=lambda sku: sells, rules=rules)
+def grade(
+    ret: m.Return, received: list[m.ReceivedLine], *, sells: bool = True, rules: ReturnRules = RULES
+) -> tuple[m.GradedItem, ...]:
+    return m.grade_receipt(
+        ret,
+        received,
+        location_id="STORE-LYON",
+        location_type="store",
+        sells_item=lambda sku: sells,
+        rules=rules,
+    )
 
 
 def test_resellable_goes_back_to_stock_at_the_receiving_location() -> None:
@@ -223,8 +251,11 @@ def test_task_ids_are_deterministic_per_receipt() -> None:
 # --- refunds -------------------------------------------------------------------------------------
 
 
-def refund_for(requested: list[m.RequestedLine], received: list[m.ReceivedLine],
-               method: m.ReturnMethod = m.ReturnMethod.IN_STORE) -> m.Refund:
+def refund_for(
+    requested: list[m.RequestedLine],
+    received: list[m.ReceivedLine],
+    method: m.ReturnMethod = m.ReturnMethod.IN_STORE,
+) -> m.Refund:
     ret = open_return(requested, method=method)
     return m.compute_refund(ret, grade(ret, received), RULES)
 
@@ -236,8 +267,11 @@ def test_changed_mind_pays_the_restocking_fee() -> None:
 
 
 def test_defective_is_free_even_with_a_label() -> None:
-    refund = refund_for([line("L1", 1, m.Reason.DEFECTIVE)], [m.ReceivedLine("L1", 1, m.Grade.DAMAGED)],
-                        method=m.ReturnMethod.CARRIER_LABEL)
+    refund = refund_for(
+        [line("L1", 1, m.Reason.DEFECTIVE)],
+        [m.ReceivedLine("L1", 1, m.Grade.DAMAGED)],
+        method=m.ReturnMethod.CARRIER_LABEL,
+    )
     assert refund.total_minor == 2000
 
 
@@ -282,12 +316,17 @@ def test_cancel_only_before_receipt_and_idempotent() -> None:
 
 def test_exchange_reserves_the_replacement_with_a_deterministic_id() -> None:
     ret = open_return([line("L1", 1, m.Reason.WRONG_SIZE)])
-    exchange = m.open_exchange(ret, replacement_sku="SKU-SHIRT-L", fulfilment=m.Fulfilment.COLLECT,
-                               location_id="STORE-LYON", now=NOW)
+    exchange = m.open_exchange(
+        ret, replacement_sku="SKU-SHIRT-L", fulfilment=m.Fulfilment.COLLECT, location_id="STORE-LYON", now=NOW
+    )
     assert exchange.order_id == "ORD-1" and exchange.original_sku == "SKU-SHIRT-M"
     task = m.reserve_task(exchange)
     assert (task.kind, task.sku, task.location_id, task.quantity) == (
-        m.TaskKind.RESERVE, "SKU-SHIRT-L", "STORE-LYON", 1)
+        m.TaskKind.RESERVE,
+        "SKU-SHIRT-L",
+        "STORE-LYON",
+        1,
+    )
     assert task.reservation_id == m.reservation_id_for(m.exchange_id_for(ret.return_id))
     assert m.release_task(exchange).reservation_id == task.reservation_id
 
@@ -329,7 +368,9 @@ def test_rules_document_errors_name_the_key(doc: dict[str, object], message: str
 def test_minimal_rules_have_safe_defaults() -> None:
     rules = ReturnRules.from_mapping({})
     assert rules.return_window_days == 30
-    assert rules.disposition(grade=m.Grade.RESELLABLE, category="", reason=m.Reason.OTHER, sells_item=False,
-                             location_type="store") == (m.Disposition.RESTOCK, None)
-    assert rules.disposition(grade=m.Grade.DAMAGED, category="", reason=m.Reason.OTHER, sells_item=True,
-                             location_type="store") == (m.Disposition.QUARANTINE, None)
+    assert rules.disposition(
+        grade=m.Grade.RESELLABLE, category="", reason=m.Reason.OTHER, sells_item=False, location_type="store"
+    ) == (m.Disposition.RESTOCK, None)
+    assert rules.disposition(
+        grade=m.Grade.DAMAGED, category="", reason=m.Reason.OTHER, sells_item=True, location_type="store"
+    ) == (m.Disposition.QUARANTINE, None)

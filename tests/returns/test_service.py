@@ -82,19 +82,31 @@ def service(store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory)
 def web_order(orders: FakeOrders, days_ago: int = 2) -> str:
     order_id = random_id("ORD")
     orders.purchases[order_id] = m.Purchase(
-        order_id=order_id, source=m.PurchaseSource.ORDER, channel="web",
-        purchased_at=datetime.now(UTC) - timedelta(days=days_ago), currency="EUR",
+        order_id=order_id,
+        source=m.PurchaseSource.ORDER,
+        channel="web",
+        purchased_at=datetime.now(UTC) - timedelta(days=days_ago),
+        currency="EUR",
         lines=(m.PurchasedLine("1", "SKU-A", 2, 2500), m.PurchasedLine("2", "SKU-B", 1, 9000)),
     )
     return order_id
 
 
-def create(order_id: str, *lines: tuple[str, int], method: m.ReturnMethod = m.ReturnMethod.IN_STORE,
-           request_id: str | None = None, location: str = "STORE-A") -> CreateReturn:
+def create(
+    order_id: str,
+    *lines: tuple[str, int],
+    method: m.ReturnMethod = m.ReturnMethod.IN_STORE,
+    request_id: str | None = None,
+    location: str = "STORE-A",
+) -> CreateReturn:
     return CreateReturn(
-        request_id=request_id or random_id("req"), order_id=order_id, pos_purchase=None,
+        request_id=request_id or random_id("req"),
+        order_id=order_id,
+        pos_purchase=None,
         lines=tuple(m.RequestedLine(line, qty, m.Reason.WRONG_SIZE) for line, qty in lines),
-        method=method, receiving_location_id=location, channel="store",
+        method=method,
+        receiving_location_id=location,
+        channel="store",
     )
 
 
@@ -111,7 +123,8 @@ async def test_create_is_idempotent_by_request_id(service: ReturnsService, order
 
 
 async def test_quantities_already_returned_are_enforced_across_returns(
-        service: ReturnsService, orders: FakeOrders) -> None:
+    service: ReturnsService, orders: FakeOrders
+) -> None:
     order_id = web_order(orders)
     await service.create_return(create(order_id, ("1", 1)))
     await service.create_return(create(order_id, ("1", 1)))
@@ -137,7 +150,8 @@ async def test_bad_input(service: ReturnsService, orders: FakeOrders) -> None:
 
 
 async def test_in_transit_return_is_incoming_supply_until_received(
-        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     view, _ = await service.create_return(create(order_id, ("1", 2), method=m.ReturnMethod.CARRIER_LABEL))
     rid = view.ret.return_id
@@ -145,13 +159,16 @@ async def test_in_transit_return_is_incoming_supply_until_received(
     assert (incoming.sku, incoming.location_id, incoming.quantity) == ("SKU-A", "STORE-A", 2)
     assert incoming.expected_at == view.ret.expected_at
     inventory.carried.add(("STORE-A", "SKU-A"))
-    await service.receive_return(ReceiveReturn(rid, "", "STORE-A", (m.ReceivedLine("1", 2, m.Grade.RESELLABLE),)))
+    await service.receive_return(
+        ReceiveReturn(rid, "", "STORE-A", (m.ReceivedLine("1", 2, m.Grade.RESELLABLE),))
+    )
     [cleared] = inventory.of(m.TaskKind.CLEAR_INCOMING)
     assert cleared.quantity == 0 and cleared.supply_id == incoming.supply_id
 
 
-async def test_duplicate_receipt_restocks_once(service: ReturnsService, orders: FakeOrders,
-                                               inventory: FakeInventory) -> None:
+async def test_duplicate_receipt_restocks_once(
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     inventory.carried.add(("STORE-A", "SKU-A"))
     view, _ = await service.create_return(create(order_id, ("1", 2)))
@@ -164,64 +181,88 @@ async def test_duplicate_receipt_restocks_once(service: ReturnsService, orders: 
     assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.RESTOCK)] == [("STORE-A", 2)]
     assert after.ret.status is m.ReturnStatus.RECEIVED
     with pytest.raises(FailedPrecondition, match="only 0 of 2 still expected"):
-        await service.receive_return(ReceiveReturn(rid, "rcpt-2", "STORE-A",
-                                                   (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+        await service.receive_return(
+            ReceiveReturn(rid, "rcpt-2", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
+        )
     assert len(inventory.of(m.TaskKind.RESTOCK)) == 1
 
 
 async def test_damaged_goes_to_quarantine_and_history_tells_the_story(
-        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     inventory.carried.add(("STORE-B", "SKU-B"))
     view, _ = await service.create_return(create(order_id, ("2", 1), location="STORE-B"))
-    view, _, _ = await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-B",
-                                                            (m.ReceivedLine("2", 1, m.Grade.DAMAGED),)))
+    view, _, _ = await service.receive_return(
+        ReceiveReturn(view.ret.return_id, "", "STORE-B", (m.ReceivedLine("2", 1, m.Grade.DAMAGED),))
+    )
     assert inventory.of(m.TaskKind.RESTOCK) == []
     assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.QUARANTINE)] == [("STORE-B", 1)]
     types = [s.type.rsplit(".", 1)[1] for s in view.steps]
-    assert types == ["ReturnRequested", "ReturnReceived", "ReturnLineGraded", "ReturnQuarantined", "RefundIssued"]
+    assert types == [
+        "ReturnRequested",
+        "ReturnReceived",
+        "ReturnLineGraded",
+        "ReturnQuarantined",
+        "RefundIssued",
+    ]
     assert all(s.occurred_at.tzinfo is not None for s in view.steps)
 
 
 async def test_store_not_selling_the_item_sends_it_to_the_dc(
-        service: ReturnsService, orders: FakeOrders, inventory: FakeInventory) -> None:
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     view, _ = await service.create_return(create(order_id, ("1", 1)))
-    _, receipt, _ = await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-A",
-                                                               (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+    _, receipt, _ = await service.receive_return(
+        ReceiveReturn(view.ret.return_id, "", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
+    )
     assert receipt.items[0].disposition is m.Disposition.SEND_TO_DC
     assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.SET_INCOMING)] == [("DC-PARIS", 1)]
     assert inventory.of(m.TaskKind.RESTOCK) == []
 
 
 async def test_effects_deferred_while_inventory_is_down_are_applied_by_the_worker(
-        service: ReturnsService, store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory) -> None:
+    service: ReturnsService, store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     inventory.carried.add(("STORE-A", "SKU-A"))
     view, _ = await service.create_return(create(order_id, ("1", 1)))
     inventory.down = True
-    await service.receive_return(ReceiveReturn(view.ret.return_id, "", "STORE-A",
-                                               (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),)))
+    await service.receive_return(
+        ReceiveReturn(view.ret.return_id, "", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
+    )
     assert inventory.of(m.TaskKind.RESTOCK) == []
     inventory.down = False
     async with store.transaction() as tx:  # make the deferred task due now
-        await tx._conn.execute("UPDATE inventory_tasks SET next_attempt_at = now() WHERE return_id = $1",
-                               view.ret.return_id)
+        await tx._conn.execute(
+            "UPDATE inventory_tasks SET next_attempt_at = now() WHERE return_id = $1", view.ret.return_id
+        )
     await TaskWorker(store, inventory).run_once()
     restocked = [t for t in inventory.of(m.TaskKind.RESTOCK) if t.reference == view.ret.return_id]
     assert [t.quantity for t in restocked] == [1]
 
 
-async def test_exchange_reserves_the_replacement(service: ReturnsService, orders: FakeOrders,
-                                                 inventory: FakeInventory) -> None:
+async def test_exchange_reserves_the_replacement(
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
-    cmd = CreateExchange(request=create(order_id, ("1", 1)), replacement_sku="SKU-A-L",
-                         fulfilment=m.Fulfilment.COLLECT, location_id="STORE-B", shipping_address=None)
+    cmd = CreateExchange(
+        request=create(order_id, ("1", 1)),
+        replacement_sku="SKU-A-L",
+        fulfilment=m.Fulfilment.COLLECT,
+        location_id="STORE-B",
+        shipping_address=None,
+    )
     view, dup = await service.create_exchange(cmd)
     assert not dup and view.exchange is not None
     [reserve] = inventory.of(m.TaskKind.RESERVE)
     assert (reserve.sku, reserve.location_id, reserve.quantity, reserve.reservation_id) == (
-        "SKU-A-L", "STORE-B", 1, view.exchange.reservation_id)
+        "SKU-A-L",
+        "STORE-B",
+        1,
+        view.exchange.reservation_id,
+    )
     assert reserve.reference == order_id and view.estimated_refund_minor == 0
     again, dup = await service.create_exchange(cmd)
     assert dup and again.exchange == view.exchange
@@ -230,25 +271,46 @@ async def test_exchange_reserves_the_replacement(service: ReturnsService, orders
     assert [t.reservation_id for t in inventory.of(m.TaskKind.RELEASE)] == [reserve.reservation_id]
 
 
-async def test_exchange_without_stock_saves_nothing(service: ReturnsService, orders: FakeOrders,
-                                                    inventory: FakeInventory) -> None:
+async def test_exchange_without_stock_saves_nothing(
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
     order_id = web_order(orders)
     inventory.refuse_reserve = True
     with pytest.raises(FailedPrecondition, match="not enough"):
-        await service.create_exchange(CreateExchange(
-            request=create(order_id, ("1", 1)), replacement_sku="SKU-A-L", fulfilment=m.Fulfilment.COLLECT,
-            location_id="STORE-B", shipping_address=None))
+        await service.create_exchange(
+            CreateExchange(
+                request=create(order_id, ("1", 1)),
+                replacement_sku="SKU-A-L",
+                fulfilment=m.Fulfilment.COLLECT,
+                location_id="STORE-B",
+                shipping_address=None,
+            )
+        )
     assert await service.list_returns(order_id) == []
 
 
-async def test_pos_purchase_returned_in_another_store(service: ReturnsService, inventory: FakeInventory) -> None:
+async def test_pos_purchase_returned_in_another_store(
+    service: ReturnsService, inventory: FakeInventory
+) -> None:
     terminal, sale = random_id("T"), random_id("S")
-    purchase = m.Purchase(order_id=m.pos_order_id(terminal, sale), source=m.PurchaseSource.POS, channel="store",
-                          purchased_at=datetime.now(UTC) - timedelta(days=1), currency="EUR",
-                          lines=(m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"),), location_id="STORE-B")
-    cmd = CreateReturn(request_id="r1", order_id=purchase.order_id, pos_purchase=purchase,
-                       lines=(m.RequestedLine("1", 1, m.Reason.CHANGED_MIND),), method=m.ReturnMethod.DROP_OFF_POINT,
-                       receiving_location_id="STORE-A", channel="web")
+    purchase = m.Purchase(
+        order_id=m.pos_order_id(terminal, sale),
+        source=m.PurchaseSource.POS,
+        channel="store",
+        purchased_at=datetime.now(UTC) - timedelta(days=1),
+        currency="EUR",
+        lines=(m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"),),
+        location_id="STORE-B",
+    )
+    cmd = CreateReturn(
+        request_id="r1",
+        order_id=purchase.order_id,
+        pos_purchase=purchase,
+        lines=(m.RequestedLine("1", 1, m.Reason.CHANGED_MIND),),
+        method=m.ReturnMethod.DROP_OFF_POINT,
+        receiving_location_id="STORE-A",
+        channel="web",
+    )
     view, _ = await service.create_return(cmd)
     assert view.ret.source is m.PurchaseSource.POS and view.ret.order_id == f"pos:{terminal}:{sale}"
     assert view.estimated_refund_minor == 900

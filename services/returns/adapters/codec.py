@@ -45,7 +45,10 @@ DISPOSITIONS = {
     m.Disposition.RETURN_TO_VENDOR: pb.DISPOSITION_RETURN_TO_VENDOR,
     m.Disposition.SEND_TO_DC: pb.DISPOSITION_SEND_TO_DC,
 }
-FULFILMENTS = {m.Fulfilment.SHIP: pb.EXCHANGE_FULFILMENT_SHIP, m.Fulfilment.COLLECT: pb.EXCHANGE_FULFILMENT_COLLECT}
+FULFILMENTS = {
+    m.Fulfilment.SHIP: pb.EXCHANGE_FULFILMENT_SHIP,
+    m.Fulfilment.COLLECT: pb.EXCHANGE_FULFILMENT_COLLECT,
+}
 SOURCES = {m.PurchaseSource.ORDER: pb.PURCHASE_SOURCE_ORDER, m.PurchaseSource.POS: pb.PURCHASE_SOURCE_POS}
 CHANNELS = {
     "web": common_pb2.CHANNEL_WEB,
@@ -109,20 +112,31 @@ class ReturnView:
 
 def return_line_pb(ret: m.Return, line: m.ReturnLine) -> pb.ReturnLine:
     return pb.ReturnLine(
-        line_id=line.line_id, sku=line.sku, category=line.category, quantity=line.quantity,
-        reason=REASONS[line.reason], unit_price=money(ret.currency, line.unit_price_minor),
-        received_quantity=line.received_quantity, refunded=money(ret.currency, line.refunded_minor),
+        line_id=line.line_id,
+        sku=line.sku,
+        category=line.category,
+        quantity=line.quantity,
+        reason=REASONS[line.reason],
+        unit_price=money(ret.currency, line.unit_price_minor),
+        received_quantity=line.received_quantity,
+        refunded=money(ret.currency, line.refunded_minor),
         note=line.note,
     )
 
 
 def exchange_pb(exchange: m.Exchange, address: bytes | None = None) -> pb.Exchange:
     message = pb.Exchange(
-        exchange_id=exchange.exchange_id, return_id=exchange.return_id, order_id=exchange.order_id,
-        original_line_id=exchange.original_line_id, original_sku=exchange.original_sku,
-        replacement_sku=exchange.replacement_sku, quantity=exchange.quantity,
-        fulfilment=FULFILMENTS[exchange.fulfilment], location_id=exchange.location_id,
-        reservation_id=exchange.reservation_id, created_at=timestamp(exchange.created_at),
+        exchange_id=exchange.exchange_id,
+        return_id=exchange.return_id,
+        order_id=exchange.order_id,
+        original_line_id=exchange.original_line_id,
+        original_sku=exchange.original_sku,
+        replacement_sku=exchange.replacement_sku,
+        quantity=exchange.quantity,
+        fulfilment=FULFILMENTS[exchange.fulfilment],
+        location_id=exchange.location_id,
+        reservation_id=exchange.reservation_id,
+        created_at=timestamp(exchange.created_at),
         cancelled=exchange.cancelled,
     )
     if address:
@@ -133,18 +147,30 @@ def exchange_pb(exchange: m.Exchange, address: bytes | None = None) -> pb.Exchan
 def return_pb(view: ReturnView) -> pb.Return:
     ret = view.ret
     message = pb.Return(
-        return_id=ret.return_id, order_id=ret.order_id, source=SOURCES[ret.source],
+        return_id=ret.return_id,
+        order_id=ret.order_id,
+        source=SOURCES[ret.source],
         purchase_channel=CHANNELS.get(ret.purchase_channel, common_pb2.CHANNEL_UNSPECIFIED),
         channel=CHANNELS.get(ret.initiated_channel, common_pb2.CHANNEL_UNSPECIFIED),
-        method=METHODS[ret.method], status=STATUSES[ret.status],
-        receiving_location_id=ret.receiving_location_id, created_at=timestamp(ret.created_at),
+        method=METHODS[ret.method],
+        status=STATUSES[ret.status],
+        receiving_location_id=ret.receiving_location_id,
+        created_at=timestamp(ret.created_at),
         expected_at=timestamp(ret.expected_at),
         lines=[return_line_pb(ret, line) for line in ret.lines],
         estimated_refund=money(ret.currency, view.estimated_refund_minor),
         refunded=money(ret.currency, sum(line.refunded_minor for line in ret.lines)),
-        history=[pb.ReturnStep(type=s.type, occurred_at=timestamp(s.occurred_at), location_id=s.location_id,
-                               summary=s.summary) for s in view.steps],
-        customer_id=ret.customer_id, request_id=ret.request_id,
+        history=[
+            pb.ReturnStep(
+                type=s.type,
+                occurred_at=timestamp(s.occurred_at),
+                location_id=s.location_id,
+                summary=s.summary,
+            )
+            for s in view.steps
+        ],
+        customer_id=ret.customer_id,
+        request_id=ret.request_id,
     )
     if view.exchange is not None:
         message.exchange.CopyFrom(exchange_pb(view.exchange, view.exchange_address))
@@ -158,53 +184,88 @@ def rule_name(item: m.GradedItem) -> str:
 
 
 def graded_item_pb(item: m.GradedItem) -> pb.GradedItem:
-    return pb.GradedItem(line_id=item.line_id, sku=item.sku, quantity=item.quantity, grade=GRADES[item.grade],
-                         disposition=DISPOSITIONS[item.disposition],
-                         destination_location_id=item.destination_location_id, rule=rule_name(item))
+    return pb.GradedItem(
+        line_id=item.line_id,
+        sku=item.sku,
+        quantity=item.quantity,
+        grade=GRADES[item.grade],
+        disposition=DISPOSITIONS[item.disposition],
+        destination_location_id=item.destination_location_id,
+        rule=rule_name(item),
+    )
 
 
 def refund_pb(refund: m.Refund) -> pb.Refund:
     c = refund.currency
     return pb.Refund(
-        lines=[pb.RefundLine(line_id=line.line_id, gross=money(c, line.gross_minor),
-                             restocking_fee=money(c, line.restocking_fee_minor),
-                             damage_deduction=money(c, line.damage_deduction_minor),
-                             label_fee=money(c, line.label_fee_minor), net=money(c, line.net_minor))
-               for line in refund.lines],
+        lines=[
+            pb.RefundLine(
+                line_id=line.line_id,
+                gross=money(c, line.gross_minor),
+                restocking_fee=money(c, line.restocking_fee_minor),
+                damage_deduction=money(c, line.damage_deduction_minor),
+                label_fee=money(c, line.label_fee_minor),
+                net=money(c, line.net_minor),
+            )
+            for line in refund.lines
+        ],
         total=money(c, refund.total_minor),
     )
 
 
 def receipt_pb(receipt: m.Receipt) -> pb.Receipt:
-    return pb.Receipt(receipt_id=receipt.receipt_id, location_id=receipt.location_id,
-                      received_at=timestamp(receipt.received_at),
-                      items=[graded_item_pb(i) for i in receipt.items], refund=refund_pb(receipt.refund))
+    return pb.Receipt(
+        receipt_id=receipt.receipt_id,
+        location_id=receipt.location_id,
+        received_at=timestamp(receipt.received_at),
+        items=[graded_item_pb(i) for i in receipt.items],
+        refund=refund_pb(receipt.refund),
+    )
 
 
 # --- receipts stored as JSON ----------------------------------------------------------------------
 
 
 def items_to_json(items: Sequence[m.GradedItem]) -> list[dict[str, object]]:
-    return [{"line_id": i.line_id, "sku": i.sku, "quantity": i.quantity, "grade": i.grade.value,
-             "disposition": i.disposition.value, "destination": i.destination_location_id,
-             "rule": i.rule_index, "note": i.note} for i in items]
+    return [
+        {
+            "line_id": i.line_id,
+            "sku": i.sku,
+            "quantity": i.quantity,
+            "grade": i.grade.value,
+            "disposition": i.disposition.value,
+            "destination": i.destination_location_id,
+            "rule": i.rule_index,
+            "note": i.note,
+        }
+        for i in items
+    ]
 
 
 def items_from_json(raw: list[dict[str, object]]) -> tuple[m.GradedItem, ...]:
     return tuple(
-        m.GradedItem(line_id=str(i["line_id"]), sku=str(i["sku"]), quantity=int(i["quantity"]),  # type: ignore[call-overload]
-                     grade=m.Grade(i["grade"]), disposition=m.Disposition(i["disposition"]),
-                     destination_location_id=str(i["destination"]),
-                     rule_index=None if i["rule"] is None else int(i["rule"]),  # type: ignore[call-overload]
-                     note=str(i.get("note", "")))
+        m.GradedItem(
+            line_id=str(i["line_id"]),
+            sku=str(i["sku"]),
+            quantity=int(i["quantity"]),  # type: ignore[call-overload]
+            grade=m.Grade(i["grade"]),
+            disposition=m.Disposition(i["disposition"]),
+            destination_location_id=str(i["destination"]),
+            rule_index=None if i["rule"] is None else int(i["rule"]),  # type: ignore[call-overload]
+            note=str(i.get("note", "")),
+        )
         for i in raw
     )
 
 
 def refund_to_json(refund: m.Refund) -> dict[str, object]:
-    return {"currency": refund.currency,
-            "lines": [[r.line_id, r.gross_minor, r.restocking_fee_minor, r.damage_deduction_minor,
-                       r.label_fee_minor] for r in refund.lines]}
+    return {
+        "currency": refund.currency,
+        "lines": [
+            [r.line_id, r.gross_minor, r.restocking_fee_minor, r.damage_deduction_minor, r.label_fee_minor]
+            for r in refund.lines
+        ],
+    }
 
 
 def refund_from_json(raw: dict[str, object]) -> m.Refund:

@@ -51,8 +51,9 @@ class InventoryClient:
 
     async def location_type(self, location_id: str) -> str | None:
         try:
-            reply = await self._stub.GetLocation(ipb.GetLocationRequest(location_id=location_id),
-                                                 timeout=self._timeout)
+            reply = await self._stub.GetLocation(
+                ipb.GetLocationRequest(location_id=location_id), timeout=self._timeout
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None
@@ -62,8 +63,9 @@ class InventoryClient:
     async def sells(self, location_id: str, sku: str) -> bool:
         """A location sells a SKU when inventory holds a stock record of it there."""
         try:
-            reply = await self._stub.GetStockLevels(ipb.GetStockLevelsRequest(sku=sku, location_ids=[location_id]),
-                                                    timeout=self._timeout)
+            reply = await self._stub.GetStockLevels(
+                ipb.GetStockLevelsRequest(sku=sku, location_ids=[location_id]), timeout=self._timeout
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return False
@@ -84,21 +86,46 @@ class InventoryClient:
         line = ipb.ReservationLine(sku=task.sku, location_id=task.location_id, quantity=task.quantity)
         reason = f"return {task.reference}"
         if task.kind in (m.TaskKind.RESTOCK, m.TaskKind.QUARANTINE):
-            condition = (ipb.STOCK_CONDITION_SELLABLE if task.kind is m.TaskKind.RESTOCK
-                         else ipb.STOCK_CONDITION_QUARANTINED)
-            await self._stub.ReceiveStock(ipb.ReceiveStockRequest(
-                movement_id=movement_id(task.task_id), location_id=task.location_id, lines=[line],
-                condition=condition, reason=reason), timeout=t)
+            condition = (
+                ipb.STOCK_CONDITION_SELLABLE
+                if task.kind is m.TaskKind.RESTOCK
+                else ipb.STOCK_CONDITION_QUARANTINED
+            )
+            await self._stub.ReceiveStock(
+                ipb.ReceiveStockRequest(
+                    movement_id=movement_id(task.task_id),
+                    location_id=task.location_id,
+                    lines=[line],
+                    condition=condition,
+                    reason=reason,
+                ),
+                timeout=t,
+            )
         elif task.kind in (m.TaskKind.SET_INCOMING, m.TaskKind.CLEAR_INCOMING):
-            supply = ipb.IncomingSupply(supply_id=movement_id(task.supply_id or task.task_id),
-                                        quantity=task.quantity, source="RETURN",
-                                        expected_at=codec.timestamp(task.expected_at))
-            await self._stub.SetIncomingSupply(ipb.SetIncomingSupplyRequest(
-                sku=task.sku, location_id=task.location_id, supply=supply), timeout=t)
+            supply = ipb.IncomingSupply(
+                supply_id=movement_id(task.supply_id or task.task_id),
+                quantity=task.quantity,
+                source="RETURN",
+                expected_at=codec.timestamp(task.expected_at),
+            )
+            await self._stub.SetIncomingSupply(
+                ipb.SetIncomingSupplyRequest(sku=task.sku, location_id=task.location_id, supply=supply),
+                timeout=t,
+            )
         elif task.kind is m.TaskKind.RESERVE:
-            await self._stub.ReserveStock(ipb.ReserveStockRequest(
-                reservation_id=task.reservation_id, lines=[line], channel=common_pb2.CHANNEL_STORE,
-                order_id=task.reference), timeout=t)
+            await self._stub.ReserveStock(
+                ipb.ReserveStockRequest(
+                    reservation_id=task.reservation_id,
+                    lines=[line],
+                    channel=common_pb2.CHANNEL_STORE,
+                    order_id=task.reference,
+                ),
+                timeout=t,
+            )
         elif task.kind is m.TaskKind.RELEASE:
-            await self._stub.ReleaseReservation(ipb.ReleaseReservationRequest(
-                reservation_id=task.reservation_id, reason="exchange cancelled"), timeout=t)
+            await self._stub.ReleaseReservation(
+                ipb.ReleaseReservationRequest(
+                    reservation_id=task.reservation_id, reason="exchange cancelled"
+                ),
+                timeout=t,
+            )

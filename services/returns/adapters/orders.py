@@ -17,12 +17,20 @@ HANDED_OVER = {opb.LINE_STATUS_SHIPPED, opb.LINE_STATUS_DELIVERED, opb.LINE_STAT
 def purchase_from_order(order: opb.Order) -> m.Purchase:
     currency = next((line.unit_price.currency for line in order.lines if line.unit_price.currency), "EUR")
     return m.Purchase(
-        order_id=order.order_id, source=m.PurchaseSource.ORDER, channel=codec.channel_name(order.channel),
-        purchased_at=codec.from_timestamp(order.created_at), currency=currency, customer_id=order.customer_id,
+        order_id=order.order_id,
+        source=m.PurchaseSource.ORDER,
+        channel=codec.channel_name(order.channel),
+        purchased_at=codec.from_timestamp(order.created_at),
+        currency=currency,
+        customer_id=order.customer_id,
         lines=tuple(
-            m.PurchasedLine(line_id=line.line_id, sku=line.sku, quantity=line.quantity,
-                            unit_price_minor=line.unit_price.amount_minor,
-                            handed_over=line.status in HANDED_OVER)
+            m.PurchasedLine(
+                line_id=line.line_id,
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price_minor=line.unit_price.amount_minor,
+                handed_over=line.status in HANDED_OVER,
+            )
             for line in order.lines
         ),
     )
@@ -39,5 +47,7 @@ class OrchestratorOrders:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None
-            raise Unavailable(f"orchestrator could not be asked for order {order_id}: {exc.code().name}") from exc
+            raise Unavailable(
+                f"orchestrator could not be asked for order {order_id}: {exc.code().name}"
+            ) from exc
         return purchase_from_order(reply.order)

@@ -207,7 +207,8 @@ def validate_requested_lines(lines: Sequence[RequestedLine], field_name: str = "
             violations.append(FieldViolation(f"{field_name}[{i}].line_id", "required"))
         elif line.line_id in seen:
             violations.append(
-                FieldViolation(f"{field_name}[{i}].line_id", f"line {line.line_id} listed twice"))
+                FieldViolation(f"{field_name}[{i}].line_id", f"line {line.line_id} listed twice")
+            )
         seen.add(line.line_id)
         if line.quantity <= 0:
             violations.append(FieldViolation(f"{field_name}[{i}].quantity", "must be positive"))
@@ -236,26 +237,53 @@ def check_eligibility(
             raise NotFound(f"order {purchase.order_id} has no line {item.line_id!r}")
         subject = f"{purchase.order_id}/{item.line_id}"
         if not bought.handed_over:
-            problems.append((subject, f"line {item.line_id} ({bought.sku}) has not been shipped or collected "
-                                      "yet; cancel it on the order instead"))
+            problems.append(
+                (
+                    subject,
+                    f"line {item.line_id} ({bought.sku}) has not been shipped or collected "
+                    "yet; cancel it on the order instead",
+                )
+            )
         returned = already_returned.get(item.line_id, 0)
         if item.quantity > bought.quantity - returned:
             left = max(bought.quantity - returned, 0)
-            problems.append((subject, f"line {item.line_id} ({bought.sku}): {item.quantity} requested but "
-                                      f"{bought.quantity} bought and {returned} already returned; "
-                                      f"at most {left} can be returned"))
+            problems.append(
+                (
+                    subject,
+                    f"line {item.line_id} ({bought.sku}): {item.quantity} requested but "
+                    f"{bought.quantity} bought and {returned} already returned; "
+                    f"at most {left} can be returned",
+                )
+            )
         if bought.category and bought.category in rules.non_returnable_categories:
-            problems.append((subject, f"line {item.line_id} ({bought.sku}): category {bought.category!r} "
-                                      "is not returnable"))
+            problems.append(
+                (
+                    subject,
+                    f"line {item.line_id} ({bought.sku}): category {bought.category!r} is not returnable",
+                )
+            )
         window = rules.window_days(purchase.channel, item.reason)
         ends = purchase.purchased_at + timedelta(days=window)
         if now > ends:
-            problems.append((subject, f"line {item.line_id} ({bought.sku}): the {window}-day return window "
-                                      f"for {purchase.channel or 'this'} purchases ended on "
-                                      f"{ends.date().isoformat()}"))
-        lines.append(ReturnLine(line_id=item.line_id, sku=bought.sku, category=bought.category,
-                                quantity=item.quantity, reason=item.reason,
-                                unit_price_minor=bought.unit_price_minor, note=item.note))
+            problems.append(
+                (
+                    subject,
+                    f"line {item.line_id} ({bought.sku}): the {window}-day return window "
+                    f"for {purchase.channel or 'this'} purchases ended on "
+                    f"{ends.date().isoformat()}",
+                )
+            )
+        lines.append(
+            ReturnLine(
+                line_id=item.line_id,
+                sku=bought.sku,
+                category=bought.category,
+                quantity=item.quantity,
+                reason=item.reason,
+                unit_price_minor=bought.unit_price_minor,
+                note=item.note,
+            )
+        )
     if problems:
         raise FailedPrecondition("return not allowed: " + "; ".join(d for _, d in problems), problems)
     return tuple(lines)
@@ -317,10 +345,16 @@ def incoming_tasks(ret: Return) -> list[InventoryTask]:
     if not ret.method.in_transit:
         return []
     return [
-        InventoryTask(task_id=f"{ret.return_id}:{line.line_id}:incoming", kind=TaskKind.SET_INCOMING,
-                      sku=line.sku, location_id=ret.receiving_location_id, quantity=line.quantity,
-                      expected_at=ret.expected_at, reference=ret.return_id,
-                      supply_id=f"{ret.return_id}:{line.line_id}")
+        InventoryTask(
+            task_id=f"{ret.return_id}:{line.line_id}:incoming",
+            kind=TaskKind.SET_INCOMING,
+            sku=line.sku,
+            location_id=ret.receiving_location_id,
+            quantity=line.quantity,
+            expected_at=ret.expected_at,
+            reference=ret.return_id,
+            supply_id=f"{ret.return_id}:{line.line_id}",
+        )
         for line in ret.lines
     ]
 
@@ -335,11 +369,18 @@ def clear_incoming_tasks(ret: Return, line_ids: Iterable[str], suffix: str) -> l
         if line is None:
             continue
         remaining = 0 if ret.status is ReturnStatus.CANCELLED else line.outstanding
-        tasks.append(InventoryTask(task_id=f"{ret.return_id}:{line_id}:incoming:{suffix}",
-                                   kind=TaskKind.CLEAR_INCOMING, sku=line.sku,
-                                   location_id=ret.receiving_location_id, quantity=remaining,
-                                   expected_at=ret.expected_at, reference=ret.return_id,
-                                   supply_id=f"{ret.return_id}:{line_id}"))
+        tasks.append(
+            InventoryTask(
+                task_id=f"{ret.return_id}:{line_id}:incoming:{suffix}",
+                kind=TaskKind.CLEAR_INCOMING,
+                sku=line.sku,
+                location_id=ret.receiving_location_id,
+                quantity=remaining,
+                expected_at=ret.expected_at,
+                reference=ret.return_id,
+                supply_id=f"{ret.return_id}:{line_id}",
+            )
+        )
     return tasks
 
 
@@ -378,8 +419,10 @@ class RefundLine:
 
     @property
     def net_minor(self) -> int:
-        return max(self.gross_minor - self.restocking_fee_minor - self.damage_deduction_minor
-                   - self.label_fee_minor, 0)
+        return max(
+            self.gross_minor - self.restocking_fee_minor - self.damage_deduction_minor - self.label_fee_minor,
+            0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,29 +473,53 @@ def grade_receipt(
         if line is None:
             raise NotFound(f"return {ret.return_id} has no line {item.line_id!r}")
         if item.quantity > line.outstanding:
-            problems.append((f"{ret.return_id}/{item.line_id}",
-                             f"line {item.line_id} ({line.sku}): {item.quantity} received but only "
-                             f"{line.outstanding} of {line.quantity} still expected"))
+            problems.append(
+                (
+                    f"{ret.return_id}/{item.line_id}",
+                    f"line {item.line_id} ({line.sku}): {item.quantity} received but only "
+                    f"{line.outstanding} of {line.quantity} still expected",
+                )
+            )
             continue
-        disposition, rule = rules.disposition(grade=item.grade, category=line.category, reason=line.reason,
-                                              sells_item=sells_item(line.sku), location_type=location_type)
+        disposition, rule = rules.disposition(
+            grade=item.grade,
+            category=line.category,
+            reason=line.reason,
+            sells_item=sells_item(line.sku),
+            location_type=location_type,
+        )
         destination = {
             Disposition.RESTOCK: location_id,
             Disposition.QUARANTINE: location_id,
             Disposition.SEND_TO_DC: rules.distribution_centre_id,
             Disposition.RETURN_TO_VENDOR: "",
         }[disposition]
-        items.append(GradedItem(line_id=line.line_id, sku=line.sku, quantity=item.quantity, grade=item.grade,
-                                disposition=disposition, destination_location_id=destination,
-                                rule_index=rule, note=item.note))
+        items.append(
+            GradedItem(
+                line_id=line.line_id,
+                sku=line.sku,
+                quantity=item.quantity,
+                grade=item.grade,
+                disposition=disposition,
+                destination_location_id=destination,
+                rule_index=rule,
+                note=item.note,
+            )
+        )
     if problems:
-        raise FailedPrecondition("receipt does not match the return: " + "; ".join(d for _, d in problems),
-                                 problems)
+        raise FailedPrecondition(
+            "receipt does not match the return: " + "; ".join(d for _, d in problems), problems
+        )
     return tuple(items)
 
 
-def compute_refund(ret: Return, items: Sequence[GradedItem], rules: ReturnRules, *,
-                   exchanged_line_ids: frozenset[str] = frozenset()) -> Refund:
+def compute_refund(
+    ret: Return,
+    items: Sequence[GradedItem],
+    rules: ReturnRules,
+    *,
+    exchanged_line_ids: frozenset[str] = frozenset(),
+) -> Refund:
     """Refund per line for what was received. Exchanged lines are settled by the replacement (0).
 
     Restocking fee: a percentage per reason; none for free reasons (the retailer's fault).
@@ -492,24 +559,49 @@ def estimate_refund(
     return compute_refund(ret, items, rules, exchanged_line_ids=exchanged_line_ids)
 
 
-def disposition_tasks(ret: Return, receipt_id: str, items: Sequence[GradedItem],
-                      dc_expected_at: datetime | None = None) -> list[InventoryTask]:
+def disposition_tasks(
+    ret: Return, receipt_id: str, items: Sequence[GradedItem], dc_expected_at: datetime | None = None
+) -> list[InventoryTask]:
     """Stock effects of a receipt; ids derived from the receipt so a replay does nothing new."""
     tasks: list[InventoryTask] = []
     for item in items:
         base = f"{ret.return_id}:{receipt_id}:{item.line_id}"
         if item.disposition is Disposition.RESTOCK:
-            tasks.append(InventoryTask(f"{base}:restock", TaskKind.RESTOCK, item.sku,
-                                       item.destination_location_id, item.quantity, reference=ret.return_id))
+            tasks.append(
+                InventoryTask(
+                    f"{base}:restock",
+                    TaskKind.RESTOCK,
+                    item.sku,
+                    item.destination_location_id,
+                    item.quantity,
+                    reference=ret.return_id,
+                )
+            )
         elif item.disposition is Disposition.QUARANTINE:
-            tasks.append(InventoryTask(f"{base}:quarantine", TaskKind.QUARANTINE, item.sku,
-                                       item.destination_location_id, item.quantity, reference=ret.return_id))
+            tasks.append(
+                InventoryTask(
+                    f"{base}:quarantine",
+                    TaskKind.QUARANTINE,
+                    item.sku,
+                    item.destination_location_id,
+                    item.quantity,
+                    reference=ret.return_id,
+                )
+            )
         elif item.disposition is Disposition.SEND_TO_DC:
             # On its way to the DC: incoming supply there until the DC's own receipt books it.
-            tasks.append(InventoryTask(f"{base}:to-dc", TaskKind.SET_INCOMING, item.sku,
-                                       item.destination_location_id, item.quantity,
-                                       expected_at=dc_expected_at, reference=ret.return_id,
-                                       supply_id=f"{base}:to-dc"))
+            tasks.append(
+                InventoryTask(
+                    f"{base}:to-dc",
+                    TaskKind.SET_INCOMING,
+                    item.sku,
+                    item.destination_location_id,
+                    item.quantity,
+                    expected_at=dc_expected_at,
+                    reference=ret.return_id,
+                    supply_id=f"{base}:to-dc",
+                )
+            )
         # RETURN_TO_VENDOR: leaves our stock entirely; nothing to book.
     return tasks
 
@@ -518,8 +610,11 @@ def apply_receipt(ret: Return, items: Sequence[GradedItem], refund: Refund) -> R
     received = {item.line_id: item.quantity for item in items}
     refunded = {line.line_id: line.net_minor for line in refund.lines}
     lines = tuple(
-        replace(line, received_quantity=line.received_quantity + received.get(line.line_id, 0),
-                refunded_minor=line.refunded_minor + refunded.get(line.line_id, 0))
+        replace(
+            line,
+            received_quantity=line.received_quantity + received.get(line.line_id, 0),
+            refunded_minor=line.refunded_minor + refunded.get(line.line_id, 0),
+        )
         for line in ret.lines
     )
     complete = all(line.outstanding == 0 for line in lines)
@@ -532,8 +627,9 @@ def cancel(ret: Return) -> Return:
     if ret.status is ReturnStatus.CANCELLED:
         return ret
     if ret.status is not ReturnStatus.REQUESTED:
-        raise FailedPrecondition(f"return {ret.return_id} is {ret.status.value}: goods already received "
-                                 "cannot be cancelled")
+        raise FailedPrecondition(
+            f"return {ret.return_id} is {ret.status.value}: goods already received cannot be cancelled"
+        )
     return replace(ret, status=ReturnStatus.CANCELLED)
 
 
@@ -568,8 +664,9 @@ class Exchange:
     cancelled: bool = False
 
 
-def open_exchange(ret: Return, *, replacement_sku: str, fulfilment: Fulfilment, location_id: str,
-                  now: datetime) -> Exchange:
+def open_exchange(
+    ret: Return, *, replacement_sku: str, fulfilment: Fulfilment, location_id: str, now: datetime
+) -> Exchange:
     if len(ret.lines) != 1:
         raise InvalidArgument("lines", "an exchange swaps exactly one order line")
     if not replacement_sku:
@@ -578,19 +675,40 @@ def open_exchange(ret: Return, *, replacement_sku: str, fulfilment: Fulfilment, 
         raise InvalidArgument("location_id", "the location reserving the replacement is required")
     line = ret.lines[0]
     exchange_id = exchange_id_for(ret.return_id)
-    return Exchange(exchange_id=exchange_id, return_id=ret.return_id, order_id=ret.order_id,
-                    original_line_id=line.line_id, original_sku=line.sku, replacement_sku=replacement_sku,
-                    quantity=line.quantity, fulfilment=fulfilment, location_id=location_id,
-                    reservation_id=reservation_id_for(exchange_id), created_at=now)
+    return Exchange(
+        exchange_id=exchange_id,
+        return_id=ret.return_id,
+        order_id=ret.order_id,
+        original_line_id=line.line_id,
+        original_sku=line.sku,
+        replacement_sku=replacement_sku,
+        quantity=line.quantity,
+        fulfilment=fulfilment,
+        location_id=location_id,
+        reservation_id=reservation_id_for(exchange_id),
+        created_at=now,
+    )
 
 
 def reserve_task(exchange: Exchange) -> InventoryTask:
-    return InventoryTask(f"{exchange.exchange_id}:reserve", TaskKind.RESERVE, exchange.replacement_sku,
-                         exchange.location_id, exchange.quantity, reservation_id=exchange.reservation_id,
-                         reference=exchange.order_id)
+    return InventoryTask(
+        f"{exchange.exchange_id}:reserve",
+        TaskKind.RESERVE,
+        exchange.replacement_sku,
+        exchange.location_id,
+        exchange.quantity,
+        reservation_id=exchange.reservation_id,
+        reference=exchange.order_id,
+    )
 
 
 def release_task(exchange: Exchange) -> InventoryTask:
-    return InventoryTask(f"{exchange.exchange_id}:release", TaskKind.RELEASE, exchange.replacement_sku,
-                         exchange.location_id, exchange.quantity, reservation_id=exchange.reservation_id,
-                         reference=exchange.order_id)
+    return InventoryTask(
+        f"{exchange.exchange_id}:release",
+        TaskKind.RELEASE,
+        exchange.replacement_sku,
+        exchange.location_id,
+        exchange.quantity,
+        reservation_id=exchange.reservation_id,
+        reference=exchange.order_id,
+    )

@@ -83,7 +83,10 @@ class ReturnRules:
         """The disposition for a graded item and the index of the rule that decided (None: default)."""
         for index, rule in enumerate(self.disposition_rules):
             if rule.matches(
-                grade=grade, category=category, reason=reason, sells_item=sells_item,
+                grade=grade,
+                category=category,
+                reason=reason,
+                sells_item=sells_item,
                 location_type=location_type,
             ):
                 return rule.then, index
@@ -94,9 +97,16 @@ class ReturnRules:
         if not isinstance(doc, Mapping):
             raise RulesError("the rules document must be a mapping")
         known = {
-            "version", "return_window_days", "channel_window_days", "defective_window_days",
-            "non_returnable_categories", "transit_days", "distribution_centre_id", "dispositions",
-            "disposition_rules", "fees",
+            "version",
+            "return_window_days",
+            "channel_window_days",
+            "defective_window_days",
+            "non_returnable_categories",
+            "transit_days",
+            "distribution_centre_id",
+            "dispositions",
+            "disposition_rules",
+            "fees",
         }
         unknown = set(doc) - known
         if unknown:
@@ -118,8 +128,9 @@ class ReturnRules:
                 _enum(Reason, r, "fees.free_reasons") for r in _list(fees_doc, "free_reasons")
             ),
             label_fee_minor=_int(fees_doc, "label_fee_minor", 0, prefix="fees."),
-            damaged_deduction_percent=_percent(fees_doc.get("damaged_deduction_percent", 0),
-                                               "fees.damaged_deduction_percent"),
+            damaged_deduction_percent=_percent(
+                fees_doc.get("damaged_deduction_percent", 0), "fees.damaged_deduction_percent"
+            ),
         )
         defaults = {grade: Disposition.QUARANTINE for grade in Grade}
         defaults[Grade.RESELLABLE] = Disposition.RESTOCK

@@ -17,12 +17,17 @@ MAX_LINES = 200
 
 
 def _requested(lines: Sequence[pb.ReturnLineRequest], field: str) -> tuple[m.RequestedLine, ...]:
-    violations = [FieldViolation(f"{field}[{i}].reason", "required")
-                  for i, line in enumerate(lines) if line.reason not in codec.REASON_OF]
+    violations = [
+        FieldViolation(f"{field}[{i}].reason", "required")
+        for i, line in enumerate(lines)
+        if line.reason not in codec.REASON_OF
+    ]
     if violations:
         raise InvalidArgument.of(violations)
-    return tuple(m.RequestedLine(line.line_id, line.quantity, codec.REASON_OF[line.reason], line.note)
-                 for line in lines)
+    return tuple(
+        m.RequestedLine(line.line_id, line.quantity, codec.REASON_OF[line.reason], line.note)
+        for line in lines
+    )
 
 
 def _pos_purchase(receipt: pb.PosReceipt) -> m.Purchase:
@@ -38,18 +43,29 @@ def _pos_purchase(receipt: pb.PosReceipt) -> m.Purchase:
         raise InvalidArgument("pos_receipt.lines.unit_price", "every line needs a price in one currency")
     for i, line in enumerate(receipt.lines):
         if not line.line_id or not line.sku or line.quantity <= 0:
-            raise InvalidArgument(f"pos_receipt.lines[{i}]", "line_id, sku and a positive quantity are required")
+            raise InvalidArgument(
+                f"pos_receipt.lines[{i}]", "line_id, sku and a positive quantity are required"
+            )
     return m.Purchase(
-        order_id=m.pos_order_id(receipt.terminal_id, receipt.sale_id), source=m.PurchaseSource.POS,
-        channel="store", purchased_at=codec.from_timestamp(receipt.sold_at), currency=currencies.pop(),
-        customer_id=receipt.customer_id, location_id=receipt.location_id,
-        lines=tuple(m.PurchasedLine(line.line_id, line.sku, line.quantity, line.unit_price.amount_minor,
-                                    line.category) for line in receipt.lines),
+        order_id=m.pos_order_id(receipt.terminal_id, receipt.sale_id),
+        source=m.PurchaseSource.POS,
+        channel="store",
+        purchased_at=codec.from_timestamp(receipt.sold_at),
+        currency=currencies.pop(),
+        customer_id=receipt.customer_id,
+        location_id=receipt.location_id,
+        lines=tuple(
+            m.PurchasedLine(
+                line.line_id, line.sku, line.quantity, line.unit_price.amount_minor, line.category
+            )
+            for line in receipt.lines
+        ),
     )
 
 
-def _create_command(request: pb.CreateReturnRequest | pb.CreateExchangeRequest,
-                    lines: tuple[m.RequestedLine, ...]) -> CreateReturn:
+def _create_command(
+    request: pb.CreateReturnRequest | pb.CreateExchangeRequest, lines: tuple[m.RequestedLine, ...]
+) -> CreateReturn:
     purchase = request.WhichOneof("purchase")
     if purchase is None:
         raise InvalidArgument("order_id", "an order_id or a pos_receipt is required")
@@ -59,8 +75,12 @@ def _create_command(request: pb.CreateReturnRequest | pb.CreateExchangeRequest,
     if len(lines) > MAX_LINES:
         raise InvalidArgument("lines", f"at most {MAX_LINES} lines")
     return CreateReturn(
-        request_id=request.request_id, order_id=pos.order_id if pos else request.order_id, pos_purchase=pos,
-        lines=lines, method=codec.METHOD_OF[request.method], receiving_location_id=request.receiving_location_id,
+        request_id=request.request_id,
+        order_id=pos.order_id if pos else request.order_id,
+        pos_purchase=pos,
+        lines=lines,
+        method=codec.METHOD_OF[request.method],
+        receiving_location_id=request.receiving_location_id,
         channel=codec.channel_name(request.channel),
     )
 
@@ -69,57 +89,76 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
     def __init__(self, service: ReturnsService) -> None:
         self._service = service
 
-    async def CreateReturn(self, request: pb.CreateReturnRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.CreateReturnResponse:
+    async def CreateReturn(
+        self, request: pb.CreateReturnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateReturnResponse:
         command = _create_command(request, _requested(request.lines, "lines"))
         view, duplicate = await self._service.create_return(command)
         return pb.CreateReturnResponse(rma=codec.return_pb(view), duplicate=duplicate)
 
-    async def GetReturn(self, request: pb.GetReturnRequest, context: grpc.aio.ServicerContext
-                        ) -> pb.GetReturnResponse:
+    async def GetReturn(
+        self, request: pb.GetReturnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetReturnResponse:
         return pb.GetReturnResponse(rma=codec.return_pb(await self._service.get_return(request.return_id)))
 
-    async def ListReturns(self, request: pb.ListReturnsRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.ListReturnsResponse:
+    async def ListReturns(
+        self, request: pb.ListReturnsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReturnsResponse:
         views = await self._service.list_returns(request.order_id)
         return pb.ListReturnsResponse(returns=[codec.return_pb(v) for v in views])
 
-    async def ReceiveReturn(self, request: pb.ReceiveReturnRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.ReceiveReturnResponse:
+    async def ReceiveReturn(
+        self, request: pb.ReceiveReturnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReceiveReturnResponse:
         if len(request.lines) > MAX_LINES:
             raise InvalidArgument("lines", f"at most {MAX_LINES} lines")
-        violations = [FieldViolation(f"lines[{i}].grade", "required")
-                      for i, line in enumerate(request.lines) if line.grade not in codec.GRADE_OF]
+        violations = [
+            FieldViolation(f"lines[{i}].grade", "required")
+            for i, line in enumerate(request.lines)
+            if line.grade not in codec.GRADE_OF
+        ]
         if violations:
             raise InvalidArgument.of(violations)
         command = ReceiveReturn(
-            return_id=request.return_id, receipt_id=request.receipt_id, location_id=request.location_id,
-            lines=tuple(m.ReceivedLine(line.line_id, line.quantity, codec.GRADE_OF[line.grade], line.note)
-                        for line in request.lines),
+            return_id=request.return_id,
+            receipt_id=request.receipt_id,
+            location_id=request.location_id,
+            lines=tuple(
+                m.ReceivedLine(line.line_id, line.quantity, codec.GRADE_OF[line.grade], line.note)
+                for line in request.lines
+            ),
         )
         view, receipt, duplicate = await self._service.receive_return(command)
-        return pb.ReceiveReturnResponse(rma=codec.return_pb(view), receipt=codec.receipt_pb(receipt),
-                                        duplicate=duplicate)
+        return pb.ReceiveReturnResponse(
+            rma=codec.return_pb(view), receipt=codec.receipt_pb(receipt), duplicate=duplicate
+        )
 
-    async def CancelReturn(self, request: pb.CancelReturnRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.CancelReturnResponse:
+    async def CancelReturn(
+        self, request: pb.CancelReturnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelReturnResponse:
         view = await self._service.cancel_return(request.return_id, request.reason)
         return pb.CancelReturnResponse(rma=codec.return_pb(view))
 
-    async def CreateExchange(self, request: pb.CreateExchangeRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.CreateExchangeResponse:
+    async def CreateExchange(
+        self, request: pb.CreateExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateExchangeResponse:
         if not request.HasField("line"):
             raise InvalidArgument("line", "required")
         if request.fulfilment not in codec.FULFILMENT_OF:
             raise InvalidArgument("fulfilment", "required: SHIP or COLLECT")
         command = CreateExchange(
             request=_create_command(request, _requested([request.line], "line")),
-            replacement_sku=request.replacement_sku, fulfilment=codec.FULFILMENT_OF[request.fulfilment],
+            replacement_sku=request.replacement_sku,
+            fulfilment=codec.FULFILMENT_OF[request.fulfilment],
             location_id=request.location_id,
             shipping_address=request.shipping_address.SerializeToString()
-            if request.HasField("shipping_address") else None,
+            if request.HasField("shipping_address")
+            else None,
         )
         view, duplicate = await self._service.create_exchange(command)
         assert view.exchange is not None
-        return pb.CreateExchangeResponse(exchange=codec.exchange_pb(view.exchange, view.exchange_address),
-                                         rma=codec.return_pb(view), duplicate=duplicate)
+        return pb.CreateExchangeResponse(
+            exchange=codec.exchange_pb(view.exchange, view.exchange_address),
+            rma=codec.return_pb(view),
+            duplicate=duplicate,
+        )
