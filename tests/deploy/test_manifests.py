@@ -1,0 +1,369 @@
+"""The Kubernetes manifests (k8s/, docs/deploy.md) follow the house rules, checked on what
+kustomize renders for each overlay — what a platform team would apply.
+
+Unit-level: no cluster and no server. tools/k8s_check.sh installs kustomize, kubeconform and
+the Kubernetes JSON schemas under .tutti/ on first use (Go module proxy, PyPI); when it cannot,
+these tests FAIL with its message: nothing here is ever skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runtime.settings import DEFAULT_ADDRESSES
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK = ROOT / "tools" / "k8s_check.sh"
+RENDERED = ROOT / ".tutti" / "k8s" / "rendered"
+# What tools/k8s_check.sh renders: each overlay, and production with each optional component.
+RENDERINGS = ("dev", "production", "production+gateway-tls")
+# Every server: its module (`python -m ...`) and its gRPC port.
+SERVERS = {
+    "gateway": ("gateway", 50051),
+    "inventory": ("services.inventory", 50052),
+    "orchestrator": ("services.orchestrator", 50053),
+    "returns": ("services.returns", 50054),
+    "tracking": ("services.tracking", 50055),
+}
+AUTOSCALED = ("gateway", "inventory")
+PREPARE = ("python", "-m", "tools.prepare")
+UID = 10001
+
+Doc = dict[str, Any]
+
+
+def _run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHECK), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=900,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def check() -> subprocess.CompletedProcess[str]:
+    """One full run: install what is missing, render every overlay, kubeconform them."""
+    result = _run_check("check")
+    if result.returncode == 3:
+        pytest.fail(f"tools/k8s_check.sh could not install its tools:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def rendered(check: subprocess.CompletedProcess[str]) -> dict[str, list[Doc]]:
+    out = {}
+    for name in RENDERINGS:
+        path = RENDERED / f"{name}.yaml"
+        if not path.is_file():
+            pytest.fail(f"kustomize did not render {name}:\n{check.stderr}")
+        out[name] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return out
+
+
+def _kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def _pod_templates(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]
+
+
+def _env(container: Doc) -> dict[str, Doc]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def _config(docs: list[Doc]) -> dict[str, str]:
+    (config,) = [doc for name, doc in _kind(docs, "ConfigMap").items() if name.startswith("tutti-config")]
+    return config["data"]
+
+
+def _server(docs: list[Doc], name: str) -> Doc:
+    container: Doc = _kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def names_read_by_code() -> set[str]:
+    """Every TUTTI_* / OTEL_* variable some shipped code reads (string literals), and the
+    address variables runtime.settings builds from DEFAULT_ADDRESSES."""
+    names = {f"TUTTI_{name.upper()}_ADDR" for name in DEFAULT_ADDRESSES}
+    literal = re.compile(r"""["'](TUTTI_[A-Z0-9_]+|OTEL_[A-Z0-9_]+)["']""")
+    for package in ("runtime", "services", "gateway", "tools"):
+        for path in (ROOT / package).rglob("*.py"):
+            names.update(literal.findall(path.read_text()))
+    return names
+
+
+def _documented_secrets() -> dict[str, set[str]]:
+    docs = yaml.safe_load_all((ROOT / "k8s" / "base" / "secret.example.yaml").read_text())
+    return {doc["metadata"]["name"]: set(doc["stringData"]) for doc in docs if doc}
+
+
+# --- schema validation ---------------------------------------------------------------------
+
+
+def test_every_rendering_is_valid_kubernetes(check: subprocess.CompletedProcess[str]) -> None:
+    assert check.returncode == 0, f"tools/k8s_check.sh failed:\n{check.stdout}\n{check.stderr}"
+    summaries = re.findall(r"Valid: (\d+), Invalid: (\d+), Errors: (\d+), Skipped: (\d+)", check.stdout)
+    assert summaries, check.stdout
+    for valid, invalid, errors, skipped in summaries:
+        assert int(valid) > 0 and (invalid, errors, skipped) == ("0", "0", "0"), check.stdout
+
+
+def test_the_schema_check_rejects_an_unknown_field(check: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    # Proves the schemas bite: a misspelt field must fail, not be waved through.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n"
+        "  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: x}}\n"
+        "    spec:\n      containers:\n      - {name: x, image: x, readinessProbes: {grpc: {port: 1}}}\n"
+    )
+    result = _run_check("validate", str(bad))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "additional properties 'readinessProbes' not allowed" in result.stdout
+
+
+# --- every part, the way the house runs it -----------------------------------------------
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
+    rendered: dict[str, list[Doc]], rendering: str
+) -> None:
+    docs = rendered[rendering]
+    deployments, services, accounts = (_kind(docs, k) for k in ("Deployment", "Service", "ServiceAccount"))
+    assert set(deployments) == set(SERVERS)
+    for name, (module, port) in SERVERS.items():
+        pod = deployments[name]["spec"]["template"]
+        assert pod["spec"]["serviceAccountName"] == name and name in accounts
+        assert accounts[name]["automountServiceAccountToken"] is False
+        (container,) = pod["spec"]["containers"]
+        assert container["command"] == ["python", "-m", module]
+        assert container["ports"] == [{"name": "grpc", "containerPort": port}]
+        service = services[name]
+        assert service["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}]
+        selector = service["spec"]["selector"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
+
+
+def test_every_service_port_is_named_grpc(rendered: dict[str, list[Doc]]) -> None:
+    for rendering, docs in rendered.items():
+        for name, service in _kind(docs, "Service").items():
+            assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"], f"{rendering}: Service/{name}"
+
+
+def test_every_command_runs_a_module_of_the_repository(rendered: dict[str, list[Doc]]) -> None:
+    for docs in rendered.values():
+        for where, pod in _pod_templates(docs):
+            for container in pod["spec"]["containers"]:
+                python, flag, module = container["command"]
+                assert (python, flag) == ("python", "-m"), where
+                path = ROOT.joinpath(*module.split("."))
+                assert (path / "__main__.py").is_file() or path.with_suffix(".py").is_file(), (
+                    f"{where} runs `python -m {module}`, which does not exist in the repository"
+                )
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_container_is_locked_down_and_sized(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    templates = dict(_pod_templates(rendered[rendering]))
+    assert "Job/tutti-prepare" in templates
+    for where, pod in templates.items():
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] == UID, where
+        assert spec["securityContext"]["runAsGroup"] == UID, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["privileged"] is False, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["capabilities"] == {"drop": ["ALL"]}, where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= container["resources"][bound].keys(), f"{where}: {bound}"
+            # The root filesystem is read-only: /tmp is a (bounded) emptyDir.
+            (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert "sizeLimit" in volumes[tmp["name"]]["emptyDir"], where
+            assert container["image"].startswith(("tutti:", "registry.")), where
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_server_is_probed_through_grpc_health(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    for name, (_, port) in SERVERS.items():
+        container = _server(rendered[rendering], name)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if rendering == "production+gateway-tls" and name == "gateway":
+                # Kubelet's gRPC probes cannot speak TLS: the component switches to TCP.
+                assert container[probe] == {**container[probe], "tcpSocket": {"port": "grpc"}}
+                assert "grpc" not in container[probe]
+            else:
+                assert container[probe]["grpc"] == {"port": port}, f"{rendering}: {name} {probe}"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_termination_grace_covers_the_drain(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    docs = rendered[rendering]
+    grace = float(_config(docs)["TUTTI_SHUTDOWN_GRACE_SECONDS"])
+    for name, deployment in _kind(docs, "Deployment").items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep[0] == "sleep", name
+        # preStop sleep, then SIGTERM: NOT_SERVING, drain for the grace, flush, close.
+        assert spec["terminationGracePeriodSeconds"] >= float(sleep[1]) + grace + 10, name
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_each_server_listens_on_all_interfaces_while_the_others_dial_its_service(
+    rendered: dict[str, list[Doc]], rendering: str
+) -> None:
+    docs = rendered[rendering]
+    config = _config(docs)
+    services = _kind(docs, "Service")
+    assert set(SERVERS) == set(DEFAULT_ADDRESSES)
+    for name, (_, port) in SERVERS.items():
+        variable = f"TUTTI_{name.upper()}_ADDR"
+        # Shared: where everybody dials it, i.e. its Service.
+        assert config[variable] == f"{name}:{port}"
+        assert services[name]["spec"]["ports"][0]["port"] == port
+        # Its own Deployment overrides that (env wins over envFrom) to listen on the pod.
+        assert _env(_server(docs, name))[variable]["value"] == f"0.0.0.0:{port}"
+        for other in set(SERVERS) - {name}:
+            assert variable not in _env(_server(docs, other)), f"{other} must dial {name} through its Service"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_variable_set_is_one_the_code_reads(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    known = names_read_by_code()
+    docs = rendered[rendering]
+    for name, config in _kind(docs, "ConfigMap").items():
+        unknown = set(config["data"]) - known
+        assert not unknown, f"ConfigMap/{name} sets variables no code reads: {sorted(unknown)}"
+    for where, pod in _pod_templates(docs):
+        for container in pod["spec"]["containers"]:
+            unknown = set(_env(container)) - known
+            assert not unknown, f"{where} sets variables no code reads: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_reference_resolves(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    """ConfigMaps are rendered; Secrets are rendered (dev) or documented in secret.example.yaml
+    with the key read (production creates them out of band)."""
+    docs = rendered[rendering]
+    config_maps, secrets, accounts = (_kind(docs, k) for k in ("ConfigMap", "Secret", "ServiceAccount"))
+    documented = _documented_secrets()
+
+    def secret_has(name: str, key: str | None) -> bool:
+        if name in secrets:
+            return key is None or key in secrets[name]["data"]
+        return rendering != "dev" and name in documented and (key is None or key in documented[name])
+
+    for where, pod in _pod_templates(docs):
+        assert pod["spec"]["serviceAccountName"] in accounts, where
+        for volume in pod["spec"]["volumes"]:
+            if "secret" in volume:
+                assert secret_has(volume["secret"]["secretName"], None), f"{where}: volume {volume['name']}"
+        for container in pod["spec"]["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps, where
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert secret_has(ref["name"], ref["key"]), f"{where}: {item['name']} from {ref}"
+
+
+def test_production_commits_no_secret(rendered: dict[str, list[Doc]]) -> None:
+    for rendering in ("production", "production+gateway-tls"):
+        assert not _kind(rendered[rendering], "Secret"), rendering
+    for name, keys in _documented_secrets().items():
+        assert keys, name
+    text = (ROOT / "k8s" / "base" / "secret.example.yaml").read_text()
+    assert "secret.example.yaml" not in (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()
+    assert "PASSWORD" in text and "REPLACE_WITH" in text
+
+
+# --- availability --------------------------------------------------------------------------
+
+
+def test_dev_runs_one_of_each(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["dev"]
+    assert not _kind(docs, "HorizontalPodAutoscaler")
+    for name, deployment in _kind(docs, "Deployment").items():
+        assert deployment["spec"].get("replicas", 1) == 1, name
+
+
+@pytest.mark.parametrize("rendering", ["production", "production+gateway-tls"])
+def test_production_survives_a_node_drain(rendered: dict[str, list[Doc]], rendering: str) -> None:
+    docs = rendered[rendering]
+    deployments = _kind(docs, "Deployment")
+    autoscalers = _kind(docs, "HorizontalPodAutoscaler")
+    budgets = _kind(docs, "PodDisruptionBudget")
+    assert set(autoscalers) == set(AUTOSCALED)
+    for name, deployment in deployments.items():
+        if name in autoscalers:
+            hpa = autoscalers[name]["spec"]
+            assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+            assert 3 <= hpa["minReplicas"] < hpa["maxReplicas"], name
+            # An applied replica count would fight the autoscaler on every apply.
+            assert "replicas" not in deployment["spec"], name
+            minimum = hpa["minReplicas"]
+        else:
+            minimum = deployment["spec"]["replicas"]
+            assert minimum >= 2, name
+        # A budget for every part that lets a drain proceed one pod at a time.
+        budget = budgets[name]["spec"]
+        assert budget["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        assert budget.get("maxUnavailable") == 1 or budget["minAvailable"] < minimum, name
+        spec = deployment["spec"]["template"]["spec"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        terms = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert terms[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items(), name
+        keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        for constraint in spec["topologySpreadConstraints"]:
+            assert constraint["labelSelector"]["matchLabels"].items() <= labels.items(), name
+
+
+def test_namespaces_enforce_the_restricted_pod_security_standard(rendered: dict[str, list[Doc]]) -> None:
+    for rendering, docs in rendered.items():
+        (namespace,) = _kind(docs, "Namespace").values()
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted", rendering
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                assert doc["metadata"]["namespace"] == namespace["metadata"]["name"], rendering
+
+
+# --- the image -----------------------------------------------------------------------------
+
+
+def test_the_image_is_built_the_way_the_manifests_expect() -> None:
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M), "numeric user, so runAsNonRoot can verify it"
+    assert "python -m tools.gen_protos" in dockerfile
+    assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', dockerfile, re.M)
+    # The build context keeps only what the image needs; everything it copies is let in.
+    ignore = (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().split()
+    for path in ("pyproject.toml", "README.md", "proto", "runtime", "services", "gateway", "tools"):
+        assert f"!{path}" in ignore, path
