@@ -124,7 +124,9 @@ def test_every_rendering_is_valid_kubernetes(check: subprocess.CompletedProcess[
         assert int(valid) > 0 and (invalid, errors, skipped) == ("0", "0", "0"), check.stdout
 
 
-def test_the_schema_check_rejects_an_unknown_field(check: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+def test_the_schema_check_rejects_an_unknown_field(
+    check: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
     # Proves the schemas bite: a misspelt field must fail, not be waved through.
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -155,7 +157,9 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
         assert container["command"] == ["python", "-m", module]
         assert container["ports"] == [{"name": "grpc", "containerPort": port}]
         service = services[name]
-        assert service["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}]
+        assert service["spec"]["ports"] == [
+            {"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}
+        ]
         selector = service["spec"]["selector"]
         assert selector.items() <= pod["metadata"]["labels"].items()
         assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
@@ -348,7 +352,9 @@ def test_production_survives_a_node_drain(rendered: dict[str, list[Doc]], render
 def test_namespaces_enforce_the_restricted_pod_security_standard(rendered: dict[str, list[Doc]]) -> None:
     for rendering, docs in rendered.items():
         (namespace,) = _kind(docs, "Namespace").values()
-        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted", rendering
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted", (
+            rendering
+        )
         for doc in docs:
             if doc["kind"] != "Namespace":
                 assert doc["metadata"]["namespace"] == namespace["metadata"]["name"], rendering
