@@ -157,6 +157,8 @@ class EventPublisher:
 
 
 Handler = Callable[[envelope_pb2.EventEnvelope, ConsumerRecord], Awaitable[None]]
+# Receives one partition's batch (offset order) at once, e.g. to apply it in one transaction.
+BatchHandler = Callable[[list[tuple[envelope_pb2.EventEnvelope, ConsumerRecord]]], Awaitable[None]]
 
 
 @dataclass
@@ -175,6 +177,9 @@ class EventConsumer:
     batch_timeout_ms: int = 200
     max_records: int = 500
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # When set, called once per partition batch instead of ``handler`` once per record; the
+    # offset is committed after it returns, as with ``handler``.
+    batch_handler: BatchHandler | None = None
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -193,20 +198,35 @@ class EventConsumer:
             while True:
                 batches = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
                 for tp, records in batches.items():
-                    for record in records:
-                        await self._handle(record)
+                    if self.batch_handler is not None:
+                        await self._handle_batch(self.batch_handler, records)
+                    else:
+                        for record in records:
+                            await self._handle(record)
                     await consumer.commit({tp: records[-1].offset + 1})
         finally:
             # Offsets of fully handled batches are already committed; stopping leaves the group cleanly.
             await consumer.stop()
 
-    async def _handle(self, record: ConsumerRecord) -> None:
+    @staticmethod
+    def _parse(record: ConsumerRecord) -> envelope_pb2.EventEnvelope | None:
         envelope = envelope_pb2.EventEnvelope()
         try:
             envelope.ParseFromString(record.value)
         except Exception:
             # A poison message must not block the partition forever; it is logged and skipped.
             log.error("skipping unparseable record %s[%d]@%d", record.topic, record.partition, record.offset)
+            return None
+        return envelope
+
+    async def _handle_batch(self, batch_handler: BatchHandler, records: Sequence[ConsumerRecord]) -> None:
+        parsed = [(envelope, record) for record in records if (envelope := self._parse(record)) is not None]
+        if parsed:
+            await batch_handler(parsed)
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        envelope = self._parse(record)
+        if envelope is None:
             return
         token = otel_context.attach(telemetry.extract_kafka_context(record.headers))
         try:
