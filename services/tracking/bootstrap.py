@@ -64,11 +64,13 @@ async def build(
     store = PostgresTrackingStore(pool)
     notifications = PostgresTimelineNotifications(settings.database_url)
     service = TrackingService(store, notifications, watch_poll_seconds=tracking.watch_poll_seconds)
+    handler = EventHandler(service, ORDER_KEYED_TOPICS)
     consumer = EventConsumer(
         bootstrap=settings.kafka_bootstrap,
         group_id=tracking.consumer_group,
         topics=tracking.topics,
-        handler=EventHandler(service, ORDER_KEYED_TOPICS),
+        handler=handler,
+        batch_handler=handler.batch,
         client_id="tutti-tracking",
     )
 

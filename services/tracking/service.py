@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,16 +34,19 @@ class RecordingTransaction(Protocol):
     async def claim(self, event_id: str) -> bool:
         """False when this event was already recorded."""
 
-    async def lock_order(self, order_id: str) -> OrderFacts | None:
-        """The order's facts, locked until the end of the transaction (None when unseen)."""
+    async def lock_orders(self, order_ids: Sequence[str]) -> dict[str, OrderFacts | None]:
+        """The orders' facts (None when unseen), locked until the end of the transaction, in
+        order_id order so concurrent transactions cannot deadlock — unseen orders included, so
+        two replicas seeing an order's first events at once are serialised too."""
 
-    async def insert_entry(self, event: TrackedEvent) -> datetime | None:
-        """Insert the timeline entry (and notify watchers at commit); returns its received_at,
-        None when an entry with this event id already exists."""
+    async def insert_entries(self, events: Sequence[TrackedEvent]) -> dict[str, datetime]:
+        """Insert the timeline entries (watchers are notified at commit); event_id → received_at
+        of those inserted (an entry whose event_id exists already is left alone)."""
 
-    async def save_order(self, facts: OrderFacts) -> None: ...
+    async def save_orders(self, facts: Sequence[OrderFacts]) -> None: ...
 
-    async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None: ...
+    async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None:
+        """Add to the KPI sums, locking rows in key order (callers pass one merged delta)."""
 
 
 class TrackingStore(Protocol):
@@ -84,23 +87,45 @@ class TrackingService:
     async def record(self, raw: RawEvent) -> bool:
         """Record one event; True when it added an entry, False for a duplicate or an event
         about no order. Raises (so the consumer does not commit) when the store fails."""
-        tracked = extract(raw)
-        if isinstance(tracked, Skipped):
-            log.debug("event not tracked: %s", tracked.reason, extra=dict(tracked.extra))
-            return False
+        return await self.record_batch([raw]) == 1
+
+    async def record_batch(self, raws: Sequence[RawEvent]) -> int:
+        """Record events in one transaction: claims, entries, order facts and KPI sums commit
+        together or not at all. Returns how many entries were added (duplicates and events
+        about no order add none)."""
+        tracked: list[TrackedEvent] = []
+        for raw in raws:
+            result = extract(raw)
+            if isinstance(result, Skipped):
+                log.debug("event not tracked: %s", result.reason, extra=dict(result.extra))
+            else:
+                tracked.append(result)
+        if not tracked:
+            return 0
         async with self._store.recording() as tx:
-            if not await tx.claim(tracked.event_id):
-                return False
-            before = await tx.lock_order(tracked.order_id)
-            received_at = await tx.insert_entry(tracked)
-            if received_at is None:
-                return False
-            after = apply(before, tracked, received_at)
-            await tx.save_order(after)
-            delta = kpi_delta(before, after)
+            fresh = [event for event in tracked if await tx.claim(event.event_id)]
+            if not fresh:
+                return 0
+            before = await tx.lock_orders(sorted({e.order_id for e in fresh}))
+            received = await tx.insert_entries(fresh)
+            after = dict(before)
+            for event in fresh:
+                if event.event_id in received:
+                    after[event.order_id] = apply(after[event.order_id], event, received[event.event_id])
+            changed = [
+                facts for order_id, facts in after.items() if facts is not None and facts != before[order_id]
+            ]
+            if not changed:
+                return 0
+            await tx.save_orders(changed)
+            delta: dict[KpiKey, int] = {}
+            for facts in changed:
+                for key, value in kpi_delta(before[facts.order_id], facts).items():
+                    delta[key] = delta.get(key, 0) + value
+            delta = {key: value for key, value in delta.items() if value}
             if delta:
                 await tx.add_kpis(delta)
-        return True
+        return len(received)
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
-"""Timeline notifications across replicas, on the real PostgreSQL: an entry recorded through one
-replica's pool wakes the watchers of another replica's listener."""
+"""The PostgreSQL store and notifications, on the real server: cross-replica watch wake-ups and
+batched recording."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -52,4 +52,49 @@ async def test_an_entry_recorded_by_one_replica_wakes_watchers_of_another(settin
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listening
+        await pool.close()
+
+
+async def test_a_batch_with_duplicates_and_several_orders_records_each_event_once(
+    settings: CommonSettings,
+) -> None:
+    await apply_migrations(settings.database_url, SCHEMA, [MIGRATIONS])
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=2)
+    try:
+        store = PostgresTrackingStore(pool)
+        service = TrackingService(store, PostgresTimelineNotifications(settings.database_url))
+        a, b = random_id("order"), random_id("order")
+        t0 = datetime.now(UTC)
+
+        def event(order_id: str, name: str, minutes: int, event_id: str | None = None) -> RawEvent:
+            return RawEvent(
+                event_id=event_id or str(uuid.uuid4()),
+                type=f"tutti.orchestrator.v1.{name}",
+                occurred_at=t0 + timedelta(minutes=minutes),
+                source="orchestrator",
+                key=order_id,
+                sequence=0,
+                topic="tutti.orders.events.v1",
+                payload={"order_id": order_id, "channel": "CHANNEL_WEB"},
+                keyed_by_order=True,
+            )
+
+        placed_a = event(a, "OrderPlaced", 0)
+        batch = [
+            event(a, "OrderShipped", 30),
+            placed_a,
+            placed_a,
+            event(b, "OrderPlaced", 1),
+            event(b, "Mystery", 2),
+        ]
+        assert await service.record_batch(batch) == 4
+        assert await service.record_batch(batch) == 0
+
+        facts_a, timeline_a = await service.get_timeline(a)
+        assert [e.step for e in timeline_a] == ["placed", "shipped"]
+        assert (facts_a.entry_count, facts_a.status, facts_a.placed_at) == (2, "shipped", t0)
+        facts_b, timeline_b = await service.get_timeline(b)
+        assert [e.step for e in timeline_b] == ["placed", "mystery"]
+        assert facts_b.entry_count == 2
+    finally:
         await pool.close()

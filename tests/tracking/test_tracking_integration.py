@@ -297,6 +297,26 @@ async def test_a_malformed_event_is_skipped_without_stalling_the_partition(track
     assert [e.step for e in reply.entries] == ["cancelled"]
 
 
+async def test_an_event_the_database_refuses_is_skipped_and_its_batch_neighbours_kept(
+    tracking, publisher
+) -> None:
+    order_id = random_id("order")
+    t0 = datetime.now(UTC)
+    # PostgreSQL's jsonb cannot hold U+0000: recording this event fails for good.
+    poison = order_event(order_id, "OrderPlaced", t0, note="nul \x00 inside")
+    await publisher.publish_envelope(ORDER_EVENTS, poison)
+    await publisher.publish_envelope(
+        ORDER_EVENTS, order_event(order_id, "OrderPicked", t0 + timedelta(seconds=1))
+    )
+    await publisher.publish_envelope(
+        ORDER_EVENTS, order_event(order_id, "OrderShipped", t0 + timedelta(seconds=2))
+    )
+
+    reply = await timeline_of(tracking, order_id, 2)
+
+    assert [e.step for e in reply.entries] == ["picked", "shipped"]
+
+
 async def test_search_by_customer_store_channel_and_status(tracking, publisher) -> None:
     customer_id, store = random_id("cust"), random_id("store")
     orders = [random_id("order") for _ in range(3)]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,54 @@ def _facts(row: asyncpg.Record) -> OrderFacts:
     )
 
 
+_SAVE_ORDER = """
+INSERT INTO order_index AS o (order_id, first_seen_at, updated_at, customer_id, channel,
+    location_ids, status, last_occurred_at, last_sequence, last_event_id, entry_count, placed_at,
+    prepared_at, cancelled_at, refused_at, returned_at, promised_at, promised_key, cost_currency,
+    cost_minor, cost_key, fulfilled_at)
+VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
+        $18, $19, $20::jsonb, $21)
+ON CONFLICT (order_id) DO UPDATE SET
+    first_seen_at = EXCLUDED.first_seen_at, updated_at = now(), customer_id = EXCLUDED.customer_id,
+    channel = EXCLUDED.channel, location_ids = EXCLUDED.location_ids, status = EXCLUDED.status,
+    last_occurred_at = EXCLUDED.last_occurred_at, last_sequence = EXCLUDED.last_sequence,
+    last_event_id = EXCLUDED.last_event_id, entry_count = EXCLUDED.entry_count,
+    placed_at = EXCLUDED.placed_at, prepared_at = EXCLUDED.prepared_at,
+    cancelled_at = EXCLUDED.cancelled_at, refused_at = EXCLUDED.refused_at,
+    returned_at = EXCLUDED.returned_at, promised_at = EXCLUDED.promised_at,
+    promised_key = EXCLUDED.promised_key, cost_currency = EXCLUDED.cost_currency,
+    cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key,
+    fulfilled_at = EXCLUDED.fulfilled_at
+"""
+
+
+def _order_args(facts: OrderFacts) -> tuple[object, ...]:
+    last = facts.last_key
+    return (
+        facts.order_id,
+        facts.first_seen_at,
+        facts.customer_id,
+        facts.channel,
+        list(facts.location_ids),
+        facts.status,
+        last[0] if last else None,
+        min(last[1], _BIGINT_MAX) if last else None,
+        last[2] if last else None,
+        facts.entry_count,
+        facts.placed_at,
+        facts.prepared_at,
+        facts.cancelled_at,
+        facts.refused_at,
+        facts.returned_at,
+        facts.promised_at,
+        _key_json(facts.promised_key),
+        facts.cost.currency if facts.cost else None,
+        facts.cost.amount_minor if facts.cost else None,
+        _key_json(facts.cost_key),
+        facts.fulfilled_at,
+    )
+
+
 class _Recording:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -79,78 +127,56 @@ class _Recording:
     async def claim(self, event_id: str) -> bool:
         return await claim_event(self._conn, CONSUMER, event_id)
 
-    async def lock_order(self, order_id: str) -> OrderFacts | None:
-        row = await self._conn.fetchrow("SELECT * FROM order_index WHERE order_id = $1 FOR UPDATE", order_id)
-        return _facts(row) if row is not None else None
+    async def lock_orders(self, order_ids: Sequence[str]) -> dict[str, OrderFacts | None]:
+        ordered = sorted(set(order_ids))
+        # A placeholder row (entry_count 0) for unseen orders, so there is a row to lock; reads
+        # ignore placeholders, and the first save fills it.
+        await self._conn.execute(
+            "INSERT INTO order_index (order_id, first_seen_at) "
+            "SELECT o, now() FROM unnest($1::text[]) AS o ORDER BY o ON CONFLICT DO NOTHING",
+            ordered,
+        )
+        rows = await self._conn.fetch(
+            "SELECT * FROM order_index WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE", ordered
+        )
+        found: dict[str, OrderFacts | None] = dict.fromkeys(ordered)
+        for row in rows:
+            if row["entry_count"] > 0:
+                found[row["order_id"]] = _facts(row)
+        return found
 
-    async def insert_entry(self, event: TrackedEvent) -> datetime | None:
-        return await self._conn.fetchval(
+    async def insert_entries(self, events: Sequence[TrackedEvent]) -> dict[str, datetime]:
+        rows = await self._conn.fetch(
             """
             INSERT INTO timeline_entries (event_id, order_id, type, step, occurred_at, sequence, source,
                                           topic, details, explanation, location_ids, return_id, decoded)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13)
+            SELECT e, o, t, st, oc, sq, so, tp, d::jsonb, ex,
+                   ARRAY(SELECT jsonb_array_elements_text(l::jsonb)), r, dc
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                        $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                        $12::text[], $13::bool[])
+                 AS u(e, o, t, st, oc, sq, so, tp, d, ex, l, r, dc)
             ON CONFLICT (event_id) DO NOTHING
-            RETURNING received_at
+            RETURNING event_id, received_at
             """,
-            event.event_id,
-            event.order_id,
-            event.type,
-            event.step,
-            event.occurred_at,
-            min(event.sequence, _BIGINT_MAX),
-            event.source,
-            event.topic,
-            json.dumps(event.details),
-            event.explanation,
-            list(event.location_ids),
-            event.return_id,
-            event.decoded,
+            [e.event_id for e in events],
+            [e.order_id for e in events],
+            [e.type for e in events],
+            [e.step for e in events],
+            [e.occurred_at for e in events],
+            [min(e.sequence, _BIGINT_MAX) for e in events],
+            [e.source for e in events],
+            [e.topic for e in events],
+            [json.dumps(e.details) for e in events],
+            [e.explanation for e in events],
+            [json.dumps(list(e.location_ids)) for e in events],
+            [e.return_id for e in events],
+            [e.decoded for e in events],
         )
+        return {row["event_id"]: row["received_at"] for row in rows}
 
-    async def save_order(self, facts: OrderFacts) -> None:
-        last = facts.last_key
-        await self._conn.execute(
-            """
-            INSERT INTO order_index AS o (order_id, first_seen_at, updated_at, customer_id, channel,
-                location_ids, status, last_occurred_at, last_sequence, last_event_id, entry_count, placed_at,
-                prepared_at, cancelled_at, refused_at, returned_at, promised_at, promised_key, cost_currency,
-                cost_minor, cost_key, fulfilled_at)
-            VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
-                    $18, $19, $20::jsonb, $21)
-            ON CONFLICT (order_id) DO UPDATE SET
-                updated_at = now(), customer_id = EXCLUDED.customer_id, channel = EXCLUDED.channel,
-                location_ids = EXCLUDED.location_ids, status = EXCLUDED.status,
-                last_occurred_at = EXCLUDED.last_occurred_at, last_sequence = EXCLUDED.last_sequence,
-                last_event_id = EXCLUDED.last_event_id, entry_count = EXCLUDED.entry_count,
-                placed_at = EXCLUDED.placed_at, prepared_at = EXCLUDED.prepared_at,
-                cancelled_at = EXCLUDED.cancelled_at, refused_at = EXCLUDED.refused_at,
-                returned_at = EXCLUDED.returned_at, promised_at = EXCLUDED.promised_at,
-                promised_key = EXCLUDED.promised_key, cost_currency = EXCLUDED.cost_currency,
-                cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key,
-                fulfilled_at = EXCLUDED.fulfilled_at
-            """,
-            facts.order_id,
-            facts.first_seen_at,
-            facts.customer_id,
-            facts.channel,
-            list(facts.location_ids),
-            facts.status,
-            last[0] if last else None,
-            min(last[1], _BIGINT_MAX) if last else None,
-            last[2] if last else None,
-            facts.entry_count,
-            facts.placed_at,
-            facts.prepared_at,
-            facts.cancelled_at,
-            facts.refused_at,
-            facts.returned_at,
-            facts.promised_at,
-            _key_json(facts.promised_key),
-            facts.cost.currency if facts.cost else None,
-            facts.cost.amount_minor if facts.cost else None,
-            _key_json(facts.cost_key),
-            facts.fulfilled_at,
-        )
+    async def save_orders(self, facts: Sequence[OrderFacts]) -> None:
+        await self._conn.executemany(_SAVE_ORDER, [_order_args(f) for f in facts])
 
     async def add_kpis(self, delta: Mapping[KpiKey, int]) -> None:
         # One statement; rows in key order so concurrent transactions lock them in the same order.
@@ -204,11 +230,13 @@ class PostgresTrackingStore:
         return [_entry(r) for r in rows]
 
     async def order(self, order_id: str) -> OrderFacts | None:
-        row = await self._pool.fetchrow("SELECT * FROM order_index WHERE order_id = $1", order_id)
+        row = await self._pool.fetchrow(
+            "SELECT * FROM order_index WHERE order_id = $1 AND entry_count > 0", order_id
+        )
         return _facts(row) if row is not None else None
 
     async def search(self, query: SearchQuery) -> SearchPage:
-        conditions: list[str] = []
+        conditions: list[str] = ["entry_count > 0"]
         args: list[Any] = []
 
         def arg(value: object) -> str:
@@ -225,7 +253,7 @@ class PostgresTrackingStore:
             conditions.append(f"status = {arg(query.status)}")
         if query.after:
             conditions.append(f"(first_seen_at, order_id) < ({arg(query.after[0])}, {arg(query.after[1])})")
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where = f"WHERE {' AND '.join(conditions)}"
         # Only $n placeholders are interpolated; every value travels as a parameter.
         sql = (
             f"SELECT * FROM order_index {where} "  # noqa: S608
