@@ -319,6 +319,14 @@ class PgReturnsStore:
         return [r["return_id"] for r in rows]
 
     async def pending_tasks(self, limit: int) -> list[m.InventoryTask]:
+        # Incoming-supply tasks set absolute quantities: an older one still pending must not
+        # overwrite a newer one, so it is retired instead of retried.
+        await self._pool.execute(
+            "UPDATE inventory_tasks t SET done_at = now(), last_error = 'superseded' "
+            "WHERE t.done_at IS NULL AND t.supply_id <> '' AND EXISTS (SELECT 1 FROM inventory_tasks n "
+            "WHERE n.supply_id = t.supply_id AND n.location_id = t.location_id "
+            "AND n.created_at > t.created_at)"
+        )
         rows = await self._pool.fetch(
             "SELECT * FROM inventory_tasks WHERE done_at IS NULL AND next_attempt_at <= now() "
             "ORDER BY created_at, task_id LIMIT $1",
