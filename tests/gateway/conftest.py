@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from gateway.bootstrap import builder
 from gateway.credentials import Kind
@@ -71,6 +73,19 @@ def write_credentials(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_credentials(tmp_path_factory.mktemp("gateway") / "credentials.yaml")
+
+
+@pytest.fixture(scope="session")
+async def health_only_backend() -> AsyncIterator[str]:
+    """Stands in for all four backends: answers health, nothing else (UNIMPLEMENTED)."""
+    server = grpc.aio.server()
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.bootstrap import builder
@@ -25,19 +23,6 @@ from tests.gateway.conftest import KEYS, TEST_POLICIES, gateway_settings
 from tests.support import running_service, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-async def health_only_backend() -> AsyncIterator[str]:
-    """Stands in for all four backends: answers health, nothing else (UNIMPLEMENTED)."""
-    server = grpc.aio.server()
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(None)
 
 
 @pytest.fixture(scope="module")
