@@ -427,3 +427,126 @@ async def test_order_timeline_shows_the_return_steps(
     assert all(e.return_id == rma.return_id and e.source == "returns" for e in entries)
     assert all(e.occurred_at.seconds > 0 for e in entries)
     assert store_id in entries[-2].location_ids
+
+
+@pytest.fixture(scope="module")
+async def orchestrator(settings: CommonSettings, inventory: RunningService) -> AsyncIterator[RunningService]:
+    from services.orchestrator.bootstrap import build as build_orchestrator
+
+    addresses = {**settings.addresses, "inventory": inventory.address}
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_orchestrator(dataclasses.replace(s, addresses=addresses), stack)
+
+    async with running_service(settings, build) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+async def ret_orders(
+    settings: CommonSettings, inventory: RunningService, orchestrator: RunningService
+) -> AsyncIterator[rgrpc.ReturnsServiceStub]:
+    """Returns wired to the real orchestrator (readiness on both channels)."""
+    addresses = {**settings.addresses, "inventory": inventory.address, "orchestrator": orchestrator.address}
+    cfg = ReturnsSettings(
+        rules=load_rules(),
+        pool_size=4,
+        ready_dependencies=("inventory", "orchestrator"),
+        task_retry_seconds=0.5,
+    )
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
+
+    async with (
+        running_service(settings, build) as svc,
+        grpc.aio.insecure_channel(svc.address) as channel,
+    ):
+        yield rgrpc.ReturnsServiceStub(channel)
+
+
+async def test_online_order_returned_in_a_store_restocks_that_store(
+    inv: igrpc.InventoryServiceStub, orchestrator: RunningService, ret_orders: rgrpc.ReturnsServiceStub
+) -> None:
+    from tutti.orchestrator.v1 import orchestrator_pb2 as opb
+    from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
+
+    sku = random_id("SKU")
+    pickup = await store(inv, sku, stock=3)
+    other_store = await store(inv, sku)
+    async with grpc.aio.insecure_channel(orchestrator.address) as channel:
+        orders = ogrpc.OrderServiceStub(channel)
+        placed = await orders.PlaceOrder(
+            opb.PlaceOrderRequest(
+                channel=common_pb2.CHANNEL_WEB,
+                channel_order_id=random_id("web"),
+                customer_id=random_id("C"),
+                method=common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT,
+                pickup_location_id=pickup,
+                lines=[
+                    opb.OrderLineInput(
+                        line_id="1",
+                        sku=sku,
+                        quantity=2,
+                        unit_price=common_pb2.Money(currency="EUR", amount_minor=4500),
+                    )
+                ],
+            )
+        )
+        order = placed.order
+        served_by = order.lines[0].location_id
+        for event in (
+            opb.FULFILMENT_EVENT_ACCEPTED,
+            opb.FULFILMENT_EVENT_PICKED,
+            opb.FULFILMENT_EVENT_READY_FOR_PICKUP,
+            opb.FULFILMENT_EVENT_COLLECTED,
+        ):
+            await orders.UpdateFulfilment(
+                opb.UpdateFulfilmentRequest(order_id=order.order_id, location_id=served_by, event=event)
+            )
+
+    before = await available(inv, sku, other_store)
+    created = await ret_orders.CreateReturn(
+        pb.CreateReturnRequest(
+            request_id=random_id("req"),
+            order_id=order.order_id,
+            lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE)],
+            method=pb.RETURN_METHOD_IN_STORE,
+            receiving_location_id=other_store,
+            channel=common_pb2.CHANNEL_STORE,
+        )
+    )
+    assert created.rma.purchase_channel == common_pb2.CHANNEL_WEB
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret_orders.CreateReturn(
+            pb.CreateReturnRequest(
+                request_id=random_id("req"),
+                order_id=order.order_id,
+                lines=[pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_WRONG_SIZE)],
+                method=pb.RETURN_METHOD_IN_STORE,
+                receiving_location_id=other_store,
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "1 already returned" in (info.value.details() or "")
+
+    await ret_orders.ReceiveReturn(
+        pb.ReceiveReturnRequest(
+            return_id=created.rma.return_id,
+            location_id=other_store,
+            lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_RESELLABLE)],
+        )
+    )
+    assert await available(inv, sku, other_store) == before + 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret_orders.CreateReturn(
+            pb.CreateReturnRequest(
+                request_id=random_id("req"),
+                order_id=random_id("ORD-unknown"),
+                lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_OTHER)],
+                method=pb.RETURN_METHOD_IN_STORE,
+                receiving_location_id=other_store,
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
