@@ -89,11 +89,12 @@ async def store(inv: igrpc.InventoryServiceStub, *skus: str, stock: int = 0) -> 
             ]
         )
     )
-    await inv.RegisterSkus(
-        ipb.RegisterSkusRequest(
-            skus=[ipb.Sku(sku=sku, name=sku, category="apparel", returnable=True) for sku in skus]
+    if skus:
+        await inv.RegisterSkus(
+            ipb.RegisterSkusRequest(
+                skus=[ipb.Sku(sku=sku, name=sku, category="apparel", returnable=True) for sku in skus]
+            )
         )
-    )
     for sku in skus:
         await inv.ReceiveStock(
             ipb.ReceiveStockRequest(

@@ -1,0 +1,121 @@
+"""Returns through the gateway, as a store app would call it: a till purchase returned in the
+store, received and graded there, back on sale; another store may not receive for it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as ipb
+from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
+from tutti.returns.v1 import returns_pb2
+from tutti.returns.v1 import returns_pb2 as pb
+from tutti.returns.v1 import returns_pb2_grpc as rgrpc
+
+from gateway.bootstrap import builder
+from gateway.settings import GatewaySettings
+from runtime.settings import CommonSettings
+from services.returns.adapters.rules_file import load_rules
+from services.returns.bootstrap import ReturnsSettings
+from services.returns.bootstrap import build as build_returns
+from tests.returns.test_integration import available, inv, inventory, receipt, store  # noqa: F401
+from tests.support import RunningService, random_id, running_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+async def gateway_for_store(
+    settings: CommonSettings,
+    inventory: RunningService,  # noqa: F811
+    inv: igrpc.InventoryServiceStub,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[rgrpc.ReturnsServiceStub, str, str]]:
+    """(stub through the gateway, the store's location id, its API key)."""
+    sku_store = await store(inv)
+    key = random_id("key")
+    path = Path(tmp_path_factory.mktemp("returns-gw")) / "credentials.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"rate_per_second": 1000, "burst": 1000},
+                "credentials": [{"id": sku_store, "kind": "store", "location_id": sku_store, "key": key}],
+            }
+        )
+    )
+    cfg = ReturnsSettings(
+        rules=load_rules(), pool_size=4, ready_dependencies=("inventory",), task_retry_seconds=0.5
+    )
+    addresses = {**settings.addresses, "inventory": inventory.address}
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
+
+    async with running_service(settings, build) as returns:
+        gw_settings = GatewaySettings(
+            credentials_path=path, tls_cert=None, tls_key=None, default_timeout_seconds=10.0
+        )
+        services = {"returns": [returns_pb2.DESCRIPTOR.services_by_name["ReturnsService"]]}
+        gw_common = dataclasses.replace(settings, addresses={**addresses, "returns": returns.address})
+        async with (
+            running_service(gw_common, builder(gw_settings, services=services)) as gateway,
+            grpc.aio.insecure_channel(gateway.address) as channel,
+        ):
+            yield rgrpc.ReturnsServiceStub(channel), sku_store, key
+
+
+async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
+    gateway_for_store: tuple[rgrpc.ReturnsServiceStub, str, str],
+    inv: igrpc.InventoryServiceStub,  # noqa: F811
+) -> None:
+    stub, store_id, key = gateway_for_store
+    auth = [("authorization", f"Bearer {key}")]
+    sku = random_id("SKU")
+    await inv.RegisterSkus(ipb.RegisterSkusRequest(skus=[ipb.Sku(sku=sku, name=sku, returnable=True)]))
+    await inv.ReceiveStock(
+        ipb.ReceiveStockRequest(
+            movement_id=random_id("seed"),
+            location_id=store_id,
+            lines=[ipb.ReservationLine(sku=sku, location_id=store_id, quantity=1)],
+        )
+    )
+    created = await stub.CreateReturn(
+        pb.CreateReturnRequest(
+            request_id=random_id("req"),
+            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 2000), location_id=store_id),
+            lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_CHANGED_MIND)],
+            method=pb.RETURN_METHOD_IN_STORE,
+            receiving_location_id=store_id,
+            channel=common_pb2.CHANNEL_STORE,
+        ),
+        metadata=auth,
+    )
+    before = await available(inv, sku, store_id)
+    received = await stub.ReceiveReturn(
+        pb.ReceiveReturnRequest(
+            return_id=created.rma.return_id,
+            lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_RESELLABLE)],
+        ),
+        metadata=auth,
+    )
+    # The gateway filled in the store's own location.
+    assert received.receipt.location_id == store_id
+    assert await available(inv, sku, store_id) == before + 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ReceiveReturn(
+            pb.ReceiveReturnRequest(
+                return_id=created.rma.return_id,
+                location_id=random_id("STORE-other"),
+                lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_RESELLABLE)],
+            ),
+            metadata=auth,
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
