@@ -116,3 +116,15 @@ def test_simulation_counts_late_and_unsourced() -> None:
     ]
     report = simulate(replays, rules(), rules())
     assert report.live.late == 1 and report.live.unsourced == 1 and report.changed == 0
+
+
+def test_promises_rounded_for_customers() -> None:
+    from services.orchestrator.domain.promise import promise_for
+
+    at = datetime(2026, 3, 4, 10, 1, 30, tzinfo=UTC)
+    assert promise_for("home_standard", at) == datetime(2026, 3, 4, 23, 59, tzinfo=UTC)
+    assert promise_for("home_express", at) == datetime(2026, 3, 4, 10, 15, tzinfo=UTC)
+    assert promise_for("click_and_collect", datetime(2026, 3, 4, 10, 45, tzinfo=UTC)) == datetime(
+        2026, 3, 4, 10, 45, tzinfo=UTC
+    )
+    assert promise_for("home_express", None) is None

@@ -97,3 +97,19 @@ def delivered_at(
 
 def express_deadline(rules: RuleSet, now: datetime) -> datetime:
     return now + timedelta(minutes=rules.promise.express_window_minutes)
+
+
+# Promises shown to customers: a day for carrier deliveries, a quarter of an hour for express
+# and collection. Re-sourcing a line a few minutes later keeps the same promise.
+_DAY_PROMISE = frozenset({"home_standard", "ship_from_store", "ship_to_store"})
+
+
+def promise_for(method: str, delivery: datetime | None) -> datetime | None:
+    if delivery is None:
+        return None
+    if method in _DAY_PROMISE:
+        return datetime.combine(delivery.date(), time(23, 59), tzinfo=delivery.tzinfo)
+    quarter = 15 * 60
+    seconds = delivery.minute * 60 + delivery.second + delivery.microsecond / 1e6
+    start = delivery.replace(minute=0, second=0, microsecond=0)
+    return start + timedelta(seconds=-(-seconds // quarter) * quarter)

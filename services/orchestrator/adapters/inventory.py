@@ -1,0 +1,136 @@
+"""The inventory port over gRPC: locations, availability in a channel's view, reservations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import time
+
+import grpc
+from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+from runtime.errors import Unavailable
+from services.orchestrator.adapters.enums import channel_value, location_type_name, to_name
+from services.orchestrator.domain.model import Candidate, OpeningWindow, Point
+from services.orchestrator.service import ReservationConflict, ReserveLine, StockShortage
+
+_TIMEOUT = 5.0
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def _location(loc: inventory_pb2.Location) -> Candidate:
+    point = Point(loc.point.latitude, loc.point.longitude) if loc.HasField("point") else None
+    if point is not None and point.latitude == 0 and point.longitude == 0:
+        point = None
+    return Candidate(
+        location_id=loc.location_id,
+        location_type=location_type_name(loc.type),
+        point=point,
+        active=loc.active,
+        daily_capacity=max(0, loc.daily_capacity),
+        opening_hours=tuple(
+            OpeningWindow(h.weekday - 1, time.fromisoformat(h.opens), time.fromisoformat(h.closes))
+            for h in loc.opening_hours
+            if h.weekday and h.opens and h.closes
+        ),
+        timezone=loc.time_zone or "UTC",
+        capabilities=frozenset(
+            to_name(inventory_pb2.FulfilmentCapability, c, "FULFILMENT_CAPABILITY_") for c in loc.capabilities
+        ),
+    )
+
+
+def _lines(lines: Sequence[ReserveLine]) -> list[inventory_pb2.ReservationLine]:
+    return [
+        inventory_pb2.ReservationLine(sku=li.sku, location_id=li.location_id, quantity=li.quantity)
+        for li in lines
+    ]
+
+
+def _unavailable(exc: grpc.aio.AioRpcError) -> Exception:
+    if exc.code() in _UNAVAILABLE:
+        return Unavailable(f"inventory is unavailable ({exc.code().name.lower()}); retry")
+    return exc
+
+
+class GrpcInventory:
+    """Implements services.orchestrator.service.Inventory with the inventory gRPC API."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+    async def locations(self) -> list[Candidate]:
+        try:
+            reply = await self._stub.ListLocations(inventory_pb2.ListLocationsRequest(), timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(exc) from exc
+        return [_location(loc) for loc in reply.locations]
+
+    async def availability(self, skus: Sequence[str], channel: str) -> dict[str, dict[str, int]]:
+        """Units the channel may promise, per location then SKU (locations without any omitted)."""
+        request = inventory_pb2.BatchGetAvailabilityRequest(skus=list(skus), channel=channel_value(channel))
+        try:
+            reply = await self._stub.BatchGetAvailability(request, timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(exc) from exc
+        out: dict[str, dict[str, int]] = {}
+        for sku in reply.availabilities:
+            for loc in sku.locations:
+                if loc.available > 0:
+                    out.setdefault(loc.location_id, {})[sku.sku] = int(loc.available)
+        return out
+
+    async def reserve(
+        self, reservation_id: str, order_id: str, channel: str, lines: Sequence[ReserveLine]
+    ) -> None:
+        request = inventory_pb2.ReserveStockRequest(
+            reservation_id=reservation_id,
+            lines=_lines(lines),
+            channel=channel_value(channel),
+            order_id=order_id,
+        )
+        try:
+            await self._stub.ReserveStock(request, timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise StockShortage(exc.details() or "not enough stock") from exc
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                raise ReservationConflict(exc.details() or reservation_id) from exc
+            raise _unavailable(exc) from exc
+
+    async def release(
+        self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str, reason: str
+    ) -> None:
+        """Releases the given quantities (all open units when ``lines`` is empty). Unknown
+        reservations are ignored: there is nothing to give back."""
+        request = inventory_pb2.ReleaseReservationRequest(
+            reservation_id=reservation_id,
+            lines=_lines(lines),
+            request_id=request_id if lines else "",
+            reason=reason,
+        )
+        try:
+            await self._stub.ReleaseReservation(request, timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            raise _unavailable(exc) from exc
+
+    async def fulfil(self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str) -> None:
+        request = inventory_pb2.FulfilReservationRequest(
+            reservation_id=reservation_id, lines=_lines(lines), request_id=request_id
+        )
+        try:
+            await self._stub.FulfilReservation(request, timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(exc) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._stub.ListLocations(inventory_pb2.ListLocationsRequest(active_only=True), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"inventory not reachable: {exc.code().name}") from exc

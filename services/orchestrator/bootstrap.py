@@ -1,0 +1,119 @@
+"""Composition root of the orchestrator: PostgreSQL pool, inventory channel, Kafka producer for
+the outbox relay, the services and their background loops."""
+
+from __future__ import annotations
+
+import re
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+from runtime.errors import InvalidArgument
+from runtime.grpc_server import Wiring, client_channel
+from runtime.kafka import create_producer
+from runtime.postgres import OutboxRelay, apply_migrations, create_pool
+from runtime.settings import CommonSettings, Env, SettingsError
+from services.orchestrator.adapters.inventory import GrpcInventory
+from services.orchestrator.entrypoints.grpc import OrderServicer, RulesServicer
+from services.orchestrator.service import Config, OrderService, RulesBook, parse_document
+
+SCHEMA = "orchestrator"
+MIGRATIONS = Path(__file__).parent / "migrations"
+DEFAULT_RULES = Path(__file__).parent / "rules" / "default.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorSettings:
+    accept_timeout_seconds: float
+    sweep_interval_seconds: float
+    quote_ttl_seconds: float
+    pool_size: int
+    default_rules: Path
+    schema: str = SCHEMA
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> OrchestratorSettings:
+        env = env or Env()
+        rules = Path(env.str("TUTTI_ORCHESTRATOR_DEFAULT_RULES", str(DEFAULT_RULES)))
+        if not rules.is_file():
+            raise SettingsError(
+                f"TUTTI_ORCHESTRATOR_DEFAULT_RULES must name a rules file, got {str(rules)!r}"
+            )
+        schema = env.str("TUTTI_ORCHESTRATOR_SCHEMA", SCHEMA)
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise SettingsError(
+                f"TUTTI_ORCHESTRATOR_SCHEMA must be a lower-case SQL identifier, got {schema!r}"
+            )
+        return cls(
+            accept_timeout_seconds=env.float("TUTTI_ORCHESTRATOR_ACCEPT_TIMEOUT_SECONDS", 900.0, minimum=1.0),
+            sweep_interval_seconds=env.float("TUTTI_ORCHESTRATOR_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.1),
+            quote_ttl_seconds=env.float("TUTTI_ORCHESTRATOR_QUOTE_TTL_SECONDS", 900.0, minimum=1.0),
+            pool_size=env.int("TUTTI_ORCHESTRATOR_DB_POOL_SIZE", 20, minimum=4, maximum=200),
+            default_rules=rules,
+            schema=schema,
+        )
+
+
+async def build(
+    settings: CommonSettings, stack: AsyncExitStack, orchestrator: OrchestratorSettings | None = None
+) -> Wiring:
+    orchestrator = orchestrator or OrchestratorSettings.from_env()
+    default_document = orchestrator.default_rules.read_text()
+    try:
+        parse_document(default_document)
+    except InvalidArgument as exc:
+        raise SettingsError(f"TUTTI_ORCHESTRATOR_DEFAULT_RULES is not valid: {exc}") from None
+
+    await apply_migrations(settings.database_url, orchestrator.schema, [MIGRATIONS])
+    pool = await create_pool(settings.database_url, orchestrator.schema, max_size=orchestrator.pool_size)
+    stack.push_async_callback(pool.close)
+
+    channel = client_channel(settings.addresses["inventory"])
+    stack.push_async_callback(channel.close)
+    inventory = GrpcInventory(channel)
+
+    producer = create_producer(settings.kafka_bootstrap, "tutti-orchestrator")
+    await producer.start()
+    stack.push_async_callback(producer.stop)
+    relay = OutboxRelay(pool, producer, orchestrator.schema)
+
+    rules = RulesBook(pool, default_document)
+    await rules.ensure_live()
+    service = OrderService(
+        pool,
+        inventory,
+        rules,
+        Config(
+            accept_timeout_seconds=orchestrator.accept_timeout_seconds,
+            sweep_interval_seconds=orchestrator.sweep_interval_seconds,
+            quote_ttl_seconds=orchestrator.quote_ttl_seconds,
+        ),
+    )
+    stack.push_async_callback(service.watchers.close)
+
+    def register(server: object) -> None:
+        orchestrator_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(service), server)
+        orchestrator_pb2_grpc.add_RulesServiceServicer_to_server(RulesServicer(rules), server)
+
+    async def ready() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        await inventory.ping()
+
+    async def relay_outbox() -> None:
+        await relay.run()
+
+    async def sweep_unaccepted() -> None:
+        await service.sweep_forever()
+
+    return Wiring(
+        register=register,  # type: ignore[arg-type]
+        service_names=[
+            orchestrator_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
+            orchestrator_pb2.DESCRIPTOR.services_by_name["RulesService"].full_name,
+        ],
+        ready=ready,
+        background=(relay_outbox, sweep_unaccepted),
+    )
