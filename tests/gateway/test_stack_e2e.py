@@ -57,9 +57,17 @@ def auth(who: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {KEYS[who]}")]
 
 
-async def stocked_store(gateway: str) -> tuple[str, str]:
-    """A store near Paris with 10 units of a new SKU, set up by the admin through the gateway."""
-    location_id, sku = random_id("e2e-store"), random_id("E2E-SKU")
+@pytest.fixture(scope="module")
+async def shop(full_stack: str) -> tuple[str, list[str]]:
+    """One store for the module, set up before the orchestrator first reads (and caches) the
+    locations: a location created later is only seen once its cache expires."""
+    location_id, skus = await stocked_store(full_stack, 3)
+    return location_id, skus
+
+
+async def stocked_store(gateway: str, sku_count: int) -> tuple[str, list[str]]:
+    """A store near Paris with 10 units of new SKUs, set up by the admin through the gateway."""
+    location_id, skus = random_id("e2e-store"), [random_id("E2E-SKU") for _ in range(sku_count)]
     async with grpc.aio.insecure_channel(gateway) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         await stub.UpsertLocations(
@@ -83,7 +91,7 @@ async def stocked_store(gateway: str) -> tuple[str, str]:
             timeout=10,
         )
         await stub.RegisterSkus(
-            pb.RegisterSkusRequest(skus=[pb.Sku(sku=sku, name="E2E thing")]),
+            pb.RegisterSkusRequest(skus=[pb.Sku(sku=sku, name="E2E thing") for sku in skus]),
             metadata=auth("admin"),
             timeout=10,
         )
@@ -91,16 +99,18 @@ async def stocked_store(gateway: str) -> tuple[str, str]:
             pb.ReceiveStockRequest(
                 movement_id=random_id("mv"),
                 location_id=location_id,
-                lines=[pb.ReservationLine(sku=sku, quantity=10)],
+                lines=[pb.ReservationLine(sku=sku, quantity=10) for sku in skus],
             ),
             metadata=auth("admin"),
             timeout=10,
         )
-    return location_id, sku
+    return location_id, skus
 
 
-async def test_a_channel_places_and_follows_its_order_and_no_other_channel_sees_it(full_stack: str) -> None:
-    location_id, sku = await stocked_store(full_stack)
+async def test_a_channel_places_and_follows_its_order_and_no_other_channel_sees_it(
+    full_stack: str, shop: tuple[str, list[str]]
+) -> None:
+    location_id, sku = shop[0], shop[1][0]
     customer = random_id("customer")
     code, out, err = await tutti(
         full_stack,
@@ -157,3 +167,68 @@ async def test_a_channel_places_and_follows_its_order_and_no_other_channel_sees_
     out = await wait_for(timeline_has_steps, timeout=30, message="the order's timeline in tracking")
     code, _, err = await tutti(full_stack, "timeline", order_id, key=KEYS["app"])
     assert code == 1 and "NOT_FOUND" in err
+
+
+async def test_quote_watch_and_cancel_from_the_cli(full_stack: str, shop: tuple[str, list[str]]) -> None:
+    location_id, sku = shop[0], shop[1][1]
+    code, out, err = await tutti(
+        full_stack,
+        "quote",
+        "--line",
+        f"{sku}:1",
+        "--customer",
+        "c",
+        "--postal-code",
+        "75001",
+        "--city",
+        "Paris",
+        "--country",
+        "FR",
+        "--lat",
+        "48.86",
+        "--lon",
+        "2.34",
+        key=KEYS["web"],
+    )
+    assert code == 0, err
+    assert "quote" in out
+
+    code, out, err = await tutti(
+        full_stack,
+        "--json",
+        "order",
+        "place",
+        "--customer",
+        random_id("customer"),
+        "--line",
+        f"{sku}:1",
+        "--method",
+        "click_and_collect",
+        "--pickup",
+        location_id,
+        key=KEYS["web"],
+    )
+    assert code == 0, err
+    order_id = json.loads(out)["order"]["order_id"]
+    code, out, err = await tutti(
+        full_stack, "--json", "order", "watch", order_id, "--count", "1", key=KEYS["web"]
+    )
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["order"]["order_id"] == order_id
+    code, out, err = await tutti(
+        full_stack, "order", "cancel", order_id, "--reason", "changed mind", key=KEYS["web"]
+    )
+    assert code == 0, err
+    assert "cancel" in out.lower()
+
+
+async def test_rules_administration_needs_an_admin_key(full_stack: str) -> None:
+    rules = Path(orchestrator_bootstrap.__file__).parent / "rules" / "default.yaml"
+    code, out, err = await tutti(full_stack, "rules", "validate", str(rules))
+    assert code == 0, err
+    assert out.startswith("valid")
+    code, out, err = await tutti(full_stack, "rules", "simulate", str(rules), "--orders", "20")
+    assert code == 0, err
+    assert "orders sourced differently" in out
+    code, _, err = await tutti(full_stack, "rules", "validate", str(rules), key=KEYS["web"])
+    assert code == 1 and "PERMISSION_DENIED" in err
