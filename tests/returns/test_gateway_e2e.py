@@ -25,7 +25,7 @@ from runtime.settings import CommonSettings
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
-from tests.returns.test_integration import available, inv, inventory, receipt, store  # noqa: F401
+from tests.returns.test_integration import available, receipt, store
 from tests.support import RunningService, random_id, running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 @pytest.fixture(scope="module")
 async def gateway_for_store(
     settings: CommonSettings,
-    inventory: RunningService,  # noqa: F811
-    inv: igrpc.InventoryServiceStub,  # noqa: F811
+    inventory: RunningService,
+    inv: igrpc.InventoryServiceStub,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[rgrpc.ReturnsServiceStub, str, str]]:
     """(stub through the gateway, the store's location id, its API key)."""
@@ -73,7 +73,7 @@ async def gateway_for_store(
 
 async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
     gateway_for_store: tuple[rgrpc.ReturnsServiceStub, str, str],
-    inv: igrpc.InventoryServiceStub,  # noqa: F811
+    inv: igrpc.InventoryServiceStub,
 ) -> None:
     stub, store_id, key = gateway_for_store
     auth = [("authorization", f"Bearer {key}")]

@@ -22,8 +22,6 @@ from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
 from runtime.kafka import RETURN_EVENTS, unpack
 from runtime.settings import CommonSettings
-from services.inventory.bootstrap import InventorySettings
-from services.inventory.bootstrap import build as build_inventory
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
@@ -33,18 +31,6 @@ from tests.support import RunningService, random_id, read_events, running_servic
 pytestmark = pytest.mark.integration
 
 INVENTORY_REDIS_DB = 10
-
-
-@pytest.fixture(scope="module")
-async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
-    redis_url = settings.redis_url.rsplit("/", 1)[0] + f"/{INVENTORY_REDIS_DB}"
-    cfg = dataclasses.replace(InventorySettings.from_env(settings), redis_url=redis_url)
-
-    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
-        return await build_inventory(s, stack, cfg)
-
-    async with running_service(settings, build) as svc:
-        yield svc
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +45,6 @@ async def returns(settings: CommonSettings, inventory: RunningService) -> AsyncI
 
     async with running_service(settings, build) as svc:
         yield svc
-
-
-@pytest.fixture(scope="module")
-async def inv(inventory: RunningService) -> AsyncIterator[igrpc.InventoryServiceStub]:
-    async with grpc.aio.insecure_channel(inventory.address) as channel:
-        yield igrpc.InventoryServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
