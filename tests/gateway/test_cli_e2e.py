@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -136,11 +135,3 @@ async def test_a_usage_mistake_exits_2(stack: str) -> None:
     code, _, err = await tutti(stack, "order", "place", "--line", "A:x", "--customer", "c")
     assert code == 2
     assert "quantity must be an integer" in err
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("services.orchestrator.bootstrap") is None,
-    reason="the orchestrator is not written yet",
-)
-async def test_order_commands_need_the_orchestrator(stack: str) -> None:  # pragma: no cover - placeholder
-    pytest.skip("wired once the orchestrator runs in this fixture")
