@@ -113,7 +113,7 @@ kubeconform() { # files...
 }
 
 validate() {
-    local out="$WORK/k8s/rendered" dir name
+    local out="${K8S_CHECK_OUT:-$WORK/k8s/rendered}" dir name # K8S_CHECK_OUT: where to write them
     rm -rf "$out" && mkdir -p "$out"
     for name in "${OVERLAYS[@]}"; do
         render "$ROOT/k8s/overlays/$name" >"$out/$name.yaml" || die "kustomize build k8s/overlays/$name failed"

@@ -8,22 +8,26 @@ these tests FAIL with its message: nothing here is ever skipped.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from runtime.settings import DEFAULT_ADDRESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "tools" / "k8s_check.sh"
-RENDERED = ROOT / ".tutti" / "k8s" / "rendered"
 # What tools/k8s_check.sh renders: each overlay, and production with each optional component.
 RENDERINGS = ("dev", "production", "production+gateway-tls")
 # Every server: its module (`python -m ...`) and its gRPC port.
@@ -41,32 +45,40 @@ UID = 10001
 Doc = dict[str, Any]
 
 
-def _run_check(*args: str) -> subprocess.CompletedProcess[str]:
+def _run_check(*args: str, out: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": sys.executable}
+    if out is not None:
+        env["K8S_CHECK_OUT"] = str(out)
     return subprocess.run(
         [str(CHECK), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHON": sys.executable},
+        env=env,
         timeout=900,
         check=False,
     )
 
 
 @pytest.fixture(scope="module")
-def check() -> subprocess.CompletedProcess[str]:
+def rendered_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rendered")
+
+
+@pytest.fixture(scope="module")
+def check(rendered_dir: Path) -> subprocess.CompletedProcess[str]:
     """One full run: install what is missing, render every overlay, kubeconform them."""
-    result = _run_check("check")
+    result = _run_check("check", out=rendered_dir)
     if result.returncode == 3:
         pytest.fail(f"tools/k8s_check.sh could not install its tools:\n{result.stderr}")
     return result
 
 
 @pytest.fixture(scope="module")
-def rendered(check: subprocess.CompletedProcess[str]) -> dict[str, list[Doc]]:
+def rendered(check: subprocess.CompletedProcess[str], rendered_dir: Path) -> dict[str, list[Doc]]:
     out = {}
     for name in RENDERINGS:
-        path = RENDERED / f"{name}.yaml"
+        path = rendered_dir / f"{name}.yaml"
         if not path.is_file():
             pytest.fail(f"kustomize did not render {name}:\n{check.stderr}")
         out[name] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
@@ -373,3 +385,89 @@ def test_the_image_is_built_the_way_the_manifests_expect() -> None:
     ignore = (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().split()
     for path in ("pyproject.toml", "README.md", "proto", "runtime", "services", "gateway", "tools"):
         assert f"!{path}" in ignore, path
+
+
+# Imports the image may lack on purpose, and why.
+OPTIONAL_IMPORTS = {
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "OTLP exporter: --build-arg EXTRA_PACKAGES",
+}
+# What the image runs: the five parts, and the tools the Dockerfile and the Job call.
+IMAGE_CODE = ("runtime", "services", "gateway", "tools/prepare.py", "tools/gen_protos.py")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared_closure() -> set[str]:
+    """Distributions `pip install .` brings: pyproject.toml's dependencies (no extras), and theirs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    seen: set[str] = set()
+    todo = [_canonical(Requirement(line).name) for line in project["dependencies"]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(_canonical(requirement.name))
+    return seen
+
+
+def _imported_modules() -> dict[str, str]:
+    """Absolute imports of the image's code that are neither local nor standard library."""
+    local = {"runtime", "services", "gateway", "tools", "tutti"}
+    found: dict[str, str] = {}
+    for entry in IMAGE_CODE:
+        base = ROOT / entry
+        for path in [base] if base.is_file() else sorted(base.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top not in local and top not in sys.stdlib_module_names:
+                        found.setdefault(module, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_the_image_installs_every_library_the_parts_import() -> None:
+    """The image installs the project's declared dependencies only (`pip install -e .`): a
+    library that is merely present in a developer's virtualenv makes a pod crash at start."""
+    declared = _declared_closure()
+    modules = _imported_modules()
+    # Index the files of just the distributions that provide these top-level names.
+    candidates = metadata.packages_distributions()
+    owners: dict[str, str] = {}
+    for name in {d for module in modules for d in candidates.get(module.split(".")[0], [])}:
+        dist = metadata.distribution(name)
+        for file in dist.files or []:
+            owners[str(dist.locate_file(file))] = _canonical(dist.metadata["Name"])
+    missing = []
+    for module, where in sorted(modules.items()):
+        if module in OPTIONAL_IMPORTS:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            missing.append(f"{module} (imported by {where}) is not installed at all")
+            continue
+        origin = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or []), None)
+        owner = owners.get(str(origin))
+        if owner is not None and owner not in declared:
+            missing.append(
+                f"{module} (imported by {where}) comes from {owner}, not a dependency in pyproject.toml"
+            )
+    assert not missing, "\n".join(missing)
