@@ -561,3 +561,63 @@ async def test_health_serving(orchestrator) -> None:  # type: ignore[no-untyped-
     from tools.stack import health
 
     assert await wait_for(lambda: health(orchestrator.address), message="orchestrator health") == "serving"
+
+
+async def test_concurrent_retries_place_one_order(orders, stock) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    a = random_id("SKU")
+    ids = await network(stock, {"s": (1, {a: 10})})
+    request = order_request({a: 2})
+    replies = await asyncio.gather(*(orders.PlaceOrder(request) for _ in range(5)))
+    assert len({r.order.order_id for r in replies}) == 1
+    assert sorted(r.duplicate for r in replies) == [False, True, True, True, True]
+    assert await available(stock, a, ids["s"]) == 8
+
+
+async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, stock) -> None:  # type: ignore[no-untyped-def]
+    a = random_id("SKU")
+    ids = await network(stock, {"slow": (1, {a: 5}), "quick": (6, {a: 5})})
+    schema = f"orchestrator_test_{random_id('t').split('-')[1]}"
+    config = OrchestratorSettings(
+        accept_timeout_seconds=1,
+        sweep_interval_seconds=0.2,
+        quote_ttl_seconds=600,
+        pool_size=4,
+        default_rules=DEFAULT_RULES,
+        schema=schema,
+    )
+
+    async def build(common: CommonSettings, stack: Any) -> Any:
+        return await build_orchestrator(common, stack, config)
+
+    s = dataclasses.replace(settings, addresses={**settings.addresses, "inventory": inventory.address})
+    try:
+        async with running_service(s, build) as svc, grpc.aio.insecure_channel(svc.address) as ch:
+            stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
+            placed = (await stub.PlaceOrder(order_request({a: 1}))).order
+            assert placed.lines[0].location_id == ids["slow"]
+
+            async def moved() -> pb.Order | None:
+                order = (await stub.GetOrder(pb.GetOrderRequest(order_id=placed.order_id))).order
+                return order if order.lines[0].location_id == ids["quick"] else None
+
+            order = await wait_for(moved, timeout=15, message="line re-sourced after the accept timeout")
+            assert "did not accept within 1 s" in order.lines[0].reason
+            assert await available(stock, a, ids["slow"]) == 5
+            # The new store accepts in time: the line stays.
+            await stub.UpdateFulfilment(
+                pb.UpdateFulfilmentRequest(
+                    order_id=placed.order_id, location_id=ids["quick"], event=pb.FULFILMENT_EVENT_ACCEPTED
+                )
+            )
+            decisions = (
+                await stub.GetSourcingDecision(pb.GetSourcingDecisionRequest(order_id=placed.order_id))
+            ).decisions
+            assert decisions[-1].trigger == pb.SOURCING_TRIGGER_ACCEPT_TIMEOUT
+    finally:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
