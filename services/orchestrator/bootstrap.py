@@ -12,10 +12,11 @@ from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 from runtime.errors import InvalidArgument
 from runtime.grpc_server import Wiring, client_channel
-from runtime.kafka import create_producer
+from runtime.kafka import INVENTORY_MOVEMENTS, EventConsumer, create_producer
 from runtime.postgres import OutboxRelay, apply_migrations, create_pool
 from runtime.settings import CommonSettings, Env, SettingsError
 from services.orchestrator.adapters.inventory import GrpcInventory
+from services.orchestrator.entrypoints.events import LocationEvents
 from services.orchestrator.entrypoints.grpc import OrderServicer, RulesServicer
 from services.orchestrator.service import Config, OrderService, RulesBook, parse_document
 
@@ -32,6 +33,7 @@ class OrchestratorSettings:
     pool_size: int
     default_rules: Path
     schema: str = SCHEMA
+    consumer_group: str = "tutti-orchestrator"
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> OrchestratorSettings:
@@ -53,6 +55,7 @@ class OrchestratorSettings:
             pool_size=env.int("TUTTI_ORCHESTRATOR_DB_POOL_SIZE", 20, minimum=4, maximum=200),
             default_rules=rules,
             schema=schema,
+            consumer_group=env.str("TUTTI_ORCHESTRATOR_CONSUMER_GROUP", "tutti-orchestrator"),
         )
 
 
@@ -92,6 +95,13 @@ async def build(
         ),
     )
     stack.push_async_callback(service.watchers.close)
+    consumer = EventConsumer(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=orchestrator.consumer_group,
+        topics=[INVENTORY_MOVEMENTS.name],
+        handler=LocationEvents(service),
+        client_id="tutti-orchestrator",
+    )
 
     def register(server: object) -> None:
         orchestrator_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(service), server)
@@ -108,6 +118,9 @@ async def build(
     async def sweep_unaccepted() -> None:
         await service.sweep_forever()
 
+    async def follow_locations() -> None:
+        await consumer.run()
+
     return Wiring(
         register=register,  # type: ignore[arg-type]
         service_names=[
@@ -115,5 +128,5 @@ async def build(
             orchestrator_pb2.DESCRIPTOR.services_by_name["RulesService"].full_name,
         ],
         ready=ready,
-        background=(relay_outbox, sweep_unaccepted),
+        background=(relay_outbox, sweep_unaccepted, follow_locations),
     )

@@ -1189,6 +1189,14 @@ class OrderService:
             (failed if result.cancelled else moved).append(order_id)
         return moved, failed
 
+    async def location_deactivated(self, location_id: str) -> tuple[list[str], list[str]]:
+        """Inventory says the location is inactive: re-source its open lines if it still is."""
+        self._locations = None
+        current = next((loc for loc in await self._all_locations() if loc.location_id == location_id), None)
+        if current is not None and current.active:
+            return [], []
+        return await self.location_offline(location_id, "deactivated in inventory")
+
     async def _reallocate_at(
         self,
         order_id: str,

@@ -73,6 +73,7 @@ async def orchestrator(
         pool_size=8,
         default_rules=DEFAULT_RULES,
         schema=schema,
+        consumer_group=random_id("orchestrator-test"),
     )
 
     async def build(common: CommonSettings, stack: Any) -> Any:
@@ -586,6 +587,7 @@ async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, s
         pool_size=4,
         default_rules=DEFAULT_RULES,
         schema=schema,
+        consumer_group=random_id("orchestrator-test"),
     )
 
     async def build(common: CommonSettings, stack: Any) -> Any:
@@ -621,3 +623,20 @@ async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, s
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+async def test_location_deactivated_in_inventory_moves_open_lines(orders, stock) -> None:  # type: ignore[no-untyped-def]
+    a = random_id("SKU")
+    ids = await network(stock, {"near": (1, {a: 5}), "next": (6, {a: 5})})
+    placed = (await orders.PlaceOrder(order_request({a: 1}))).order
+    assert placed.lines[0].location_id == ids["near"]
+    near = (await stock.GetLocation(inv.GetLocationRequest(location_id=ids["near"]))).location
+    near.active = False
+    await stock.UpsertLocations(inv.UpsertLocationsRequest(locations=[near]))
+
+    async def moved() -> pb.Order | None:
+        order = (await orders.GetOrder(pb.GetOrderRequest(order_id=placed.order_id))).order
+        return order if order.lines[0].location_id == ids["next"] else None
+
+    order = await wait_for(moved, timeout=60, message="line re-sourced after the location was deactivated")
+    assert "deactivated in inventory" in order.lines[0].reason
