@@ -341,7 +341,7 @@ class RulesBook:
 
     async def simulate(
         self, version: int, document: str, order_count: int
-    ) -> tuple[int, int, SimulationReport]:
+    ) -> tuple[int, int, SimulationReport, str]:
         if not version and not document:
             raise InvalidArgument("version", "give a stored version or a document to simulate")
         count = order_count or 500
@@ -362,7 +362,7 @@ class RulesBook:
         ]
         # Pure CPU work: keep the event loop responsive for large replays.
         report = await asyncio.to_thread(simulate, replays, live, draft)
-        return live_version, version, report
+        return live_version, version, report, live.costs.currency
 
 
 # --- watching -------------------------------------------------------------------------------
@@ -473,7 +473,9 @@ class OrderService:
         ):
             self._locations = None  # a location newer than the cache
             locations = await self._all_locations()
-        open_orders = await pg.open_orders_today(conn, _start_of_day(now))
+        open_orders = await pg.open_orders_today(
+            conn, _start_of_day(now), [*stock, *([pickup_location_id] if pickup_location_id else [])]
+        )
         pickup: Candidate | None = None
         out: list[Candidate] = []
         for loc in locations:

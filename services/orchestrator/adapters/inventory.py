@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 from runtime.errors import Unavailable
@@ -62,6 +63,7 @@ class GrpcInventory:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
 
     async def locations(self) -> list[Candidate]:
         try:
@@ -130,7 +132,13 @@ class GrpcInventory:
             raise _unavailable(exc) from exc
 
     async def ping(self) -> None:
+        """The inventory service answers its health check with SERVING."""
+        request = health_pb2.HealthCheckRequest(
+            service=inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+        )
         try:
-            await self._stub.ListLocations(inventory_pb2.ListLocationsRequest(active_only=True), timeout=2.0)
+            reply = await self._health.Check(request, timeout=2.0)
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"inventory not reachable: {exc.code().name}") from exc
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise Unavailable("inventory is not serving")

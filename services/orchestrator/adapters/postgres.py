@@ -227,12 +227,19 @@ async def touch_lines(
     )
 
 
-async def open_orders_today(conn: asyncpg.Connection, since: datetime) -> dict[str, int]:
+async def open_orders_today(
+    conn: asyncpg.Connection, since: datetime, location_ids: Sequence[str]
+) -> dict[str, int]:
+    """Orders with open lines sourced to each of ``location_ids`` since ``since`` (store workload)."""
+    if not location_ids:
+        return {}
     rows = await conn.fetch(
         "SELECT location_id, count(DISTINCT order_id) AS n FROM order_lines"
-        " WHERE status = ANY($1::text[]) AND sourced_at >= $2 GROUP BY location_id",
+        " WHERE location_id = ANY($3::text[]) AND status = ANY($1::text[]) AND sourced_at >= $2"
+        " GROUP BY location_id",
         list(OPEN_STATUSES),
         since,
+        list(location_ids),
     )
     return {r["location_id"]: r["n"] for r in rows}
 

@@ -196,10 +196,9 @@ class RulesServicer(orchestrator_pb2_grpc.RulesServiceServicer):
     async def SimulateRules(
         self, request: pb.SimulateRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimulateRulesResponse:
-        live_version, draft_version, report = await self._rules.simulate(
+        live_version, draft_version, report, currency = await self._rules.simulate(
             request.version, request.document, request.order_count
         )
-        currency = "EUR"
         return pb.SimulateRulesResponse(
             live_version=live_version,
             draft_version=draft_version,
