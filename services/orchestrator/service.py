@@ -906,7 +906,7 @@ class OrderService:
                     if order.line(line_id) is None:
                         raise NotFound(f"order {order_id} has no line {line_id} (line_ids[{i}])")
                 chosen = [li for li in order.lines if li.line_id in set(line_ids)]
-                targets = [li for li in chosen if check_cancellable(li.line_id, li.status)]
+                targets = [li for li in chosen if check_cancellable(li.line_id, li.status, order.method)]
             else:
                 targets = [li for li in order.lines if li.status not in TERMINAL and li.status != "shipped"]
                 if not targets and any(li.status != "cancelled" for li in order.lines):
@@ -914,7 +914,7 @@ class OrderService:
                         f"order {order_id} is {order.status}; nothing left to cancel (start a return)"
                     )
                 for li in targets:
-                    check_cancellable(li.line_id, li.status)
+                    check_cancellable(li.line_id, li.status, order.method)
             if not targets:
                 return order  # already cancelled: a retry
             now = self._clock()

@@ -86,3 +86,9 @@ def test_cancellable() -> None:
 )
 def test_order_status_derived_from_lines(lines: list[str], status: str) -> None:
     assert order_status(lines) == status
+
+
+def test_ship_to_store_waiting_in_the_store_cannot_be_cancelled() -> None:
+    assert check_cancellable("l1", "ready_for_pickup", "click_and_collect")
+    with pytest.raises(FailedPrecondition, match="start a return"):
+        check_cancellable("l1", "ready_for_pickup", "ship_to_store")

@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
-from runtime.errors import Unavailable
+from runtime.errors import FailedPrecondition, Unavailable
 from services.orchestrator.adapters.enums import channel_value, location_type_name, to_name
 from services.orchestrator.domain.model import Candidate, OpeningWindow, Point
 from services.orchestrator.service import ReservationConflict, ReserveLine, StockShortage
@@ -20,6 +20,12 @@ _UNAVAILABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
+}
+_REFUSED = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -55,6 +61,8 @@ def _lines(lines: Sequence[ReserveLine]) -> list[inventory_pb2.ReservationLine]:
 def _unavailable(exc: grpc.aio.AioRpcError) -> Exception:
     if exc.code() in _UNAVAILABLE:
         return Unavailable(f"inventory is unavailable ({exc.code().name.lower()}); retry")
+    if exc.code() in _REFUSED:
+        return FailedPrecondition(f"inventory refused: {exc.details()}")
     return exc
 
 

@@ -94,12 +94,13 @@ def fulfils_reservation(event: str, method: str) -> bool:
     return event == "collected" and method == "click_and_collect"
 
 
-def check_cancellable(line_id: str, status: str) -> bool:
+def check_cancellable(line_id: str, status: str, method: str = "") -> bool:
     """True when the line is open and can be cancelled; False when it is already cancelled.
-    Raises FailedPrecondition when the goods have left."""
+    Raises FailedPrecondition when the goods have left (shipped, collected, or shipped to the
+    pickup store)."""
     if status == "cancelled":
         return False
-    if status not in CANCELLABLE:
+    if status not in CANCELLABLE or (status == "ready_for_pickup" and method == "ship_to_store"):
         raise FailedPrecondition(
             f"line {line_id} is {status}; it can no longer be cancelled (start a return)"
         )
