@@ -640,3 +640,21 @@ async def test_location_deactivated_in_inventory_moves_open_lines(orders, stock)
 
     order = await wait_for(moved, timeout=60, message="line re-sourced after the location was deactivated")
     assert "deactivated in inventory" in order.lines[0].reason
+
+
+async def test_concurrent_orders_never_oversell_and_re_source(orders, stock) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    a = random_id("SKU")
+    ids = await network(stock, {"near": (1, {a: 3}), "far": (9, {a: 20})})
+    replies = await asyncio.gather(*(orders.PlaceOrder(order_request({a: 1})) for _ in range(6)))
+    served = [r.order.lines[0].location_id for r in replies]
+    levels = await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a))
+    reserved = {lv.location_id: lv.counters.reserved for lv in levels.levels}
+    # Every order is served; the near store never gives more than it has (orders that lost the
+    # race for it were re-sourced to the far store), and what orders say matches inventory.
+    assert reserved[ids["near"]] <= 3
+    assert reserved == {loc: served.count(loc) for loc in set(served)} | {
+        loc: 0 for loc in ids.values() if loc not in served
+    }
+    assert sum(reserved.values()) == 6
