@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 from redis.asyncio import Redis
+from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 from runtime.grpc_server import Wiring
 from runtime.kafka import create_producer
@@ -21,7 +22,6 @@ from services.inventory.adapters.relay import OutboxRelay
 from services.inventory.adapters.watch import AvailabilityHub
 from services.inventory.entrypoints.grpc import InventoryServicer
 from services.inventory.service import InventoryService
-from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,24 @@ class InventorySettings:
         return cls(
             redis_url=env.url("TUTTI_INVENTORY_REDIS_URL", common.redis_url, ("redis", "rediss", "unix")),
             idempotency_ttl_s=env.int("TUTTI_INVENTORY_IDEMPOTENCY_TTL_SECONDS", 7 * 86400, minimum=60),
-            closed_reservation_ttl_s=env.int("TUTTI_INVENTORY_CLOSED_RESERVATION_TTL_SECONDS", 7 * 86400, minimum=60),
+            closed_reservation_ttl_s=env.int(
+                "TUTTI_INVENTORY_CLOSED_RESERVATION_TTL_SECONDS", 7 * 86400, minimum=60
+            ),
             sweep_interval_s=env.float("TUTTI_INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, minimum=0.05),
             relay_batch=env.int("TUTTI_INVENTORY_RELAY_BATCH", 500, minimum=1, maximum=10_000),
             relay_enabled=env.bool("TUTTI_INVENTORY_RELAY_ENABLED", True),
         )
 
 
-async def build(settings: CommonSettings, stack: AsyncExitStack, inventory: InventorySettings | None = None) -> Wiring:
+async def build(
+    settings: CommonSettings, stack: AsyncExitStack, inventory: InventorySettings | None = None
+) -> Wiring:
     cfg = inventory or InventorySettings.from_env(settings)
     redis = Redis.from_url(cfg.redis_url, max_connections=64, health_check_interval=30, socket_keepalive=True)
     stack.push_async_callback(redis.aclose)
-    store = RedisStore(redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s)
+    store = RedisStore(
+        redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
+    )
     hub = AvailabilityHub(redis)
     service = InventoryService(store, hub)
 

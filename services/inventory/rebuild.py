@@ -27,15 +27,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
+from tutti.events.v1 import envelope_pb2
+from tutti.inventory.v1 import events_pb2
+from tutti.inventory.v1 import inventory_pb2 as pb
 
 from runtime.kafka import INVENTORY_MOVEMENTS
 from runtime.settings import CommonSettings
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import location_to_json, policy_fields, sku_to_json
 from services.inventory.domain import model
-from tutti.events.v1 import envelope_pb2
-from tutti.inventory.v1 import events_pb2
-from tutti.inventory.v1 import inventory_pb2 as pb
 
 MV_RETENTION_MS = 7 * 24 * 3600 * 1000
 IDEM_TTL_S = 7 * 86400
@@ -62,8 +62,11 @@ class LedgerState:
     snapshot_as_of: dict[tuple[str, str], int] = field(default_factory=dict)
     incoming_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     lines: dict[str, dict[tuple[str, str], tuple[tuple[int, int, int], events_pb2.StockMovementRecorded]]] = (
-        field(default_factory=dict))
-    reservations: dict[str, tuple[tuple[int, int, int], events_pb2.StockMovementRecorded]] = field(default_factory=dict)
+        field(default_factory=dict)
+    )
+    reservations: dict[str, tuple[tuple[int, int, int], events_pb2.StockMovementRecorded]] = field(
+        default_factory=dict
+    )
     idempotency: dict[str, int] = field(default_factory=dict)
     skus: dict[str, model.Sku] = field(default_factory=dict)
     locations: dict[str, tuple[tuple[int, int, int], model.Location]] = field(default_factory=dict)
@@ -92,8 +95,9 @@ class LedgerState:
             e3 = events_pb2.ChannelPolicySet()
             envelope.payload.Unpack(e3)
             p = e3.policy
-            policy = model.ChannelPolicy(codec.channel_name(p.channel), p.buffer_units,
-                                         frozenset(p.excluded_location_ids))
+            policy = model.ChannelPolicy(
+                codec.channel_name(p.channel), p.buffer_units, frozenset(p.excluded_location_ids)
+            )
             prev_p = self.policies.get(policy.channel)
             if prev_p is None or prev_p[0] < order:
                 self.policies[policy.channel] = (order, policy)
@@ -104,7 +108,9 @@ class LedgerState:
         prev = self.counters.get(key)
         if prev is None or prev.sequence < m.sequence:
             self.counters[key] = m
-        if (m.incoming_changed or kind == "INCOMING_SUPPLY_SET") and self.incoming_seq.get(key, -1) < m.sequence:
+        if (m.incoming_changed or kind == "INCOMING_SUPPLY_SET") and self.incoming_seq.get(
+            key, -1
+        ) < m.sequence:
             self.incoming_seq[key] = m.sequence
             self.incoming[key] = list(m.incoming)
         if kind == "SNAPSHOT_APPLIED":
@@ -135,18 +141,34 @@ def _idempotency_key(kind: str, reference: str) -> str:
         return f"inv:idem:snap:{reference}"
     if kind in {"POS_SOLD", "POS_RETURNED"}:
         return f"inv:idem:{reference}"
-    if kind in {"RECEIVED", "ADJUSTED", "TRANSFERRED_OUT", "TRANSFERRED_IN", "QUARANTINED",
-                "QUARANTINE_RESTOCKED", "QUARANTINE_DISPOSED"}:
+    if kind in {
+        "RECEIVED",
+        "ADJUSTED",
+        "TRANSFERRED_OUT",
+        "TRANSFERRED_IN",
+        "QUARANTINED",
+        "QUARANTINE_RESTOCKED",
+        "QUARANTINE_DISPOSED",
+    }:
         return f"inv:idem:mv:{reference}"
     return ""
 
 
-async def read_ledger(bootstrap: str, *, since_ms: int | None = None, skus: Collection[str] | None = None,
-                      topic: str = INVENTORY_MOVEMENTS.name) -> LedgerState:
+async def read_ledger(
+    bootstrap: str,
+    *,
+    since_ms: int | None = None,
+    skus: Collection[str] | None = None,
+    topic: str = INVENTORY_MOVEMENTS.name,
+) -> LedgerState:
     """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
     state = LedgerState()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
@@ -197,16 +219,28 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         incoming = state.incoming.get((sku, loc), [])
         asof = state.snapshot_as_of.get((sku, loc), 0)
         ts = m.occurred_at.ToMilliseconds()
-        pipe.hset(f"inv:{{{sku}}}:c:{loc}", mapping={
-            "oh": m.after.on_hand, "rs": m.after.reserved, "ss": m.after.safety_stock, "qt": m.after.quarantined,
-            "inc": sum(s.quantity for s in incoming), "seq": m.sequence, "asof": asof, "ts": ts,
-        })
+        pipe.hset(
+            f"inv:{{{sku}}}:c:{loc}",
+            mapping={
+                "oh": m.after.on_hand,
+                "rs": m.after.reserved,
+                "ss": m.after.safety_stock,
+                "qt": m.after.quarantined,
+                "inc": sum(s.quantity for s in incoming),
+                "seq": m.sequence,
+                "asof": asof,
+                "ts": ts,
+            },
+        )
         pipe.sadd(f"inv:{{{sku}}}:locs", loc)
         in_key = f"inv:{{{sku}}}:in:{loc}"
         pipe.delete(in_key)
         for s in incoming:
-            pipe.hset(in_key, s.supply_id, json.dumps({"q": s.quantity, "at": s.expected_at.ToMilliseconds(),
-                                                       "src": s.source}))
+            pipe.hset(
+                in_key,
+                s.supply_id,
+                json.dumps({"q": s.quantity, "at": s.expected_at.ToMilliseconds(), "src": s.source}),
+            )
         mv_key = f"inv:{{{sku}}}:mv:{loc}"
         pipe.delete(mv_key)
         for p in state.physical.get((sku, loc), []):
@@ -224,15 +258,29 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         if closed and ttl <= 0:
             continue
         pipe.delete(key)
-        pipe.hset(key, mapping={
-            "st": status, "ch": codec.channel_name(last.channel), "ord": last.order_id, "exp": exp,
-            "cr": last.reservation_created_at.ToMilliseconds(), "fp": "",
-            "lines": json.dumps([
-                {"s": m.sku, "l": m.location_id, "q": m.reservation_line_quantity, "r": m.reservation_line_released,
-                 "f": m.reservation_line_fulfilled}
-                for _, m in lines
-            ]),
-        })
+        pipe.hset(
+            key,
+            mapping={
+                "st": status,
+                "ch": codec.channel_name(last.channel),
+                "ord": last.order_id,
+                "exp": exp,
+                "cr": last.reservation_created_at.ToMilliseconds(),
+                "fp": "",
+                "lines": json.dumps(
+                    [
+                        {
+                            "s": m.sku,
+                            "l": m.location_id,
+                            "q": m.reservation_line_quantity,
+                            "r": m.reservation_line_released,
+                            "f": m.reservation_line_fulfilled,
+                        }
+                        for _, m in lines
+                    ]
+                ),
+            },
+        )
         if closed:
             pipe.expire(key, ttl)
         else:
@@ -245,20 +293,35 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         if ttl > 0:
             pipe.set(key, marker, ex=ttl)
     await pipe.execute()
-    return {"counters": len(state.counters), "reservations_live": live, "skus": len(state.skus),
-            "locations": len(state.locations), "idempotency_records": len(state.idempotency)}
+    return {
+        "counters": len(state.counters),
+        "reservations_live": live,
+        "skus": len(state.skus),
+        "locations": len(state.locations),
+        "idempotency_records": len(state.idempotency),
+    }
 
 
-async def rebuild(bootstrap: str, redis: Redis, *, since_ms: int | None = None,
-                  skus: Collection[str] | None = None) -> dict[str, int]:
+async def rebuild(
+    bootstrap: str, redis: Redis, *, since_ms: int | None = None, skus: Collection[str] | None = None
+) -> dict[str, int]:
     state = await read_ledger(bootstrap, since_ms=since_ms, skus=skus)
     return await write_state(redis, state)
 
 
-async def dump_state(redis: Redis, skus: Collection[str], location_ids: Collection[str] = ()) -> dict[str, Any]:
+async def dump_state(
+    redis: Redis, skus: Collection[str], location_ids: Collection[str] = ()
+) -> dict[str, Any]:
     """A comparable picture of the state of ``skus`` (and master data of ``location_ids``)."""
-    out: dict[str, Any] = {"counters": {}, "incoming": {}, "movements": {}, "reservations": {}, "holds": {},
-                           "skus": {}, "locations": {}}
+    out: dict[str, Any] = {
+        "counters": {},
+        "incoming": {},
+        "movements": {},
+        "reservations": {},
+        "holds": {},
+        "skus": {},
+        "locations": {},
+    }
     wanted = set(skus)
     for sku in sorted(wanted):
         raw_sku = await redis.hget("inv:skus", sku)
@@ -297,11 +360,14 @@ async def _main(args: argparse.Namespace) -> int:
     redis = Redis.from_url(args.redis_url or settings.redis_url)
     try:
         if await redis.dbsize() and not args.force:
-            print("tutti-inventory-rebuild: the target Redis db is not empty; use --force to write into it",
-                  file=sys.stderr)
+            print(
+                "tutti-inventory-rebuild: the target Redis db is not empty; use --force to write into it",
+                file=sys.stderr,
+            )
             return 2
-        counts = await rebuild(args.kafka_bootstrap or settings.kafka_bootstrap, redis,
-                               skus=set(args.sku) if args.sku else None)
+        counts = await rebuild(
+            args.kafka_bootstrap or settings.kafka_bootstrap, redis, skus=set(args.sku) if args.sku else None
+        )
     finally:
         await redis.aclose()
     print(json.dumps(counts))
@@ -309,8 +375,11 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.inventory.rebuild", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.inventory.rebuild",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--redis-url", help="target Redis (default TUTTI_REDIS_URL)")
     parser.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers (default TUTTI_KAFKA_BOOTSTRAP)")
     parser.add_argument("--sku", action="append", help="rebuild only these SKUs (repeatable)")

@@ -11,18 +11,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tutti.inventory.v1 import events_pb2
+
 from runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.inventory.adapters import codec
-from services.inventory.adapters.watch import AvailabilityHub
 from services.inventory.adapters.redis_store import (
     RedisStore,
     location_to_json,
     policy_fields,
     sku_to_json,
 )
+from services.inventory.adapters.watch import AvailabilityHub
 from services.inventory.domain import model
 from services.inventory.domain.csv_import import parse_stock_csv
-from tutti.inventory.v1 import events_pb2
 
 EVENT_LOCATION = "tutti.inventory.v1.LocationUpserted"
 EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
@@ -65,17 +66,23 @@ class InventoryService:
         for loc in locations:
             hset.append(("inv:locations", loc.location_id, location_to_json(loc)))
             hset.append(("inv:locstate", loc.location_id, "1" if loc.active else "0"))
-            payload = events_pb2.LocationUpserted(location=codec.location_pb(loc), location_id=loc.location_id)
+            payload = events_pb2.LocationUpserted(
+                location=codec.location_pb(loc), location_id=loc.location_id
+            )
             events.append((EVENT_LOCATION, f"location:{loc.location_id}", payload.SerializeToString()))
         await self.store.write_meta(hset=hset, events=events)
         return list(locations)
 
-    async def list_locations(self, types: Sequence[model.LocationType] = (),
-                             capabilities: Sequence[model.Capability] = (), active_only: bool = False
-                             ) -> list[model.Location]:
+    async def list_locations(
+        self,
+        types: Sequence[model.LocationType] = (),
+        capabilities: Sequence[model.Capability] = (),
+        active_only: bool = False,
+    ) -> list[model.Location]:
         found = await self.store.locations()
         out = [
-            loc for loc in found.values()
+            loc
+            for loc in found.values()
             if (not types or loc.type in types)
             and all(c in loc.capabilities for c in capabilities)
             and (loc.active or not active_only)
@@ -97,7 +104,8 @@ class InventoryService:
         model.raise_if(model.check_id(f"skus[{i}].sku", s.sku) for i, s in enumerate(skus))
         hset = [("inv:skus", s.sku, sku_to_json(s)) for s in skus]
         events = [
-            (EVENT_SKU, s.sku, events_pb2.SkuRegistered(sku=codec.sku_pb(s)).SerializeToString()) for s in skus
+            (EVENT_SKU, s.sku, events_pb2.SkuRegistered(sku=codec.sku_pb(s)).SerializeToString())
+            for s in skus
         ]
         await self.store.write_meta(hset=hset, events=events)
         return len(skus)
@@ -115,7 +123,8 @@ class InventoryService:
                 raise NotFound(f"policy.excluded_location_ids[{i}]: unknown location {x}")
         payload = events_pb2.ChannelPolicySet(policy=codec.policy_pb(policy)).SerializeToString()
         await self.store.write_meta(
-            delete=[f"inv:policy:{policy.channel}"], hset=policy_fields(policy),
+            delete=[f"inv:policy:{policy.channel}"],
+            hset=policy_fields(policy),
             events=[(EVENT_POLICY, f"channel:{policy.channel}", payload)],
         )
         return policy
@@ -125,16 +134,19 @@ class InventoryService:
 
     # --- availability -------------------------------------------------------------------------
 
-    async def batch_get_availability(self, skus: Sequence[str], location_ids: Sequence[str], channel: str
-                                     ) -> list[model.SkuAvailability]:
+    async def batch_get_availability(
+        self, skus: Sequence[str], location_ids: Sequence[str], channel: str
+    ) -> list[model.SkuAvailability]:
         if not skus:
             raise InvalidArgument("skus", "at least one SKU is required")
         if len(skus) > model.MAX_BATCH_SKUS:
             raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per call, got {len(skus)}")
-        model.raise_if([
-            *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
-            *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
-        ])
+        model.raise_if(
+            [
+                *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
+                *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
+            ]
+        )
         result = await self.store.read(channel, _unique(location_ids), skus)
         for i, x in enumerate(location_ids):
             if result.location_state.get(x, "missing") == "missing":
@@ -147,7 +159,9 @@ class InventoryService:
             out.append(model.availability_view(sku, levels, result.policy, active))
         return out
 
-    async def get_availability(self, sku: str, location_ids: Sequence[str], channel: str) -> model.SkuAvailability:
+    async def get_availability(
+        self, sku: str, location_ids: Sequence[str], channel: str
+    ) -> model.SkuAvailability:
         model.require_id("sku", sku)
         try:
             (view,) = await self.batch_get_availability([sku], location_ids, channel)
@@ -167,8 +181,9 @@ class InventoryService:
             raise NotFound(f"sku: unknown SKU {sku}")
         return levels
 
-    async def watch(self, skus: Sequence[str], location_ids: Sequence[str], channel: str
-                    ) -> AsyncIterator[WatchUpdate]:
+    async def watch(
+        self, skus: Sequence[str], location_ids: Sequence[str], channel: str
+    ) -> AsyncIterator[WatchUpdate]:
         """The current availability of ``skus`` (one message per SKU), then every change.
 
         Subscribes before reading the snapshot and drops changes the snapshot already shows
@@ -177,10 +192,12 @@ class InventoryService:
             raise Unavailable("watching is not enabled in this process")
         if len(skus) > model.MAX_BATCH_SKUS:
             raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per watch, got {len(skus)}")
-        model.raise_if([
-            *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
-            *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
-        ])
+        model.raise_if(
+            [
+                *(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus)),
+                *(model.check_id(f"location_ids[{i}]", x) for i, x in enumerate(location_ids)),
+            ]
+        )
         wanted_locs = set(location_ids)
         with self.hub.subscribe(skus, location_ids) as sub:
             seen: dict[tuple[str, str], int] = {}
@@ -221,10 +238,17 @@ class InventoryService:
                     continue
                 inc = int(change.get("inc") or 0)
                 level = model.StockLevel(
-                    sku, loc, model.Counters(int(change["oh"]), int(change["rs"]), int(change["ss"]), int(change["qt"])),
-                    incoming=(model.IncomingSupply("", inc, 0),) if inc else (), sequence=seq,
+                    sku,
+                    loc,
+                    model.Counters(
+                        int(change["oh"]), int(change["rs"]), int(change["ss"]), int(change["qt"])
+                    ),
+                    incoming=(model.IncomingSupply("", inc, 0),) if inc else (),
+                    sequence=seq,
                 )
-                entry = model.LocationAvailability(level, model.channel_available(level.counters, policy, loc, True))
+                entry = model.LocationAvailability(
+                    level, model.channel_available(level.counters, policy, loc, True)
+                )
                 per_sku = shown.setdefault(sku, {})
                 per_sku[loc] = entry
                 network = sum(a.available for a in per_sku.values())
@@ -232,18 +256,28 @@ class InventoryService:
 
     # --- reservations -------------------------------------------------------------------------
 
-    async def reserve(self, reservation_id: str, lines: Sequence[model.Line], channel: str, order_id: str = "",
-                      hold_ttl_s: int = 0) -> tuple[model.Reservation, bool]:
+    async def reserve(
+        self,
+        reservation_id: str,
+        lines: Sequence[model.Line],
+        channel: str,
+        order_id: str = "",
+        hold_ttl_s: int = 0,
+    ) -> tuple[model.Reservation, bool]:
         violations = [model.check_id("reservation_id", reservation_id)]
         if order_id:
             violations.append(model.check_id("order_id", order_id))
         if not channel:
             violations.append(FieldViolation("channel", "is required"))
         if not 0 <= hold_ttl_s <= model.MAX_HOLD_SECONDS:
-            violations.append(FieldViolation("hold_ttl_seconds", f"must be between 0 and {model.MAX_HOLD_SECONDS}"))
+            violations.append(
+                FieldViolation("hold_ttl_seconds", f"must be between 0 and {model.MAX_HOLD_SECONDS}")
+            )
         model.raise_if(violations)
         model.validate_lines(lines)
-        fp = model.fingerprint(sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s)
+        fp = model.fingerprint(
+            sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s
+        )
         return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
 
     async def confirm(self, reservation_id: str, order_id: str = "") -> model.Reservation:
@@ -252,16 +286,19 @@ class InventoryService:
             model.require_id("order_id", order_id)
         return await self.store.confirm(reservation_id, order_id)
 
-    async def release(self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "",
-                      reason: str = "") -> model.Reservation:
+    async def release(
+        self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "", reason: str = ""
+    ) -> model.Reservation:
         return await self._release_or_fulfil("release", reservation_id, lines, request_id, reason)
 
-    async def fulfil(self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "",
-                     reason: str = "") -> model.Reservation:
+    async def fulfil(
+        self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "", reason: str = ""
+    ) -> model.Reservation:
         return await self._release_or_fulfil("fulfil", reservation_id, lines, request_id, reason)
 
-    async def _release_or_fulfil(self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str,
-                                 reason: str) -> model.Reservation:
+    async def _release_or_fulfil(
+        self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str, reason: str
+    ) -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
         model.validate_lines(lines, required=False)
         if request_id:
@@ -282,9 +319,15 @@ class InventoryService:
 
     # --- stock sync ---------------------------------------------------------------------------
 
-    async def apply_snapshot(self, snapshot_id: str, as_of_ms: int, lines: Sequence[model.Line], source: str = "",
-                             safety: dict[tuple[str, str], int] | None = None, line_field: str = "lines",
-                             ) -> list[tuple[model.Line, bool, model.StockLevel, int]]:
+    async def apply_snapshot(
+        self,
+        snapshot_id: str,
+        as_of_ms: int,
+        lines: Sequence[model.Line],
+        source: str = "",
+        safety: dict[tuple[str, str], int] | None = None,
+        line_field: str = "lines",
+    ) -> list[tuple[model.Line, bool, model.StockLevel, int]]:
         model.require_id("snapshot_id", snapshot_id)
         if as_of_ms <= 0:
             raise InvalidArgument("as_of", "is required")
@@ -301,19 +344,42 @@ class InventoryService:
                 model.check_quantity(f"{line_field}[{i}].on_hand", line.quantity, allow_zero=True),
             ]
             if (line.sku, line.location_id) in seen:
-                violations.append(FieldViolation(f"{line_field}[{i}]", "SKU x location appears more than once"))
+                violations.append(
+                    FieldViolation(f"{line_field}[{i}]", "SKU x location appears more than once")
+                )
             seen.add((line.sku, line.location_id))
         model.raise_if(violations)
         ops: list[dict[str, Any]] = []
         for line in lines:
-            ops.append({"op": "snap", "k": "SNAPSHOT_APPLIED", "s": line.sku, "l": line.location_id,
-                        "abs": line.quantity, "asof": as_of_ms})
+            ops.append(
+                {
+                    "op": "snap",
+                    "k": "SNAPSHOT_APPLIED",
+                    "s": line.sku,
+                    "l": line.location_id,
+                    "abs": line.quantity,
+                    "asof": as_of_ms,
+                }
+            )
             if safety and (line.sku, line.location_id) in safety:
-                ops.append({"op": "safety", "k": "SAFETY_STOCK_SET", "s": line.sku, "l": line.location_id,
-                            "ss": safety[(line.sku, line.location_id)]})
+                ops.append(
+                    {
+                        "op": "safety",
+                        "k": "SAFETY_STOCK_SET",
+                        "s": line.sku,
+                        "l": line.location_id,
+                        "ss": safety[(line.sku, line.location_id)],
+                    }
+                )
         fp = model.fingerprint(as_of_ms, [(x.sku, x.location_id, x.quantity) for x in lines], safety)
-        result = await self.store.apply(ops, idem_key=f"inv:idem:snap:{snapshot_id}", fp=fp, reference=snapshot_id,
-                                        reason=source[:200], line_field=line_field)
+        result = await self.store.apply(
+            ops,
+            idem_key=f"inv:idem:snap:{snapshot_id}",
+            fp=fp,
+            reference=snapshot_id,
+            reason=source[:200],
+            line_field=line_field,
+        )
         out = []
         # A rebuilt idempotency record (see rebuild.py) carries no per-line results.
         op_results = result.ops or [{"applied": False} for _ in ops]
@@ -334,81 +400,191 @@ class InventoryService:
         applied = sum(1 for _, ok, _, _ in results if ok)
         return applied, len(results) - applied
 
-    async def _movement(self, movement_id: str, ops: list[dict[str, Any]], fp_parts: object, reason: str,
-                        line_field: str = "lines") -> tuple[bool, dict[tuple[str, str], model.StockLevel]]:
+    async def _movement(
+        self,
+        movement_id: str,
+        ops: list[dict[str, Any]],
+        fp_parts: object,
+        reason: str,
+        line_field: str = "lines",
+    ) -> tuple[bool, dict[tuple[str, str], model.StockLevel]]:
         fp = model.fingerprint(fp_parts)
-        result = await self.store.apply(ops, idem_key=f"inv:idem:mv:{movement_id}", fp=fp, reference=movement_id,
-                                        reason=reason[:200], line_field=line_field)
+        result = await self.store.apply(
+            ops,
+            idem_key=f"inv:idem:mv:{movement_id}",
+            fp=fp,
+            reference=movement_id,
+            reason=reason[:200],
+            line_field=line_field,
+        )
         levels = result.levels
         missing = {(op["s"], op["l"]) for op in ops} - set(levels)
         for sku, loc in missing:  # a rebuilt idempotency record carries no levels
             levels[(sku, loc)] = (await self.get_stock_levels(sku, [loc]))[0]
         return result.duplicate, levels
 
-    async def receive(self, movement_id: str, location_id: str, lines: Sequence[model.Line], quarantined: bool = False,
-                      supply_id: str = "", reason: str = "") -> tuple[bool, list[model.StockLevel]]:
-        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("location_id", location_id),
-                        model.check_id("supply_id", supply_id) if supply_id else None])
+    async def receive(
+        self,
+        movement_id: str,
+        location_id: str,
+        lines: Sequence[model.Line],
+        quarantined: bool = False,
+        supply_id: str = "",
+        reason: str = "",
+    ) -> tuple[bool, list[model.StockLevel]]:
+        model.raise_if(
+            [
+                model.check_id("movement_id", movement_id),
+                model.check_id("location_id", location_id),
+                model.check_id("supply_id", supply_id) if supply_id else None,
+            ]
+        )
         lines = [model.Line(x.sku, location_id, x.quantity) for x in lines]
         model.validate_lines(lines, maximum=model.MAX_MOVEMENT_LINES)
-        ops = [{"op": "delta", "k": "RECEIVED", "s": x.sku, "l": location_id,
-                "doh": 0 if quarantined else x.quantity, "dqt": x.quantity if quarantined else 0,
-                "mode": "strict", "sup": supply_id} for x in lines]
-        dup, levels = await self._movement(movement_id, ops, ("recv", location_id, lines, quarantined, supply_id),
-                                           reason)
+        ops = [
+            {
+                "op": "delta",
+                "k": "RECEIVED",
+                "s": x.sku,
+                "l": location_id,
+                "doh": 0 if quarantined else x.quantity,
+                "dqt": x.quantity if quarantined else 0,
+                "mode": "strict",
+                "sup": supply_id,
+            }
+            for x in lines
+        ]
+        dup, levels = await self._movement(
+            movement_id, ops, ("recv", location_id, lines, quarantined, supply_id), reason
+        )
         return dup, [levels[(x.sku, location_id)] for x in lines]
 
-    async def adjust(self, movement_id: str, sku: str, location_id: str, delta: int, reason: str = ""
-                     ) -> tuple[bool, model.StockLevel]:
-        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
-                        model.check_id("location_id", location_id),
-                        FieldViolation("delta", "must not be zero") if delta == 0 else None,
-                        FieldViolation("delta", "is out of range") if abs(delta) > model.MAX_QUANTITY else None])
-        ops = [{"op": "delta", "k": "ADJUSTED", "s": sku, "l": location_id, "doh": delta, "dqt": 0, "mode": "strict"}]
+    async def adjust(
+        self, movement_id: str, sku: str, location_id: str, delta: int, reason: str = ""
+    ) -> tuple[bool, model.StockLevel]:
+        model.raise_if(
+            [
+                model.check_id("movement_id", movement_id),
+                model.check_id("sku", sku),
+                model.check_id("location_id", location_id),
+                FieldViolation("delta", "must not be zero") if delta == 0 else None,
+                FieldViolation("delta", "is out of range") if abs(delta) > model.MAX_QUANTITY else None,
+            ]
+        )
+        ops = [
+            {
+                "op": "delta",
+                "k": "ADJUSTED",
+                "s": sku,
+                "l": location_id,
+                "doh": delta,
+                "dqt": 0,
+                "mode": "strict",
+            }
+        ]
         dup, levels = await self._movement(movement_id, ops, ("adj", sku, location_id, delta), reason, "sku")
         return dup, levels[(sku, location_id)]
 
-    async def transfer(self, movement_id: str, sku: str, from_id: str, to_id: str, quantity: int
-                       ) -> tuple[bool, model.StockLevel, model.StockLevel]:
-        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
-                        model.check_id("from_location_id", from_id), model.check_id("to_location_id", to_id),
-                        model.check_quantity("quantity", quantity),
-                        FieldViolation("to_location_id", "must differ from from_location_id")
-                        if from_id == to_id else None])
+    async def transfer(
+        self, movement_id: str, sku: str, from_id: str, to_id: str, quantity: int
+    ) -> tuple[bool, model.StockLevel, model.StockLevel]:
+        model.raise_if(
+            [
+                model.check_id("movement_id", movement_id),
+                model.check_id("sku", sku),
+                model.check_id("from_location_id", from_id),
+                model.check_id("to_location_id", to_id),
+                model.check_quantity("quantity", quantity),
+                FieldViolation("to_location_id", "must differ from from_location_id")
+                if from_id == to_id
+                else None,
+            ]
+        )
         ops = [
-            {"op": "delta", "k": "TRANSFERRED_OUT", "s": sku, "l": from_id, "doh": -quantity, "dqt": 0,
-             "mode": "strict", "cp": to_id},
-            {"op": "delta", "k": "TRANSFERRED_IN", "s": sku, "l": to_id, "doh": quantity, "dqt": 0,
-             "mode": "strict", "cp": from_id},
+            {
+                "op": "delta",
+                "k": "TRANSFERRED_OUT",
+                "s": sku,
+                "l": from_id,
+                "doh": -quantity,
+                "dqt": 0,
+                "mode": "strict",
+                "cp": to_id,
+            },
+            {
+                "op": "delta",
+                "k": "TRANSFERRED_IN",
+                "s": sku,
+                "l": to_id,
+                "doh": quantity,
+                "dqt": 0,
+                "mode": "strict",
+                "cp": from_id,
+            },
         ]
         try:
-            dup, levels = await self._movement(movement_id, ops, ("xfer", sku, from_id, to_id, quantity), "transfer")
+            dup, levels = await self._movement(
+                movement_id, ops, ("xfer", sku, from_id, to_id, quantity), "transfer"
+            )
         except NotFound as exc:
-            raise NotFound(exc.message.replace("lines[0].location_id", "from_location_id")
-                           .replace("lines[1].location_id", "to_location_id").replace("lines[0].sku", "sku")) from None
+            raise NotFound(
+                exc.message.replace("lines[0].location_id", "from_location_id")
+                .replace("lines[1].location_id", "to_location_id")
+                .replace("lines[0].sku", "sku")
+            ) from None
         return dup, levels[(sku, from_id)], levels[(sku, to_id)]
 
-    async def quarantine(self, movement_id: str, sku: str, location_id: str, quantity: int, reason: str = ""
-                         ) -> tuple[bool, model.StockLevel]:
+    async def quarantine(
+        self, movement_id: str, sku: str, location_id: str, quantity: int, reason: str = ""
+    ) -> tuple[bool, model.StockLevel]:
         self._check_single(movement_id, sku, location_id, quantity)
-        ops = [{"op": "delta", "k": "QUARANTINED", "s": sku, "l": location_id, "doh": -quantity, "dqt": quantity,
-                "mode": "strict"}]
-        dup, levels = await self._movement(movement_id, ops, ("qt", sku, location_id, quantity), reason, "sku")
+        ops = [
+            {
+                "op": "delta",
+                "k": "QUARANTINED",
+                "s": sku,
+                "l": location_id,
+                "doh": -quantity,
+                "dqt": quantity,
+                "mode": "strict",
+            }
+        ]
+        dup, levels = await self._movement(
+            movement_id, ops, ("qt", sku, location_id, quantity), reason, "sku"
+        )
         return dup, levels[(sku, location_id)]
 
-    async def release_quarantine(self, movement_id: str, sku: str, location_id: str, quantity: int, restock: bool
-                                 ) -> tuple[bool, model.StockLevel]:
+    async def release_quarantine(
+        self, movement_id: str, sku: str, location_id: str, quantity: int, restock: bool
+    ) -> tuple[bool, model.StockLevel]:
         self._check_single(movement_id, sku, location_id, quantity)
         kind = "QUARANTINE_RESTOCKED" if restock else "QUARANTINE_DISPOSED"
-        ops = [{"op": "delta", "k": kind, "s": sku, "l": location_id, "doh": quantity if restock else 0,
-                "dqt": -quantity, "mode": "strict"}]
-        dup, levels = await self._movement(movement_id, ops, ("uq", sku, location_id, quantity, restock), kind, "sku")
+        ops = [
+            {
+                "op": "delta",
+                "k": kind,
+                "s": sku,
+                "l": location_id,
+                "doh": quantity if restock else 0,
+                "dqt": -quantity,
+                "mode": "strict",
+            }
+        ]
+        dup, levels = await self._movement(
+            movement_id, ops, ("uq", sku, location_id, quantity, restock), kind, "sku"
+        )
         return dup, levels[(sku, location_id)]
 
     @staticmethod
     def _check_single(movement_id: str, sku: str, location_id: str, quantity: int) -> None:
-        model.raise_if([model.check_id("movement_id", movement_id), model.check_id("sku", sku),
-                        model.check_id("location_id", location_id), model.check_quantity("quantity", quantity)])
+        model.raise_if(
+            [
+                model.check_id("movement_id", movement_id),
+                model.check_id("sku", sku),
+                model.check_id("location_id", location_id),
+                model.check_quantity("quantity", quantity),
+            ]
+        )
 
     async def set_safety_stock(self, lines: Sequence[model.Line]) -> list[model.StockLevel]:
         if not lines:
@@ -417,41 +593,96 @@ class InventoryService:
             raise InvalidArgument("lines", f"at most {model.MAX_SNAPSHOT_LINES} lines")
         violations: list[FieldViolation | None] = []
         for i, x in enumerate(lines):
-            violations += [model.check_id(f"lines[{i}].sku", x.sku), model.check_id(f"lines[{i}].location_id", x.location_id),
-                           model.check_quantity(f"lines[{i}].safety_stock", x.quantity, allow_zero=True)]
+            violations += [
+                model.check_id(f"lines[{i}].sku", x.sku),
+                model.check_id(f"lines[{i}].location_id", x.location_id),
+                model.check_quantity(f"lines[{i}].safety_stock", x.quantity, allow_zero=True),
+            ]
         model.raise_if(violations)
-        ops = [{"op": "safety", "k": "SAFETY_STOCK_SET", "s": x.sku, "l": x.location_id, "ss": x.quantity} for x in lines]
+        ops = [
+            {"op": "safety", "k": "SAFETY_STOCK_SET", "s": x.sku, "l": x.location_id, "ss": x.quantity}
+            for x in lines
+        ]
         result = await self.store.apply(ops)
         return [result.levels[(x.sku, x.location_id)] for x in lines]
 
-    async def set_incoming_supply(self, sku: str, location_id: str, supply: model.IncomingSupply) -> model.StockLevel:
-        model.raise_if([model.check_id("sku", sku), model.check_id("location_id", location_id),
-                        model.check_id("supply.supply_id", supply.supply_id),
-                        model.check_quantity("supply.quantity", supply.quantity, allow_zero=True),
-                        FieldViolation("supply.expected_at", "is required")
-                        if supply.quantity > 0 and supply.expected_at_ms <= 0 else None])
-        ops = [{"op": "incoming", "k": "INCOMING_SUPPLY_SET", "s": sku, "l": location_id, "sid": supply.supply_id,
-                "q": supply.quantity, "at": supply.expected_at_ms, "src": supply.source[:100]}]
+    async def set_incoming_supply(
+        self, sku: str, location_id: str, supply: model.IncomingSupply
+    ) -> model.StockLevel:
+        model.raise_if(
+            [
+                model.check_id("sku", sku),
+                model.check_id("location_id", location_id),
+                model.check_id("supply.supply_id", supply.supply_id),
+                model.check_quantity("supply.quantity", supply.quantity, allow_zero=True),
+                FieldViolation("supply.expected_at", "is required")
+                if supply.quantity > 0 and supply.expected_at_ms <= 0
+                else None,
+            ]
+        )
+        ops = [
+            {
+                "op": "incoming",
+                "k": "INCOMING_SUPPLY_SET",
+                "s": sku,
+                "l": location_id,
+                "sid": supply.supply_id,
+                "q": supply.quantity,
+                "at": supply.expected_at_ms,
+                "src": supply.source[:100],
+            }
+        ]
         result = await self.store.apply(ops, reference=supply.supply_id, line_field="sku")
         return result.levels[(sku, location_id)]
 
     # --- POS ----------------------------------------------------------------------------------
 
-    async def pos_sale(self, terminal_id: str, sale_id: str, location_id: str, is_return: bool,
-                       lines: Sequence[tuple[str, int, bool]]) -> PosResult:
+    async def pos_sale(
+        self,
+        terminal_id: str,
+        sale_id: str,
+        location_id: str,
+        is_return: bool,
+        lines: Sequence[tuple[str, int, bool]],
+    ) -> PosResult:
         """Records a till sale or return. A sale never fails for lack of stock (the goods are gone):
         on_hand falls to the reserved level at most and the rest is reported as shortfall."""
-        model.raise_if([model.check_id("terminal_id", terminal_id), model.check_id("sale_id", sale_id),
-                        model.check_id("location_id", location_id)])
-        model.validate_lines([model.Line(s, location_id, q) for s, q, _ in lines], maximum=model.MAX_POS_LINES)
+        model.raise_if(
+            [
+                model.check_id("terminal_id", terminal_id),
+                model.check_id("sale_id", sale_id),
+                model.check_id("location_id", location_id),
+            ]
+        )
+        model.validate_lines(
+            [model.Line(s, location_id, q) for s, q, _ in lines], maximum=model.MAX_POS_LINES
+        )
         ops = []
         for sku, qty, damaged in lines:
             if is_return:
-                ops.append({"op": "delta", "k": "POS_RETURNED", "s": sku, "l": location_id,
-                            "doh": 0 if damaged else qty, "dqt": qty if damaged else 0, "mode": "strict"})
+                ops.append(
+                    {
+                        "op": "delta",
+                        "k": "POS_RETURNED",
+                        "s": sku,
+                        "l": location_id,
+                        "doh": 0 if damaged else qty,
+                        "dqt": qty if damaged else 0,
+                        "mode": "strict",
+                    }
+                )
             else:
-                ops.append({"op": "delta", "k": "POS_SOLD", "s": sku, "l": location_id, "doh": -qty, "dqt": 0,
-                            "mode": "clamp"})
+                ops.append(
+                    {
+                        "op": "delta",
+                        "k": "POS_SOLD",
+                        "s": sku,
+                        "l": location_id,
+                        "doh": -qty,
+                        "dqt": 0,
+                        "mode": "clamp",
+                    }
+                )
         ref = f"pos:{terminal_id}:{sale_id}"
         fp = model.fingerprint(location_id, is_return, list(lines))
         result = await self.store.apply(ops, idem_key=f"inv:idem:{ref}", fp=fp, reference=ref, reason="POS")

@@ -8,21 +8,27 @@ import time
 
 import grpc
 import pytest
-
-from runtime.kafka import INVENTORY_AVAILABILITY, INVENTORY_MOVEMENTS
-from tests.inventory.conftest import seed
-from tests.support import random_id, read_events, wait_for
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import events_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
 
+from runtime.kafka import INVENTORY_AVAILABILITY, INVENTORY_MOVEMENTS
+from tests.inventory.conftest import seed
+from tests.support import random_id, read_events, wait_for
+
 pytestmark = pytest.mark.integration
 
 
-def sale(terminal: str, sale_id: str, loc: str, sku: str, qty: int = 1,
-         kind: int = pb.POS_SALE_KIND_SALE) -> pb.StreamPosSalesRequest:
-    return pb.StreamPosSalesRequest(terminal_id=terminal, sale_id=sale_id, location_id=loc, kind=kind,  # type: ignore[arg-type]
-                                    lines=[pb.PosLine(sku=sku, quantity=qty)])
+def sale(
+    terminal: str, sale_id: str, loc: str, sku: str, qty: int = 1, kind: int = pb.POS_SALE_KIND_SALE
+) -> pb.StreamPosSalesRequest:
+    return pb.StreamPosSalesRequest(
+        terminal_id=terminal,
+        sale_id=sale_id,
+        location_id=loc,
+        kind=kind,  # type: ignore[arg-type]
+        lines=[pb.PosLine(sku=sku, quantity=qty)],
+    )
 
 
 async def on_hand(stub, sku: str, loc: str) -> int:
@@ -55,9 +61,13 @@ async def test_pos_batch_resent_after_a_dropped_stream_counts_once(stub):
 
 async def test_pos_rejects_bad_sales_without_ending_the_stream_and_reports_shortfall(stub):
     (sku,), (store,) = await seed(stub, on_hand=3)
-    await stub.ReserveStock(pb.ReserveStockRequest(
-        reservation_id=random_id("r"), channel=common_pb2.CHANNEL_WEB,
-        lines=[pb.ReservationLine(sku=sku, location_id=store, quantity=2)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(
+            reservation_id=random_id("r"),
+            channel=common_pb2.CHANNEL_WEB,
+            lines=[pb.ReservationLine(sku=sku, location_id=store, quantity=2)],
+        )
+    )
     terminal = random_id("T")
     call = stub.StreamPosSales()
     await call.write(sale(terminal, "bad-1", store, "SKU-does-not-exist"))
@@ -76,7 +86,7 @@ async def test_pos_rejects_bad_sales_without_ending_the_stream_and_reports_short
 
 
 async def test_pos_sale_shows_up_on_a_watch_stream_and_on_kafka(stub, settings):
-    (sku,), (store, dc) = await seed(stub, locations=2, on_hand=10)
+    (sku,), (store, _dc) = await seed(stub, locations=2, on_hand=10)
     started_ms = int(time.time() * 1000) - 1000
     watch = stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[sku], channel=common_pb2.CHANNEL_WEB))
     snapshot = await watch.read()
@@ -106,8 +116,9 @@ async def test_pos_sale_shows_up_on_a_watch_stream_and_on_kafka(stub, settings):
         env.payload.Unpack(m)
         return m.reference == reference
 
-    (env,) = await read_events(settings.kafka_bootstrap, INVENTORY_MOVEMENTS.name, is_sale,
-                               from_beginning_ms=started_ms)
+    (env,) = await read_events(
+        settings.kafka_bootstrap, INVENTORY_MOVEMENTS.name, is_sale, from_beginning_ms=started_ms
+    )
     movement = events_pb2.StockMovementRecorded()
     env.payload.Unpack(movement)
     assert env.key == sku
@@ -117,8 +128,9 @@ async def test_pos_sale_shows_up_on_a_watch_stream_and_on_kafka(stub, settings):
     def is_availability(env) -> bool:
         return env.key == f"{sku}@{store}" and env.sequence == movement.sequence
 
-    (avail,) = await read_events(settings.kafka_bootstrap, INVENTORY_AVAILABILITY.name, is_availability,
-                                 from_beginning_ms=started_ms)
+    (avail,) = await read_events(
+        settings.kafka_bootstrap, INVENTORY_AVAILABILITY.name, is_availability, from_beginning_ms=started_ms
+    )
     changed = events_pb2.AvailabilityChanged()
     avail.payload.Unpack(changed)
     assert changed.counters.available_to_promise == 7
@@ -129,8 +141,12 @@ async def test_watch_filters_and_never_goes_backwards(stub):
     watch = stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[a]))
     first = await watch.read()
     assert first.availability.sku == a
-    await stub.AdjustStock(pb.AdjustStockRequest(movement_id=random_id("adj"), sku=b, location_id=loc, delta=1))
-    await stub.AdjustStock(pb.AdjustStockRequest(movement_id=random_id("adj"), sku=a, location_id=loc, delta=2))
+    await stub.AdjustStock(
+        pb.AdjustStockRequest(movement_id=random_id("adj"), sku=b, location_id=loc, delta=1)
+    )
+    await stub.AdjustStock(
+        pb.AdjustStockRequest(movement_id=random_id("adj"), sku=a, location_id=loc, delta=2)
+    )
     change = await asyncio.wait_for(watch.read(), timeout=5)
     assert change.availability.sku == a and change.availability.locations[0].on_hand == 7
     watch.cancel()

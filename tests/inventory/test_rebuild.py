@@ -7,6 +7,8 @@ import time
 import pytest
 from google.protobuf import timestamp_pb2
 from redis.asyncio import Redis
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as pb
 
 from services.inventory.adapters.redis_store import RedisStore
 from services.inventory.domain import model
@@ -14,8 +16,6 @@ from services.inventory.rebuild import dump_state, rebuild
 from services.inventory.service import InventoryService
 from tests.inventory.conftest import REBUILD_DBS, redis_url, seed
 from tests.support import random_id, wait_for
-from tutti.common.v1 import common_pb2
-from tutti.inventory.v1 import inventory_pb2 as pb
 
 pytestmark = pytest.mark.integration
 WEB = common_pb2.CHANNEL_WEB
@@ -35,48 +35,100 @@ async def test_rebuild_from_the_ledger_equals_the_state_before_the_loss(stub, se
     expected.FromMilliseconds(now + 86_400_000)
 
     # A mix of every kind of movement.
-    await stub.ApplyStockSnapshot(pb.ApplyStockSnapshotRequest(
-        snapshot_id=random_id("snap"), as_of=as_of, lines=[pb.SnapshotLine(sku=c, location_id=dc, on_hand=30)]))
-    await stub.SetSafetyStock(pb.SetSafetyStockRequest(lines=[pb.SafetyStockLine(sku=a, location_id=dc,
-                                                                                  safety_stock=2)]))
-    await stub.SetIncomingSupply(pb.SetIncomingSupplyRequest(sku=b, location_id=dc, supply=pb.IncomingSupply(
-        supply_id="PO-1", quantity=40, expected_at=expected, source="PO")))
-    await stub.ReceiveStock(pb.ReceiveStockRequest(movement_id=random_id("rcv"), location_id=dc, supply_id="PO-1",
-                                                   lines=[line(b, "", 10)]))
+    await stub.ApplyStockSnapshot(
+        pb.ApplyStockSnapshotRequest(
+            snapshot_id=random_id("snap"),
+            as_of=as_of,
+            lines=[pb.SnapshotLine(sku=c, location_id=dc, on_hand=30)],
+        )
+    )
+    await stub.SetSafetyStock(
+        pb.SetSafetyStockRequest(lines=[pb.SafetyStockLine(sku=a, location_id=dc, safety_stock=2)])
+    )
+    await stub.SetIncomingSupply(
+        pb.SetIncomingSupplyRequest(
+            sku=b,
+            location_id=dc,
+            supply=pb.IncomingSupply(supply_id="PO-1", quantity=40, expected_at=expected, source="PO"),
+        )
+    )
+    await stub.ReceiveStock(
+        pb.ReceiveStockRequest(
+            movement_id=random_id("rcv"), location_id=dc, supply_id="PO-1", lines=[line(b, "", 10)]
+        )
+    )
     held = random_id("hold")
-    await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=held, channel=WEB, hold_ttl_seconds=3600,
-                                                   lines=[line(a, store, 2), line(b, dc, 3)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(
+            reservation_id=held, channel=WEB, hold_ttl_seconds=3600, lines=[line(a, store, 2), line(b, dc, 3)]
+        )
+    )
     firm = random_id("firm")
-    await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=firm, channel=common_pb2.CHANNEL_APP,
-                                                   order_id=random_id("ord"), lines=[line(a, dc, 4), line(c, dc, 5)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(
+            reservation_id=firm,
+            channel=common_pb2.CHANNEL_APP,
+            order_id=random_id("ord"),
+            lines=[line(a, dc, 4), line(c, dc, 5)],
+        )
+    )
     confirmed = random_id("conf")
-    await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=confirmed, channel=WEB, hold_ttl_seconds=3600,
-                                                   lines=[line(c, store, 6)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(
+            reservation_id=confirmed, channel=WEB, hold_ttl_seconds=3600, lines=[line(c, store, 6)]
+        )
+    )
     await stub.ConfirmReservation(pb.ConfirmReservationRequest(reservation_id=confirmed, order_id="O-9"))
-    await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id=confirmed, lines=[line(c, store, 1)],
-                                                               request_id="rel-1"))
-    await stub.FulfilReservation(pb.FulfilReservationRequest(reservation_id=firm, lines=[line(a, dc, 4)],
-                                                             request_id="ship-1"))
+    await stub.ReleaseReservation(
+        pb.ReleaseReservationRequest(reservation_id=confirmed, lines=[line(c, store, 1)], request_id="rel-1")
+    )
+    await stub.FulfilReservation(
+        pb.FulfilReservationRequest(reservation_id=firm, lines=[line(a, dc, 4)], request_id="ship-1")
+    )
     released = random_id("gone")
-    await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=released, channel=WEB, lines=[line(b, store, 1)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(reservation_id=released, channel=WEB, lines=[line(b, store, 1)])
+    )
     await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id=released))
     expiring = random_id("exp")
-    await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=expiring, channel=WEB, hold_ttl_seconds=1,
-                                                   lines=[line(a, store, 1)]))
+    await stub.ReserveStock(
+        pb.ReserveStockRequest(
+            reservation_id=expiring, channel=WEB, hold_ttl_seconds=1, lines=[line(a, store, 1)]
+        )
+    )
     terminal = random_id("T")
     call = stub.StreamPosSales()
-    await call.write(pb.StreamPosSalesRequest(terminal_id=terminal, sale_id="S-1", location_id=store,
-                                              kind=pb.POS_SALE_KIND_SALE, lines=[pb.PosLine(sku=b, quantity=2)]))
-    await call.write(pb.StreamPosSalesRequest(terminal_id=terminal, sale_id="S-2", location_id=store,
-                                              kind=pb.POS_SALE_KIND_RETURN,
-                                              lines=[pb.PosLine(sku=a, quantity=1, damaged=True)]))
+    await call.write(
+        pb.StreamPosSalesRequest(
+            terminal_id=terminal,
+            sale_id="S-1",
+            location_id=store,
+            kind=pb.POS_SALE_KIND_SALE,
+            lines=[pb.PosLine(sku=b, quantity=2)],
+        )
+    )
+    await call.write(
+        pb.StreamPosSalesRequest(
+            terminal_id=terminal,
+            sale_id="S-2",
+            location_id=store,
+            kind=pb.POS_SALE_KIND_RETURN,
+            lines=[pb.PosLine(sku=a, quantity=1, damaged=True)],
+        )
+    )
     await call.done_writing()
     assert [ack.status async for ack in call] == [pb.POS_ACK_STATUS_ACCEPTED] * 2
-    await stub.TransferStock(pb.TransferStockRequest(movement_id=random_id("x"), sku=c, from_location_id=dc,
-                                                     to_location_id=store, quantity=3))
-    await stub.QuarantineStock(pb.QuarantineStockRequest(movement_id=random_id("q"), sku=b, location_id=store,
-                                                         quantity=2))
-    await stub.AdjustStock(pb.AdjustStockRequest(movement_id=random_id("adj"), sku=a, location_id=dc, delta=-1))
+    await stub.TransferStock(
+        pb.TransferStockRequest(
+            movement_id=random_id("x"), sku=c, from_location_id=dc, to_location_id=store, quantity=3
+        )
+    )
+    await stub.QuarantineStock(
+        pb.QuarantineStockRequest(movement_id=random_id("q"), sku=b, location_id=store, quantity=2)
+    )
+    await stub.AdjustStock(
+        pb.AdjustStockRequest(movement_id=random_id("adj"), sku=a, location_id=dc, delta=-1)
+    )
 
     async def expired() -> bool:
         r = await stub.GetReservation(pb.GetReservationRequest(reservation_id=expiring))
@@ -105,7 +157,9 @@ async def test_rebuild_from_the_ledger_equals_the_state_before_the_loss(stub, se
         svc = InventoryService(RedisStore(target))
         result = await svc.pos_sale(terminal, "S-1", store, False, [(b, 2, False)])
         assert result.duplicate
-        _, dup = await svc.reserve(held, [model.Line(a, store, 2), model.Line(b, dc, 3)], "WEB", hold_ttl_s=3600)
+        _, dup = await svc.reserve(
+            held, [model.Line(a, store, 2), model.Line(b, dc, 3)], "WEB", hold_ttl_s=3600
+        )
         assert dup
         assert await dump_state(target, skus, [store, dc]) == before
     finally:

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule
 from redis.asyncio import Redis
 
@@ -45,7 +46,7 @@ class InventoryMachine(RuleBasedStateMachine):
         self.svc = InventoryService(RedisStore(self.redis))
         self.skus = [random_id("HSKU") for _ in range(SKUS)]
         self.locs = [random_id("HLOC") for _ in range(LOCS)]
-        self.on_hand = {(s, l): 0 for s in range(SKUS) for l in range(LOCS)}
+        self.on_hand = {(s, x): 0 for s in range(SKUS) for x in range(LOCS)}
         self.safety = dict.fromkeys(self.on_hand, 0)
         self.open: dict[str, dict[tuple[int, int], int]] = {}  # live reservations: open per line
         self.held: set[str] = set()
@@ -69,9 +70,11 @@ class InventoryMachine(RuleBasedStateMachine):
     @initialize()
     def seed(self) -> None:
         self.run(self.svc.register_skus([model.Sku(s) for s in self.skus]))
-        self.run(self.svc.upsert_locations([
-            model.Location(x, x, model.LocationType.STORE, 48.8, 2.3) for x in self.locs
-        ]))
+        self.run(
+            self.svc.upsert_locations(
+                [model.Location(x, x, model.LocationType.STORE, 48.8, 2.3) for x in self.locs]
+            )
+        )
         for x in range(LOCS):
             lines = [model.Line(self.skus[s], self.locs[x], 8) for s in range(SKUS)]
             self.run(self.svc.receive(random_id("rcv"), self.locs[x], lines))
@@ -88,8 +91,11 @@ class InventoryMachine(RuleBasedStateMachine):
         res_id = random_id("res")
         fits = all(q <= self.atp(k) for k, q in lines.items())
         try:
-            self.run(self.svc.reserve(res_id, [self.line(k, q) for k, q in lines.items()], "WEB",
-                                      hold_ttl_s=600 if hold else 0))
+            self.run(
+                self.svc.reserve(
+                    res_id, [self.line(k, q) for k, q in lines.items()], "WEB", hold_ttl_s=600 if hold else 0
+                )
+            )
         except FailedPrecondition:
             assert not fits, "a reservation that fits was refused"
             return multiple()
@@ -169,8 +175,11 @@ class InventoryMachine(RuleBasedStateMachine):
 
     @rule(key=keys, q=qty)
     def pos_sale(self, key: tuple[int, int], q: int) -> None:
-        result = self.run(self.svc.pos_sale(random_id("T"), "S-1", self.locs[key[1]], False,
-                                            [(self.skus[key[0]], q, False)]))
+        result = self.run(
+            self.svc.pos_sale(
+                random_id("T"), "S-1", self.locs[key[1]], False, [(self.skus[key[0]], q, False)]
+            )
+        )
         free = self.on_hand[key] - self.reserved(key)
         sold = min(q, free)
         assert result.shortfall.get(self.skus[key[0]], 0) == q - sold
@@ -210,7 +219,9 @@ class InventoryMachine(RuleBasedStateMachine):
                 r = await self.svc.get_reservation(res_id)
                 assert r.status in model.LIVE_STATUSES, r
                 for line in r.lines:
-                    total[(line.sku, line.location_id)] = total.get((line.sku, line.location_id), 0) + line.open
+                    total[(line.sku, line.location_id)] = (
+                        total.get((line.sku, line.location_id), 0) + line.open
+                    )
             return total
 
         stored = self.run(read())
@@ -220,7 +231,9 @@ class InventoryMachine(RuleBasedStateMachine):
 
 
 InventoryMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 

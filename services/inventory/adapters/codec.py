@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-
-from services.inventory.domain import model
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import events_pb2, inventory_pb2
+
+from services.inventory.domain import model
 
 
 def ts_from_ms(ms: int) -> timestamp_pb2.Timestamp:
@@ -32,7 +32,10 @@ def channel_value(name: str) -> int:
 
 def counters_pb(c: model.Counters) -> inventory_pb2.StockCounters:
     return inventory_pb2.StockCounters(
-        on_hand=c.on_hand, reserved=c.reserved, safety_stock=c.safety_stock, quarantined=c.quarantined,
+        on_hand=c.on_hand,
+        reserved=c.reserved,
+        safety_stock=c.safety_stock,
+        quarantined=c.quarantined,
         available_to_promise=c.available_to_promise,
     )
 
@@ -45,8 +48,12 @@ def supply_pb(s: model.IncomingSupply) -> inventory_pb2.IncomingSupply:
 
 def level_pb(level: model.StockLevel) -> inventory_pb2.StockLevel:
     out = inventory_pb2.StockLevel(
-        sku=level.sku, location_id=level.location_id, counters=counters_pb(level.counters),
-        incoming=[supply_pb(s) for s in sorted(level.incoming, key=lambda s: (s.expected_at_ms, s.supply_id))],
+        sku=level.sku,
+        location_id=level.location_id,
+        counters=counters_pb(level.counters),
+        incoming=[
+            supply_pb(s) for s in sorted(level.incoming, key=lambda s: (s.expected_at_ms, s.supply_id))
+        ],
         sequence=level.sequence,
     )
     if level.snapshot_as_of_ms:
@@ -59,15 +66,21 @@ def sku_availability_pb(view: model.SkuAvailability) -> inventory_pb2.SkuAvailab
     for loc in view.locations:
         level = loc.level
         entry = inventory_pb2.LocationAvailability(
-            location_id=level.location_id, available=loc.available,
-            available_to_promise=level.counters.available_to_promise, on_hand=level.counters.on_hand,
-            reserved=level.counters.reserved, incoming=level.incoming_quantity, sequence=level.sequence,
+            location_id=level.location_id,
+            available=loc.available,
+            available_to_promise=level.counters.available_to_promise,
+            on_hand=level.counters.on_hand,
+            reserved=level.counters.reserved,
+            incoming=level.incoming_quantity,
+            sequence=level.sequence,
         )
         if level.next_incoming_ms:
             entry.next_incoming_at.CopyFrom(ts_from_ms(level.next_incoming_ms))
         locations.append(entry)
     return inventory_pb2.SkuAvailability(
-        sku=view.sku, channel=channel_value(view.channel), locations=locations,
+        sku=view.sku,
+        channel=channel_value(view.channel),
+        locations=locations,
         network_available=view.network_available,
     )
 
@@ -78,12 +91,17 @@ def reservation_pb(r: model.Reservation) -> inventory_pb2.Reservation:
         status=inventory_pb2.ReservationStatus.Value(f"RESERVATION_STATUS_{r.status.value}"),
         lines=[
             inventory_pb2.ReservedLine(
-                sku=line.sku, location_id=line.location_id, quantity=line.quantity, released=line.released,
-                fulfilled=line.fulfilled, open=line.open,
+                sku=line.sku,
+                location_id=line.location_id,
+                quantity=line.quantity,
+                released=line.released,
+                fulfilled=line.fulfilled,
+                open=line.open,
             )
             for line in r.lines
         ],
-        channel=channel_value(r.channel), order_id=r.order_id,
+        channel=channel_value(r.channel),
+        order_id=r.order_id,
     )
     if r.expires_at_ms:
         out.expires_at.CopyFrom(ts_from_ms(r.expires_at_ms))
@@ -104,13 +122,18 @@ def location_from_pb(loc: inventory_pb2.Location) -> model.Location:
         latitude=loc.point.latitude,
         longitude=loc.point.longitude,
         capabilities=tuple(
-            model.Capability(inventory_pb2.FulfilmentCapability.Name(c).removeprefix("FULFILMENT_CAPABILITY_"))
-            for c in loc.capabilities if c != inventory_pb2.FULFILMENT_CAPABILITY_UNSPECIFIED
+            model.Capability(
+                inventory_pb2.FulfilmentCapability.Name(c).removeprefix("FULFILMENT_CAPABILITY_")
+            )
+            for c in loc.capabilities
+            if c != inventory_pb2.FULFILMENT_CAPABILITY_UNSPECIFIED
         ),
         opening_hours=tuple(model.OpeningHours(int(h.weekday), h.opens, h.closes) for h in loc.opening_hours),
         daily_capacity=loc.daily_capacity,
         active=loc.active,
-        address=model.Address(loc.address.line1, loc.address.postal_code, loc.address.city, loc.address.country),
+        address=model.Address(
+            loc.address.line1, loc.address.postal_code, loc.address.city, loc.address.country
+        ),
         time_zone=loc.time_zone,
     )
 
@@ -121,7 +144,10 @@ def location_pb(loc: model.Location) -> inventory_pb2.Location:
         name=loc.name,
         type=common_pb2.LocationType.Value(f"LOCATION_TYPE_{loc.type.value}"),
         point=common_pb2.GeoPoint(latitude=loc.latitude, longitude=loc.longitude),
-        capabilities=[inventory_pb2.FulfilmentCapability.Value(f"FULFILMENT_CAPABILITY_{c.value}") for c in loc.capabilities],
+        capabilities=[
+            inventory_pb2.FulfilmentCapability.Value(f"FULFILMENT_CAPABILITY_{c.value}")
+            for c in loc.capabilities
+        ],
         opening_hours=[
             inventory_pb2.OpeningHours(weekday=h.weekday, opens=h.opens, closes=h.closes)  # type: ignore[arg-type]
             for h in loc.opening_hours
@@ -129,7 +155,9 @@ def location_pb(loc: model.Location) -> inventory_pb2.Location:
         daily_capacity=loc.daily_capacity,
         active=loc.active,
         address=common_pb2.PostalAddress(
-            line1=loc.address.line1, postal_code=loc.address.postal_code, city=loc.address.city,
+            line1=loc.address.line1,
+            postal_code=loc.address.postal_code,
+            city=loc.address.city,
             country=loc.address.country,
         ),
         time_zone=loc.time_zone,
@@ -142,7 +170,8 @@ def sku_pb(s: model.Sku) -> inventory_pb2.Sku:
 
 def policy_pb(p: model.ChannelPolicy) -> inventory_pb2.ChannelPolicy:
     return inventory_pb2.ChannelPolicy(
-        channel=channel_value(p.channel), buffer_units=p.buffer_units,
+        channel=channel_value(p.channel),
+        buffer_units=p.buffer_units,
         excluded_location_ids=sorted(p.excluded_location_ids),
     )
 
@@ -160,11 +189,18 @@ def movement_pb(m: Mapping[str, Any], movement_id: str) -> events_pb2.StockMovem
     out = events_pb2.StockMovementRecorded(
         movement_id=movement_id,
         kind=events_pb2.MovementKind.Value(f"MOVEMENT_KIND_{m['k']}"),
-        sku=m["s"], location_id=m["l"],
-        on_hand_delta=_int(m, "doh"), reserved_delta=_int(m, "drs"), quarantined_delta=_int(m, "dqt"),
-        after=counters_pb(counters), sequence=_int(m, "seq"), occurred_at=ts_from_ms(_int(m, "ts")),
-        reference=str(m.get("ref") or ""), reason=str(m.get("why") or ""),
-        shortfall=_int(m, "sf"), counterpart_location_id=str(m.get("cp") or ""),
+        sku=m["s"],
+        location_id=m["l"],
+        on_hand_delta=_int(m, "doh"),
+        reserved_delta=_int(m, "drs"),
+        quarantined_delta=_int(m, "dqt"),
+        after=counters_pb(counters),
+        sequence=_int(m, "seq"),
+        occurred_at=ts_from_ms(_int(m, "ts")),
+        reference=str(m.get("ref") or ""),
+        reason=str(m.get("why") or ""),
+        shortfall=_int(m, "sf"),
+        counterpart_location_id=str(m.get("cp") or ""),
     )
     if m.get("res"):
         out.reservation_id = m["res"]
@@ -186,7 +222,9 @@ def movement_pb(m: Mapping[str, Any], movement_id: str) -> events_pb2.StockMovem
     if isinstance(sup, list):
         out.incoming.extend(
             inventory_pb2.IncomingSupply(
-                supply_id=s["id"], quantity=_int(s, "q"), expected_at=ts_from_ms(_int(s, "at")),
+                supply_id=s["id"],
+                quantity=_int(s, "q"),
+                expected_at=ts_from_ms(_int(s, "at")),
                 source=str(s.get("src") or ""),
             )
             for s in sup
@@ -197,6 +235,10 @@ def movement_pb(m: Mapping[str, Any], movement_id: str) -> events_pb2.StockMovem
 def availability_changed_pb(m: Mapping[str, Any]) -> events_pb2.AvailabilityChanged:
     counters = model.Counters(_int(m, "oh"), _int(m, "rs"), _int(m, "ss"), _int(m, "qt"))
     return events_pb2.AvailabilityChanged(
-        sku=m["s"], location_id=m["l"], counters=counters_pb(counters), incoming=_int(m, "inc"),
-        sequence=_int(m, "seq"), occurred_at=ts_from_ms(_int(m, "ts")),
+        sku=m["s"],
+        location_id=m["l"],
+        counters=counters_pb(counters),
+        incoming=_int(m, "inc"),
+        sequence=_int(m, "seq"),
+        occurred_at=ts_from_ms(_int(m, "ts")),
     )

@@ -30,24 +30,29 @@ def _list(value: Any) -> list[Any]:
 
 def level_from(sku: str, loc: str, v: dict[str, Any]) -> model.StockLevel:
     return model.StockLevel(
-        sku=sku, location_id=loc,
+        sku=sku,
+        location_id=loc,
         counters=model.Counters(int(v["oh"]), int(v["rs"]), int(v["ss"]), int(v["qt"])),
         incoming=tuple(
             model.IncomingSupply(s["id"], int(s["q"]), int(s.get("at") or 0), str(s.get("src") or ""))
             for s in _list(v.get("sup"))
         ),
-        sequence=int(v["seq"]), snapshot_as_of_ms=int(v.get("asof") or 0),
+        sequence=int(v["seq"]),
+        snapshot_as_of_ms=int(v.get("asof") or 0),
     )
 
 
 def reservation_from(r: dict[str, Any]) -> model.Reservation:
     return model.Reservation(
-        reservation_id=r["id"], status=model.ReservationStatus(r["st"]),
+        reservation_id=r["id"],
+        status=model.ReservationStatus(r["st"]),
         lines=tuple(
             model.ReservedLine(line["s"], line["l"], int(line["q"]), int(line["r"]), int(line["f"]))
             for line in _list(r["lines"])
         ),
-        channel=r.get("ch") or "", order_id=r.get("ord") or "", expires_at_ms=int(r.get("exp") or 0),
+        channel=r.get("ch") or "",
+        order_id=r.get("ord") or "",
+        expires_at_ms=int(r.get("exp") or 0),
         created_at_ms=int(r.get("cr") or 0),
     )
 
@@ -68,7 +73,10 @@ def _raise(e: dict[str, Any], line_field: str = "lines") -> None:
             what = s.get("what") or "available"
             subject = f"{line_field}[{s['i']}]"
             violations.append(
-                (subject, f"{s['s']} at {s['l']}: requested {s.get('want', '?')}, {what} {s.get('have', '?')}")
+                (
+                    subject,
+                    f"{s['s']} at {s['l']}: requested {s.get('want', '?')}, {what} {s.get('have', '?')}",
+                )
             )
         if violations:
             names = ", ".join(f"{subj} ({desc})" for subj, desc in violations)
@@ -99,21 +107,30 @@ class ApplyResult:
 
 
 class RedisStore:
-    def __init__(self, redis: Redis, *, idempotency_ttl_s: int = 7 * 86400, closed_ttl_s: int = 7 * 86400) -> None:
+    def __init__(
+        self, redis: Redis, *, idempotency_ttl_s: int = 7 * 86400, closed_ttl_s: int = 7 * 86400
+    ) -> None:
         self.redis = redis
         self.idempotency_ttl_s = idempotency_ttl_s
         self.closed_ttl_s = closed_ttl_s
         prelude = (LUA / "common.lua").read_text()
-        self._scripts = {name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
-                         for name in SCRIPTS}
+        self._scripts = {
+            name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
+            for name in SCRIPTS
+        }
 
     async def _call(self, name: str, args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=[], args=list(args))
 
     # --- master data --------------------------------------------------------------------------
 
-    async def write_meta(self, *, delete: Sequence[str] = (), hset: Sequence[tuple[str, str, str]] = (),
-                         events: Sequence[tuple[str, str, bytes]] = ()) -> None:
+    async def write_meta(
+        self,
+        *,
+        delete: Sequence[str] = (),
+        hset: Sequence[tuple[str, str, str]] = (),
+        events: Sequence[tuple[str, str, bytes]] = (),
+    ) -> None:
         spec = {
             "del": list(delete),
             "hset": [list(h) for h in hset],
@@ -142,7 +159,8 @@ class RedisStore:
         raw = await self._call("read", [channel, len(location_ids), *location_ids, *skus])
         out = json.loads(raw)
         policy = model.ChannelPolicy(
-            channel=channel, buffer_units=int(out["policy"]["buffer"]),
+            channel=channel,
+            buffer_units=int(out["policy"]["buffer"]),
             excluded_location_ids=frozenset(_list(out["policy"]["x"])),
         )
         locstate = out["loc"] if isinstance(out["loc"], dict) else {}
@@ -163,8 +181,15 @@ class RedisStore:
 
     # --- reservations -------------------------------------------------------------------------
 
-    async def reserve(self, reservation_id: str, lines: Sequence[model.Line], channel: str, order_id: str,
-                      hold_ttl_s: int, fp: str) -> tuple[model.Reservation, bool]:
+    async def reserve(
+        self,
+        reservation_id: str,
+        lines: Sequence[model.Line],
+        channel: str,
+        order_id: str,
+        hold_ttl_s: int,
+        fp: str,
+    ) -> tuple[model.Reservation, bool]:
         args: list[Any] = [reservation_id, channel, order_id, hold_ttl_s, fp, len(lines)]
         for line in lines:
             args += [line.sku, line.location_id, line.quantity]
@@ -175,10 +200,19 @@ class RedisStore:
         out = _decode(await self._call("confirm", [reservation_id, order_id]))
         return reservation_from(out["r"])
 
-    async def release_or_fulfil(self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str,
-                                reason: str) -> model.Reservation:
+    async def release_or_fulfil(
+        self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str, reason: str
+    ) -> model.Reservation:
         idem = f"inv:idem:{op}:{reservation_id}:{request_id}" if request_id else ""
-        args: list[Any] = [op, reservation_id, idem, self.idempotency_ttl_s, self.closed_ttl_s, reason, len(lines)]
+        args: list[Any] = [
+            op,
+            reservation_id,
+            idem,
+            self.idempotency_ttl_s,
+            self.closed_ttl_s,
+            reason,
+            len(lines),
+        ]
         for line in lines:
             args += [line.sku, line.location_id, line.quantity]
         out = _decode(await self._call("release", args))
@@ -194,8 +228,16 @@ class RedisStore:
 
     # --- stock movements ----------------------------------------------------------------------
 
-    async def apply(self, ops: Sequence[dict[str, Any]], *, idem_key: str = "", fp: str = "", reference: str = "",
-                    reason: str = "", line_field: str = "lines") -> ApplyResult:
+    async def apply(
+        self,
+        ops: Sequence[dict[str, Any]],
+        *,
+        idem_key: str = "",
+        fp: str = "",
+        reference: str = "",
+        reason: str = "",
+        line_field: str = "lines",
+    ) -> ApplyResult:
         raw = await self._call(
             "apply", [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops))]
         )
@@ -220,11 +262,16 @@ def location_to_json(loc: model.Location) -> str:
 def location_from_json(raw: bytes | str) -> model.Location:
     d = json.loads(raw)
     return model.Location(
-        location_id=d["location_id"], name=d["name"], type=model.LocationType(d["type"]),
-        latitude=d["latitude"], longitude=d["longitude"],
+        location_id=d["location_id"],
+        name=d["name"],
+        type=model.LocationType(d["type"]),
+        latitude=d["latitude"],
+        longitude=d["longitude"],
         capabilities=tuple(model.Capability(c) for c in d["capabilities"]),
         opening_hours=tuple(model.OpeningHours(**h) for h in d["opening_hours"]),
-        daily_capacity=d["daily_capacity"], active=d["active"], address=model.Address(**d["address"]),
+        daily_capacity=d["daily_capacity"],
+        active=d["active"],
+        address=model.Address(**d["address"]),
         time_zone=d.get("time_zone", ""),
     )
 
@@ -247,7 +294,10 @@ def policy_from_hash(channel: str, raw: dict[bytes, bytes]) -> model.ChannelPoli
 
 def policy_fields(p: model.ChannelPolicy) -> list[tuple[str, str, str]]:
     key = f"inv:policy:{p.channel}"
-    return [(key, "buffer", str(p.buffer_units)), *[(key, f"x:{loc}", "1") for loc in sorted(p.excluded_location_ids)]]
+    return [
+        (key, "buffer", str(p.buffer_units)),
+        *[(key, f"x:{loc}", "1") for loc in sorted(p.excluded_location_ids)],
+    ]
 
 
 __all__ = ["FieldViolation", "ReadResult", "RedisStore"]

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from redis.asyncio import Redis
+from tutti.inventory.v1 import events_pb2
 
 from runtime import telemetry
 from runtime.kafka import INVENTORY_AVAILABILITY, INVENTORY_MOVEMENTS, build_envelope
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import OUTBOX
-from tutti.inventory.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +50,45 @@ def records_for_entry(entry_id: str, fields: dict[bytes, bytes]) -> list[tuple[s
         if "meta" in m:
             payload = META_TYPES[m["meta"]]()
             payload.ParseFromString(base64.b64decode(m["p"]))
-            env = build_envelope(payload, source="inventory", key=m["key"], event_id=event_id, occurred_at=when)
+            env = build_envelope(
+                payload, source="inventory", key=m["key"], event_id=event_id, occurred_at=when
+            )
             out.append((INVENTORY_MOVEMENTS.name, m["key"], env.SerializeToString(), env.type))
             continue
         movement = codec.movement_pb(m, event_id)
-        env = build_envelope(movement, source="inventory", key=m["s"], event_id=event_id, occurred_at=when,
-                             sequence=int(m["seq"]))
+        env = build_envelope(
+            movement,
+            source="inventory",
+            key=m["s"],
+            event_id=event_id,
+            occurred_at=when,
+            sequence=int(m["seq"]),
+        )
         out.append((INVENTORY_MOVEMENTS.name, m["s"], env.SerializeToString(), env.type))
         avail = codec.availability_changed_pb(m)
         key = f"{m['s']}@{m['l']}"
-        env2 = build_envelope(avail, source="inventory", key=key, event_id=f"{event_id}-a", occurred_at=when,
-                              sequence=int(m["seq"]))
+        env2 = build_envelope(
+            avail,
+            source="inventory",
+            key=key,
+            event_id=f"{event_id}-a",
+            occurred_at=when,
+            sequence=int(m["seq"]),
+        )
         out.append((INVENTORY_AVAILABILITY.name, key, env2.SerializeToString(), env2.type))
     return out
 
 
 class OutboxRelay:
-    def __init__(self, redis: Redis, producer: AIOKafkaProducer, *, batch: int = 500, lease_ms: int = 15_000,
-                 block_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        producer: AIOKafkaProducer,
+        *,
+        batch: int = 500,
+        lease_ms: int = 15_000,
+        block_ms: int = 1000,
+    ) -> None:
         self._redis = redis
         self._producer = producer
         self._batch = batch
@@ -106,7 +127,9 @@ class OutboxRelay:
         for entry_id, fields in entries:
             for topic, key, value, event_type in records_for_entry(entry_id.decode(), fields):
                 headers = telemetry.inject_kafka_headers([("event-type", event_type.encode())])
-                futures.append(await self._producer.send(topic, value=value, key=key.encode(), headers=headers))
+                futures.append(
+                    await self._producer.send(topic, value=value, key=key.encode(), headers=headers)
+                )
         await asyncio.gather(*futures)
         await self._redis.xdel(OUTBOX, *[entry_id for entry_id, _ in entries])
         return len(entries)

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Subscription:
-    def __init__(self, hub: AvailabilityHub, skus: Collection[str], locations: Collection[str],
-                 max_queue: int) -> None:
+    def __init__(
+        self, hub: AvailabilityHub, skus: Collection[str], locations: Collection[str], max_queue: int
+    ) -> None:
         self._hub = hub
         self.skus = frozenset(skus)
         self.locations = frozenset(locations)
@@ -28,7 +29,9 @@ class Subscription:
         self.error: str | None = None
 
     def wants(self, change: dict[str, Any]) -> bool:
-        return (not self.skus or change["s"] in self.skus) and (not self.locations or change["l"] in self.locations)
+        return (not self.skus or change["s"] in self.skus) and (
+            not self.locations or change["l"] in self.locations
+        )
 
     def offer(self, change: dict[str, Any]) -> None:
         try:

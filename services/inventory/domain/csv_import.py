@@ -31,7 +31,9 @@ def parse_stock_csv(data: bytes, field_name: str = "csv") -> list[CsvRow]:
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [h for h in REQUIRED if h not in header]
     if missing:
-        raise InvalidArgument(field_name, f"header must contain {', '.join(REQUIRED)}; missing {', '.join(missing)}")
+        raise InvalidArgument(
+            field_name, f"header must contain {', '.join(REQUIRED)}; missing {', '.join(missing)}"
+        )
     rows: list[CsvRow] = []
     violations: list[FieldViolation] = []
     seen: set[tuple[str, str]] = set()

@@ -62,7 +62,9 @@ def check_id(field_name: str, value: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(field_name, "is required")
     if not ID_PATTERN.match(value):
-        return FieldViolation(field_name, "must be 1-128 characters of [A-Za-z0-9._:/-] starting with a letter or digit")
+        return FieldViolation(
+            field_name, "must be 1-128 characters of [A-Za-z0-9._:/-] starting with a letter or digit"
+        )
     return None
 
 
@@ -220,8 +222,12 @@ class Reservation:
 
 
 def validate_lines(
-    lines: Sequence[Line], *, field_name: str = "lines", maximum: int = MAX_RESERVATION_LINES,
-    need_location: bool = True, required: bool = True,
+    lines: Sequence[Line],
+    *,
+    field_name: str = "lines",
+    maximum: int = MAX_RESERVATION_LINES,
+    need_location: bool = True,
+    required: bool = True,
 ) -> None:
     """Ids well formed, quantities positive, at most ``maximum`` lines, each SKU x location once."""
     if required and not lines:
@@ -238,7 +244,9 @@ def validate_lines(
         violations.append(check_quantity(f"{prefix}.quantity", line.quantity))
         key = (line.sku, line.location_id)
         if key in seen:
-            violations.append(FieldViolation(prefix, f"{line.sku} at {line.location_id} appears more than once"))
+            violations.append(
+                FieldViolation(prefix, f"{line.sku} at {line.location_id} appears more than once")
+            )
         seen.add(key)
     raise_if(violations)
 
