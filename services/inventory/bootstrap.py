@@ -34,6 +34,7 @@ class InventorySettings:
     sweep_interval_s: float
     relay_batch: int
     relay_enabled: bool
+    pos_ack_after_ledger_s: float
 
     @classmethod
     def from_env(cls, common: CommonSettings, environ: dict[str, str] | None = None) -> InventorySettings:
@@ -47,6 +48,9 @@ class InventorySettings:
             sweep_interval_s=env.float("TUTTI_INVENTORY_SWEEP_INTERVAL_SECONDS", 0.5, minimum=0.05),
             relay_batch=env.int("TUTTI_INVENTORY_RELAY_BATCH", 500, minimum=1, maximum=10_000),
             relay_enabled=env.bool("TUTTI_INVENTORY_RELAY_ENABLED", True),
+            pos_ack_after_ledger_s=env.float(
+                "TUTTI_INVENTORY_POS_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
+            ),
         )
 
 
@@ -59,13 +63,13 @@ async def build(
     store = RedisStore(
         redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
     )
-    hub = AvailabilityHub(redis)
-    service = InventoryService(store, hub)
+    hub = AvailabilityHub(redis, avail_channel=store.avail_channel, relayed_channel=store.relayed_channel)
+    service = InventoryService(store, hub, pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s)
 
     producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")
     producer_started = asyncio.Event()
     stack.push_async_callback(producer.stop)
-    relay = OutboxRelay(redis, producer, batch=cfg.relay_batch)
+    relay = OutboxRelay(redis, producer, relayed_channel=store.relayed_channel, batch=cfg.relay_batch)
 
     async def start_producer() -> None:
         await producer.start()

@@ -44,9 +44,14 @@ class WatchUpdate:
 
 
 class InventoryService:
-    def __init__(self, store: RedisStore, hub: AvailabilityHub | None = None) -> None:
+    def __init__(self, store: RedisStore, hub: AvailabilityHub | None = None, *,
+                 pos_ack_after_ledger_s: float = 0.0) -> None:
         self.store = store
         self.hub = hub
+        # > 0: a POS sale is acknowledged only once its movement is on the Kafka ledger (waiting
+        # at most this long, else UNAVAILABLE and the terminal resends), so an acknowledged sale
+        # survives even the loss of Redis' last second of writes.
+        self.pos_ack_after_ledger_s = pos_ack_after_ledger_s
 
     # --- master data --------------------------------------------------------------------------
 
@@ -686,6 +691,13 @@ class InventoryService:
         ref = f"pos:{terminal_id}:{sale_id}"
         fp = model.fingerprint(location_id, is_return, list(lines))
         result = await self.store.apply(ops, idem_key=f"inv:idem:{ref}", fp=fp, reference=ref, reason="POS")
+        if self.pos_ack_after_ledger_s > 0 and self.hub is not None and result.outbox_id:
+            entry = result.outbox_id
+            on_ledger = await self.hub.wait_relayed(
+                lambda: self.store.in_outbox(entry), limit_s=self.pos_ack_after_ledger_s
+            )
+            if not on_ledger:
+                raise Unavailable("sale recorded but not yet on the ledger; resend it (it counts once)")
         shortfall = {op["s"]: int(op["sf"]) for op in result.ops if int(op.get("sf") or 0) > 0}
         return PosResult(result.duplicate, shortfall)
 

@@ -19,8 +19,6 @@ from services.inventory.domain import model
 LUA = Path(__file__).parent / "lua"
 SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read")
 OUTBOX = "inv:outbox"
-AVAIL_CHANNEL = "inv:avail"
-META_CHANNEL = "inv:meta"
 
 
 def _list(value: Any) -> list[Any]:
@@ -104,6 +102,8 @@ class ApplyResult:
     duplicate: bool
     ops: list[dict[str, Any]]
     levels: dict[tuple[str, str], model.StockLevel]
+    # Id of the outbox entry holding the movements ("" when nothing moved or unknown).
+    outbox_id: str = ""
 
 
 class RedisStore:
@@ -113,7 +113,13 @@ class RedisStore:
         self.redis = redis
         self.idempotency_ttl_s = idempotency_ttl_s
         self.closed_ttl_s = closed_ttl_s
-        prelude = (LUA / "common.lua").read_text()
+        db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
+        # Pub/sub is server-wide: channels carry the db index so deployments sharing a server stay apart.
+        self.avail_channel = f"inv:avail:{db}"
+        self.relayed_channel = f"inv:relayed:{db}"
+        prelude = (LUA / "common.lua").read_text().replace(
+            "local AVAIL_CHANNEL = 'inv:avail'", f"local AVAIL_CHANNEL = '{self.avail_channel}'"
+        )
         self._scripts = {
             name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
             for name in SCRIPTS
@@ -246,7 +252,11 @@ class RedisStore:
         for key, v in (out.get("levels") or {}).items():
             sku, _, loc = key.rpartition("@")
             levels[(sku, loc)] = level_from(sku, loc, v)
-        return ApplyResult(bool(out.get("dup")), _list(out.get("ops")), levels)
+        return ApplyResult(bool(out.get("dup")), _list(out.get("ops")), levels, str(out.get("xid") or ""))
+
+    async def in_outbox(self, entry_id: str) -> bool:
+        """Whether an outbox entry still waits for the relay (the relay deletes it once on Kafka)."""
+        return bool(await self.redis.xrange(OUTBOX, entry_id, entry_id, count=1))
 
     async def ping(self) -> None:
         await self.redis.ping()

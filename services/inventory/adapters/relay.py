@@ -85,12 +85,14 @@ class OutboxRelay:
         redis: Redis,
         producer: AIOKafkaProducer,
         *,
+        relayed_channel: str,
         batch: int = 500,
         lease_ms: int = 15_000,
         block_ms: int = 1000,
     ) -> None:
         self._redis = redis
         self._producer = producer
+        self._relayed_channel = relayed_channel
         self._batch = batch
         self._lease_ms = lease_ms
         self._block_ms = block_ms
@@ -132,4 +134,6 @@ class OutboxRelay:
                 )
         await asyncio.gather(*futures)
         await self._redis.xdel(OUTBOX, *[entry_id for entry_id, _ in entries])
+        # Tells waiters (POS acks) in every replica that everything up to this id is on Kafka.
+        await self._redis.publish(self._relayed_channel, entries[-1][0])
         return len(entries)

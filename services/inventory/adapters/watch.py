@@ -1,19 +1,21 @@
 """In-process fan-out of availability changes: one Redis pub/sub subscription per process
-(channel ``inv:avail``, published by the same Lua script that changes the counters) feeds
-every WatchAvailability stream of the process through bounded queues."""
+(channel ``inv:avail:<db>``, published by the same Lua script that changes the counters) feeds
+every WatchAvailability stream of the process through bounded queues. The same subscription
+follows ``inv:relayed`` (the outbox relay's progress) so POS acks can wait until a sale is on
+the Kafka ledger."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from redis.asyncio import Redis
 
 from runtime.errors import Unavailable
-from services.inventory.adapters.redis_store import AVAIL_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,31 @@ class Subscription:
 
 
 class AvailabilityHub:
-    def __init__(self, redis: Redis, *, max_queue: int = 10_000) -> None:
+    def __init__(
+        self, redis: Redis, *, avail_channel: str, relayed_channel: str, max_queue: int = 10_000
+    ) -> None:
         self._redis = redis
+        self._avail_channel = avail_channel
+        self._relayed_channel = relayed_channel
         self._subs: set[Subscription] = set()
         self._max_queue = max_queue
         self.ready = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    async def wait_relayed(self, still_pending: Callable[[], Awaitable[bool]], limit_s: float) -> bool:
+        """Waits until ``still_pending`` (is the outbox entry still there?) turns false, checking
+        whenever the relay reports progress (and every 250 ms in case a notice was missed).
+        Returns False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        while await still_pending():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            async with self._progress:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), timeout=min(remaining, 0.25))
+        return True
 
     def subscribe(self, skus: Collection[str], locations: Collection[str]) -> Subscription:
         if not self.ready.is_set():
@@ -84,12 +106,16 @@ class AvailabilityHub:
 
     async def run(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(AVAIL_CHANNEL)
+        await pubsub.subscribe(self._avail_channel, self._relayed_channel)
         self.ready.set()
         try:
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
+                    continue
+                if message["channel"] == self._relayed_channel.encode():
+                    async with self._progress:
+                        self._progress.notify_all()
                     continue
                 for change in json.loads(message["data"]):
                     for sub in list(self._subs):

@@ -151,8 +151,8 @@ for key, c in pairs(touched) do
   local list = supplies(c.sku, c.loc)
   levels[key] = {oh = c.oh, rs = c.rs, ss = c.ss, qt = c.qt, inc = c.inc, seq = c.seq, asof = c.asof, sup = list}
 end
-batch:flush()
-local out = {fp = fp, ops = results, levels = levels}
+local xid = batch:flush()
+local out = {fp = fp, ops = results, levels = levels, xid = xid}
 local encoded = cjson.encode(out)
 if idem ~= '' then redis.call('SET', idem, encoded, 'EX', idem_ttl) end
 out.dup = false

@@ -9,11 +9,13 @@
 --   inv:skus / inv:locations / inv:locstate / inv:policy:CHANNEL   master data
 --   inv:idem:SCOPE:KEY string cjson result of the first call (idempotency)
 --   inv:outbox         stream  movements to relay to Kafka (field m = cjson list)
--- Pub/sub channel inv:avail carries the changed counters for watchers.
+-- Pub/sub channel inv:avail:<db> carries the changed counters for watchers.
 -- Multi-SKU scripts touch several hash tags: fine on one Redis primary; on a Cluster a
 -- reservation would need all its SKUs in one slot, or a saga.
 
 local OUTBOX = 'inv:outbox'
+-- Pub/sub channels are server-wide, not per db: the loader suffixes the db index.
+local AVAIL_CHANNEL = 'inv:avail'
 local HOLDS = 'inv:holds'
 local MV_RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -98,14 +100,16 @@ function Batch:meta(event_type, key, payload_b64)
   table.insert(self.moves, {meta = event_type, key = key, p = payload_b64, ts = self.ts})
 end
 
+-- Writes the outbox entry and the change notice; returns the outbox entry id ('' if nothing moved).
 function Batch:flush()
-  if #self.moves == 0 then return end
-  redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(self.moves))
+  if #self.moves == 0 then return '' end
+  local xid = redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(self.moves))
   if #self.order > 0 then
     local out = {}
     for _, key in ipairs(self.order) do table.insert(out, self.changed[key]) end
-    redis.call('PUBLISH', 'inv:avail', cjson.encode(out))
+    redis.call('PUBLISH', AVAIL_CHANNEL, cjson.encode(out))
   end
+  return xid
 end
 
 local function load_res(id)

@@ -6,5 +6,4 @@ for _, h in ipairs(spec.hset or {}) do redis.call('HSET', h[1], h[2], h[3]) end
 local batch = new_batch(now_ms())
 for _, ev in ipairs(spec.events or {}) do batch:meta(ev[1], ev[2], ev[3]) end
 batch:flush()
-if #(spec.events or {}) > 0 then redis.call('PUBLISH', 'inv:meta', '1') end
 return 1
