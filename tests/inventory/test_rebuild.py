@@ -14,7 +14,7 @@ from services.inventory.adapters.redis_store import RedisStore
 from services.inventory.domain import model
 from services.inventory.rebuild import dump_state, rebuild
 from services.inventory.service import InventoryService
-from tests.inventory.conftest import REBUILD_DBS, redis_url, seed
+from tests.inventory.conftest import REBUILD_DB, redis_url, seed
 from tests.support import random_id, wait_for
 
 pytestmark = pytest.mark.integration
@@ -145,7 +145,7 @@ async def test_rebuild_from_the_ledger_equals_the_state_before_the_loss(stub, se
     assert len(before["reservations"]) == 5 and before["counters"]
 
     # The loss: an empty Redis db, rebuilt from the ledger alone.
-    target = Redis.from_url(redis_url(settings, REBUILD_DBS[0]))
+    target = Redis.from_url(redis_url(settings, REBUILD_DB))
     try:
         await target.flushdb()
         counts = await rebuild(settings.kafka_bootstrap, target, since_ms=started_ms, skus=set(skus))

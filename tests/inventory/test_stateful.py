@@ -239,4 +239,14 @@ InventoryMachine.TestCase.settings = settings(
 
 
 def test_inventory_invariants_hold_under_random_operations() -> None:
+    async def empty_db() -> None:
+        r = Redis.from_url(redis_url(CommonSettings.from_env("test"), STATEFUL_DB))
+        await r.flushdb()
+        await r.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(empty_db())
+    finally:
+        loop.close()
     InventoryMachine.TestCase().runTest()
