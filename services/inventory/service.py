@@ -7,7 +7,7 @@ request id; absolute settings (safety stock, incoming supply, policies, master d
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,15 @@ EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
 EVENT_POLICY = "tutti.inventory.v1.ChannelPolicySet"
 
 
+def _lines_field(i: int) -> str:
+    return f"lines[{i}]"
+
+
+def _single(_: int) -> str:
+    """Single-line commands name fields plainly (``sku``, ``location_id``)."""
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class PosResult:
     duplicate: bool
@@ -44,8 +53,9 @@ class WatchUpdate:
 
 
 class InventoryService:
-    def __init__(self, store: RedisStore, hub: AvailabilityHub | None = None, *,
-                 pos_ack_after_ledger_s: float = 0.0) -> None:
+    def __init__(
+        self, store: RedisStore, hub: AvailabilityHub | None = None, *, pos_ack_after_ledger_s: float = 0.0
+    ) -> None:
         self.store = store
         self.hub = hub
         # > 0: a POS sale is acknowledged only once its movement is on the Kafka ledger (waiting
@@ -332,7 +342,9 @@ class InventoryService:
         source: str = "",
         safety: dict[tuple[str, str], int] | None = None,
         line_field: str = "lines",
+        line_name: Callable[[int], str] | None = None,
     ) -> list[tuple[model.Line, bool, model.StockLevel, int]]:
+        name = line_name or (lambda i: f"{line_field}[{i}]")
         model.require_id("snapshot_id", snapshot_id)
         if as_of_ms <= 0:
             raise InvalidArgument("as_of", "is required")
@@ -344,18 +356,18 @@ class InventoryService:
         seen: set[tuple[str, str]] = set()
         for i, line in enumerate(lines):
             violations += [
-                model.check_id(f"{line_field}[{i}].sku", line.sku),
-                model.check_id(f"{line_field}[{i}].location_id", line.location_id),
-                model.check_quantity(f"{line_field}[{i}].on_hand", line.quantity, allow_zero=True),
+                model.check_id(f"{name(i)}.sku", line.sku),
+                model.check_id(f"{name(i)}.location_id", line.location_id),
+                model.check_quantity(f"{name(i)}.on_hand", line.quantity, allow_zero=True),
             ]
             if (line.sku, line.location_id) in seen:
-                violations.append(
-                    FieldViolation(f"{line_field}[{i}]", "SKU x location appears more than once")
-                )
+                violations.append(FieldViolation(name(i), "SKU x location appears more than once"))
             seen.add((line.sku, line.location_id))
         model.raise_if(violations)
         ops: list[dict[str, Any]] = []
-        for line in lines:
+        op_lines: list[int] = []  # op index -> line index, to name the line in errors
+        for i, line in enumerate(lines):
+            op_lines.append(i)
             ops.append(
                 {
                     "op": "snap",
@@ -367,6 +379,7 @@ class InventoryService:
                 }
             )
             if safety and (line.sku, line.location_id) in safety:
+                op_lines.append(i)
                 ops.append(
                     {
                         "op": "safety",
@@ -383,7 +396,7 @@ class InventoryService:
             fp=fp,
             reference=snapshot_id,
             reason=source[:200],
-            line_field=line_field,
+            field_of=lambda op: name(op_lines[op]),
         )
         out = []
         # A rebuilt idempotency record (see rebuild.py) carries no per-line results.
@@ -401,7 +414,9 @@ class InventoryService:
         rows = parse_stock_csv(data)
         lines = [model.Line(r.sku, r.location_id, r.on_hand) for r in rows]
         safety = {(r.sku, r.location_id): r.safety_stock for r in rows if r.safety_stock is not None}
-        results = await self.apply_snapshot(import_id, as_of_ms, lines, "CSV", safety, line_field="csv")
+        results = await self.apply_snapshot(
+            import_id, as_of_ms, lines, "CSV", safety, line_name=lambda i: f"csv:row {rows[i].row}"
+        )
         applied = sum(1 for _, ok, _, _ in results if ok)
         return applied, len(results) - applied
 
@@ -411,7 +426,7 @@ class InventoryService:
         ops: list[dict[str, Any]],
         fp_parts: object,
         reason: str,
-        line_field: str = "lines",
+        field_of: Callable[[int], str] = _lines_field,
     ) -> tuple[bool, dict[tuple[str, str], model.StockLevel]]:
         fp = model.fingerprint(fp_parts)
         result = await self.store.apply(
@@ -420,7 +435,7 @@ class InventoryService:
             fp=fp,
             reference=movement_id,
             reason=reason[:200],
-            line_field=line_field,
+            field_of=field_of,
         )
         levels = result.levels
         missing = {(op["s"], op["l"]) for op in ops} - set(levels)
@@ -487,7 +502,9 @@ class InventoryService:
                 "mode": "strict",
             }
         ]
-        dup, levels = await self._movement(movement_id, ops, ("adj", sku, location_id, delta), reason, "sku")
+        dup, levels = await self._movement(
+            movement_id, ops, ("adj", sku, location_id, delta), reason, _single
+        )
         return dup, levels[(sku, location_id)]
 
     async def transfer(
@@ -555,7 +572,7 @@ class InventoryService:
             }
         ]
         dup, levels = await self._movement(
-            movement_id, ops, ("qt", sku, location_id, quantity), reason, "sku"
+            movement_id, ops, ("qt", sku, location_id, quantity), reason, _single
         )
         return dup, levels[(sku, location_id)]
 
@@ -576,7 +593,7 @@ class InventoryService:
             }
         ]
         dup, levels = await self._movement(
-            movement_id, ops, ("uq", sku, location_id, quantity, restock), kind, "sku"
+            movement_id, ops, ("uq", sku, location_id, quantity, restock), kind, _single
         )
         return dup, levels[(sku, location_id)]
 
@@ -637,7 +654,7 @@ class InventoryService:
                 "src": supply.source[:100],
             }
         ]
-        result = await self.store.apply(ops, reference=supply.supply_id, line_field="sku")
+        result = await self.store.apply(ops, reference=supply.supply_id, field_of=_single)
         return result.levels[(sku, location_id)]
 
     # --- POS ----------------------------------------------------------------------------------

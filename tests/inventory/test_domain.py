@@ -74,7 +74,7 @@ def test_fingerprint_tells_retries_from_reuse():
 
 def test_csv_parses_rows_and_optional_safety_stock():
     rows = parse_stock_csv(b"\xef\xbb\xbfsku,location_id,on_hand,safety_stock\nA,L1,5,1\nB,L1,0,\n")
-    assert rows == [CsvRow("A", "L1", 5, 1), CsvRow("B", "L1", 0, None)]
+    assert rows == [CsvRow("A", "L1", 5, 1, 2), CsvRow("B", "L1", 0, None, 3)]
 
 
 @pytest.mark.parametrize(

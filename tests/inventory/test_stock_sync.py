@@ -113,6 +113,18 @@ async def test_receive_adjust_transfer_quarantine_are_idempotent_and_atomic(stub
     )
     assert (moved.from_level.counters.on_hand, moved.to_level.counters.on_hand) == (7, 5)
     with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.AdjustStock(
+            pb.AdjustStockRequest(movement_id=random_id("adj"), sku="SKU-nope-2", location_id=a, delta=1)
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details().startswith("sku:")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.QuarantineStock(
+            pb.QuarantineStockRequest(movement_id=random_id("q"), sku=sku, location_id=a, quantity=99)
+        )
+    assert (
+        info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and f"{sku} at {a}" in info.value.details()
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.TransferStock(
             pb.TransferStockRequest(
                 movement_id=random_id("xfer"), sku=sku, from_location_id=a, to_location_id=b, quantity=8
@@ -214,7 +226,7 @@ async def test_csv_import_validates_everything_before_applying(stub):
         await stub.ImportStockCsv(
             pb.ImportStockCsvRequest(import_id=random_id("csv"), csv=unknown, as_of=now)
         )
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "csv:row 3.sku" in info.value.details()
     assert (await counters(stub, s1, loc)).counters.on_hand == 0
     good = f"sku,location_id,on_hand,safety_stock\n{s1},{loc},5,1\n{s2},{loc},7,\n".encode()
     out = await stub.ImportStockCsv(pb.ImportStockCsvRequest(import_id=random_id("csv"), csv=good, as_of=now))

@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,27 +56,41 @@ def reservation_from(r: dict[str, Any]) -> model.Reservation:
     )
 
 
-def _raise(e: dict[str, Any], line_field: str = "lines") -> None:
+FieldOf = Callable[[int], str]
+
+
+def _lines_field(i: int) -> str:
+    return f"lines[{i}]"
+
+
+def _rename(field: str, field_of: FieldOf) -> str:
+    """``lines[3].sku`` from a script -> the caller's name for op 3 (``csv:row 5.sku``, ``sku``...)."""
+    match = _LINE_FIELD.match(field)
+    if not match:
+        return field
+    prefix, rest = field_of(int(match.group(1))), match.group(2)
+    return prefix + rest if prefix else rest.lstrip(".")
+
+
+_LINE_FIELD = re.compile(r"^lines\[(\d+)\](.*)$")
+
+
+def _raise(e: dict[str, Any], field_of: FieldOf = _lines_field) -> None:
     code, msg = e["code"], e["msg"]
-    field = e.get("field") or ""
+    field = _rename(e.get("field") or "", field_of)
     if code == "NOT_FOUND":
         raise NotFound(f"{field}: {msg}" if field else msg)
     if code == "INVALID_ARGUMENT":
-        raise InvalidArgument(field.replace("lines", line_field, 1) or line_field, msg)
+        raise InvalidArgument(field or "lines", msg)
     if code == "ALREADY_EXISTS":
         raise AlreadyExists(msg)
     if code == "FAILED_PRECONDITION":
-        shorts = _list(e.get("short"))
         violations = []
-        for s in shorts:
+        for s in _list(e.get("short")):
             what = s.get("what") or "available"
-            subject = f"{line_field}[{s['i']}]"
-            violations.append(
-                (
-                    subject,
-                    f"{s['s']} at {s['l']}: requested {s.get('want', '?')}, {what} {s.get('have', '?')}",
-                )
-            )
+            subject = field_of(int(s["i"])) or f"{s['s']} at {s['l']}"
+            detail = f"{s['s']} at {s['l']}: requested {s.get('want', '?')}, {what} {s.get('have', '?')}"
+            violations.append((subject, detail))
         if violations:
             names = ", ".join(f"{subj} ({desc})" for subj, desc in violations)
             raise FailedPrecondition(f"{msg}: {names}", violations)
@@ -83,10 +98,10 @@ def _raise(e: dict[str, Any], line_field: str = "lines") -> None:
     raise RuntimeError(f"unexpected script error {code}: {msg}")
 
 
-def _decode(raw: bytes | str, line_field: str = "lines") -> dict[str, Any]:
+def _decode(raw: bytes | str, field_of: FieldOf = _lines_field) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(raw)
     if "e" in out:
-        _raise(out["e"], line_field)
+        _raise(out["e"], field_of)
     return out
 
 
@@ -117,8 +132,10 @@ class RedisStore:
         # Pub/sub is server-wide: channels carry the db index so deployments sharing a server stay apart.
         self.avail_channel = f"inv:avail:{db}"
         self.relayed_channel = f"inv:relayed:{db}"
-        prelude = (LUA / "common.lua").read_text().replace(
-            "local AVAIL_CHANNEL = 'inv:avail'", f"local AVAIL_CHANNEL = '{self.avail_channel}'"
+        prelude = (
+            (LUA / "common.lua")
+            .read_text()
+            .replace("local AVAIL_CHANNEL = 'inv:avail'", f"local AVAIL_CHANNEL = '{self.avail_channel}'")
         )
         self._scripts = {
             name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
@@ -242,12 +259,12 @@ class RedisStore:
         fp: str = "",
         reference: str = "",
         reason: str = "",
-        line_field: str = "lines",
+        field_of: FieldOf = _lines_field,
     ) -> ApplyResult:
         raw = await self._call(
             "apply", [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops))]
         )
-        out = _decode(raw, line_field)
+        out = _decode(raw, field_of)
         levels = {}
         for key, v in (out.get("levels") or {}).items():
             sku, _, loc = key.rpartition("@")

@@ -19,6 +19,8 @@ class CsvRow:
     location_id: str
     on_hand: int
     safety_stock: int | None = None
+    # Line number in the file (the header is row 1), to name the row in errors.
+    row: int = 0
 
 
 def parse_stock_csv(data: bytes, field_name: str = "csv") -> list[CsvRow]:
@@ -54,7 +56,7 @@ def parse_stock_csv(data: bytes, field_name: str = "csv") -> list[CsvRow]:
         seen.add((sku, loc))
         violations.extend(p for p in problems if p is not None)
         if on_hand is not None:
-            rows.append(CsvRow(sku, loc, on_hand, safety))
+            rows.append(CsvRow(sku, loc, on_hand, safety, number))
         if len(violations) >= 20:
             break
     if violations:
