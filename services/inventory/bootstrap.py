@@ -94,10 +94,14 @@ async def build(
 
     async def ready() -> None:
         await store.ping()
-        if not producer_started.is_set():
-            raise ConnectionError("Kafka producer not started yet")
-        if not hub.ready.is_set():
-            raise ConnectionError("availability feed not subscribed yet")
+        try:
+            # Both come up within moments of start; wait a little rather than flap NOT_SERVING.
+            await asyncio.wait_for(producer_started.wait(), timeout=2)
+            await asyncio.wait_for(hub.ready.wait(), timeout=2)
+        except TimeoutError:
+            if not producer_started.is_set():
+                raise ConnectionError("Kafka producer not started") from None
+            raise ConnectionError("availability feed not subscribed") from None
 
     def register(server: grpc.aio.Server) -> None:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(InventoryServicer(service), server)
