@@ -162,3 +162,29 @@ async def test_relay_drains_the_outbox(stub, service_redis):
 
 async def _empty(redis) -> bool:
     return await redis.xlen("inv:outbox") == 0
+
+
+async def test_watch_started_during_writes_misses_nothing_and_never_goes_backwards(stub):
+    (sku,), (loc,) = await seed(stub, on_hand=1)
+
+    async def write(n: int) -> None:
+        for _ in range(n):
+            await stub.AdjustStock(
+                pb.AdjustStockRequest(movement_id=random_id("adj"), sku=sku, location_id=loc, delta=1)
+            )
+
+    writer = asyncio.create_task(write(40))
+    watch = stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[sku], location_ids=[loc]))
+    seen: list[tuple[int, int]] = []
+    first = await watch.read()
+    seen.append((first.availability.locations[0].sequence, first.availability.locations[0].on_hand))
+    while seen[-1][1] < 41:
+        message = await asyncio.wait_for(watch.read(), timeout=5)
+        (changed,) = message.availability.locations
+        seen.append((changed.sequence, changed.on_hand))
+    await writer
+    watch.cancel()
+    sequences = [s for s, _ in seen]
+    assert sequences == sorted(set(sequences)), "a change was repeated or went backwards"
+    # Every change after the snapshot is there: one unit per sequence step.
+    assert [q - seen[0][1] for _, q in seen] == [s - seen[0][0] for s, _ in seen]
