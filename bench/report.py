@@ -219,12 +219,17 @@ def markdown(data: Mapping[str, Any]) -> str:
             "",
             "Recorded with `py-spy record` during a separate ghz run of the same target (so the sampler "
             "does not distort the measured figures); flame graphs are kept under `.tutti/bench/profiles/`. "
-            "Share of samples per function (self time), top entries:",
+            "Share of samples per function (self time; time in native code is parked on the Python "
+            "frame that called it), top entries:",
             "",
         ]
         for prof in data["profiles"]:
             out.append(f"**{prof['target']} — {prof['process']}** ({prof['samples']} samples)")
             out.append("")
+            if prof.get("libraries"):
+                shares = ", ".join(f"{name} {share:.0%}" for name, share in prof["libraries"])
+                out.append(f"Inclusive share of libraries: {shares}.")
+                out.append("")
             out.append("| share | function |")
             out.append("|---:|---|")
             for fn, share in prof["top"]:

@@ -33,6 +33,13 @@ def available_services() -> tuple[str, ...]:
     return tuple(s for s in SERVICES if (root / "services" / s / "__main__.py").exists())
 
 
+TERMINALS_PER_STORE = 25
+
+
+def terminal_id(store: str, number: int) -> str:
+    return f"pos-{store}-{number % TERMINALS_PER_STORE:02d}"
+
+
 def key_for(principal_id: str) -> str:
     return f"bench-{principal_id}-key"
 
@@ -64,15 +71,17 @@ def credentials(store_ids: Iterable[str]) -> list[dict[str, object]]:
                 **HIGH_LIMIT,
             }
         )
-        entries.append(
-            {
-                "id": f"pos-{store}",
-                "kind": "terminal",
-                "location_id": store,
-                "key": key_for(f"pos-{store}"),
-                **HIGH_LIMIT,
-            }
-        )
+        # A terminal's credential is its identity (the gateway checks terminal_id against it).
+        for terminal in [f"pos-{store}", *(terminal_id(store, k) for k in range(TERMINALS_PER_STORE))]:
+            entries.append(
+                {
+                    "id": terminal,
+                    "kind": "terminal",
+                    "location_id": store,
+                    "key": key_for(terminal),
+                    **HIGH_LIMIT,
+                }
+            )
     return entries
 
 

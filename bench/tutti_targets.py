@@ -292,7 +292,7 @@ def ghz_targets(
         "T1": (
             "T1 GetAvailability via gateway (demo SKU, all locations)",
             "tutti.inventory.v1.InventoryService.GetAvailability",
-            {"sku": 'SKU-{{printf `%05d` (randomInt 1 3001)}}', "channel": "CHANNEL_WEB"},
+            {"sku": "SKU-{{printf `%05d` (randomInt 1 3001)}}", "channel": "CHANNEL_WEB"},
             meta("web"),
         ),
         "T2": (
@@ -416,21 +416,59 @@ def py_spy(pids: Mapping[str, int], seconds: float, tag: str) -> list[subprocess
     return procs
 
 
-def summarise_profile(path: Path, top: int = 12) -> tuple[int, list[tuple[str, float]]]:
-    """Self time per function from py-spy's collapsed stacks ("f1;f2;...;fn count")."""
+# Frames where py-spy parks time spent in native code: the event loop (uvloop and grpc's C core
+# called from it) and grpc's completion-queue poller thread.
+NATIVE = {
+    "Runner.run": "native: event loop (uvloop + grpc C core)",
+    "Thread.run": "native: grpc poller thread",
+}
+# Inclusive share of these packages (by the first component of a frame's file path).
+PACKAGES = {
+    "grpc": "grpc (Python layer)",
+    "trace": "OpenTelemetry tracing",
+    "_decorator.py": "OpenTelemetry tracing",
+    "attributes": "OpenTelemetry tracing",
+    "redis": "redis-py",
+    "asyncpg": "asyncpg",
+    "aiokafka": "aiokafka",
+    "json": "json",
+    "logging": "logging",
+    "google": "protobuf",
+}
+
+
+def summarise_profile(
+    path: Path, top: int = 10
+) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks ("f1 (file:line);...;fn (file:line) count"): the self time
+    of the top functions, and the inclusive share of the libraries that matter here."""
     own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack_text, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
-        leaf = stack_text.rsplit(";", 1)[-1]
-        # "function (path/to/file.py:123)" → "function (file.py)"
-        fn, _, where = leaf.partition(" (")
+        count = int(n)
+        total += count
+        frames = stack_text.split(";")
+        fn, _, where = frames[-1].partition(" (")
         file = where.rstrip(")").rsplit("/", 1)[-1].split(":")[0]
-        own[f"{fn} ({file})"] += int(n)
-        total += int(n)
-    return total, [(fn, count / total) for fn, count in own.most_common(top)] if total else []
+        own[NATIVE.get(fn, f"{fn} ({file})")] += count
+        seen = {
+            PACKAGES[f.partition(" (")[2].split("/")[0].split(":")[0]]
+            for f in frames
+            if f.partition(" (")[2].split("/")[0].split(":")[0] in PACKAGES
+        }
+        for package in seen:
+            packages[package] += count
+    if not total:
+        return 0, [], []
+    return (
+        total,
+        [(fn, c / total) for fn, c in own.most_common(top)],
+        [(pkg, c / total) for pkg, c in packages.most_common()],
+    )
 
 
 def profile_target(
@@ -460,9 +498,16 @@ def profile_target(
     for process in pids:
         path = PROFILES / f"{name}-{process}.txt"
         if path.exists():
-            samples, top = summarise_profile(path)
+            samples, top, libraries = summarise_profile(path)
             out.append(
-                {"target": label, "process": process, "samples": samples, "top": top, "file": str(path)}
+                {
+                    "target": label,
+                    "process": process,
+                    "samples": samples,
+                    "top": top,
+                    "libraries": libraries,
+                    "file": str(path),
+                }
             )
     return out
 
@@ -472,7 +517,7 @@ def profile_target(
 
 def scale_out(load: Load, protoset: Path) -> tuple[list[Result], dict[str, Any]]:
     results = []
-    data = {"sku": 'SKU-{{printf `%05d` (randomInt 1 3001)}}', "channel": "CHANNEL_WEB"}
+    data = {"sku": "SKU-{{printf `%05d` (randomInt 1 3001)}}", "channel": "CHANNEL_WEB"}
     wide = Load(
         concurrency=load.concurrency,
         connections=max(8, load.connections),

@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             locust_argv(args.scenario, running.gateway, args.users, spawn_rate, args.duration)
         )
         print("stopping the private stack…", flush=True)
-    print(
-        f"reports: reports/{args.scenario}.html and reports/{args.scenario}_*.csv; exit code {code}"
-    )
+    print(f"reports: reports/{args.scenario}.html and reports/{args.scenario}_*.csv; exit code {code}")
     return code
 
 

@@ -14,6 +14,8 @@ from tutti.common.v1 import common_pb2
 from bench.stack import key_for
 from tools.demo import DemoRetailer, DemoSku, retailer
 
+# Distinguishes this run's ids from earlier runs' on the same servers.
+RUN = uuid.uuid4().hex[:6]
 SKU_COUNT = int(os.environ.get("TUTTI_LOADTEST_SKUS", "3000"))
 
 CHANNELS = {
@@ -64,10 +66,6 @@ def channel_key(channel: str) -> str:
 
 def store_app_key(store: str) -> str:
     return key_for(f"app-{store}")
-
-
-def terminal_key(store: str) -> str:
-    return key_for(f"pos-{store}")
 
 
 def admin_key() -> str:

@@ -1,8 +1,9 @@
 """flash_sale — everybody chases the last N units of one SKU.
 
 test_start registers a fresh SKU and receives exactly N units at the distribution centre.
-Every user then tries to order one unit (home delivery), over and over, until the test ends;
-after a sell-out the answer is FAILED_PRECONDITION, which is a correct answer, not a failure.
+Every user is a crowd of customers: each tries to order one unit (home delivery) until they
+get one, then the next customer steps in, until the test ends. After the sell-out the answer
+is FAILED_PRECONDITION, which is a correct answer, not a failure.
 At the end, checked against the orders and against inventory's own counters:
 
 * exactly N orders succeeded (distinct order ids acknowledged to the users);
@@ -109,12 +110,11 @@ class FlashSaleShopper(GrpcUser):
         self.api_key = data.channel_key(self.channel_name)
         self.orders = self.stub(orchestrator_pb2_grpc.OrderServiceStub)
         self.customer_id = data.new_id("FAN")
-        self.won = False
 
     @task
     def try_to_buy(self) -> None:
         sku = STATE["sku"]
-        if not sku or self.won:
+        if not sku:
             return
         request = orchestrator_pb2.PlaceOrderRequest(
             channel=data.CHANNELS[self.channel_name],
@@ -137,5 +137,6 @@ class FlashSaleShopper(GrpcUser):
                     continue
                 return  # sold out (expected) or a failure, already reported
             STATE["orders"].add(reply.order.order_id)  # type: ignore[union-attr]
-            self.won = True
+            # This customer got one; the next one takes their place in the crowd.
+            self.customer_id = data.new_id("FAN")
             return

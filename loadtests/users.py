@@ -31,6 +31,7 @@ from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
+from bench.stack import key_for, terminal_id
 from loadtests import data
 from loadtests.grpc_user import GrpcUser, report
 
@@ -52,6 +53,8 @@ class Shared:
         default_factory=lambda: defaultdict(lambda: deque(maxlen=500))
     )
     terminal_numbers: count[int] = field(default_factory=count)
+    # Store apps are numbered apart, so the n-th store app works where the n-th till sells.
+    associate_numbers: count[int] = field(default_factory=count)
     # Every till of the run, for the end-of-test checks.
     terminals: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -200,7 +203,7 @@ class StoreAssociate(GrpcUser):
         self.rng = random.Random()
         stores = data.stores()
         with SHARED.lock:
-            self.store = stores[next(SHARED.terminal_numbers) % len(stores)]
+            self.store = stores[next(SHARED.associate_numbers) % len(stores)]
         self.api_key = data.store_app_key(self.store)
         self.orders = self.stub(orchestrator_pb2_grpc.OrderServiceStub)
         self.returns = self.stub(returns_pb2_grpc.ReturnsServiceStub)
@@ -281,8 +284,11 @@ class PosTerminal(GrpcUser):
         with SHARED.lock:
             number = next(SHARED.terminal_numbers)
         self.store = stores[number % len(stores)]
-        self.terminal_id = f"T-{self.store}-{number:04d}"
-        self.api_key = data.terminal_key(self.store)
+        self.terminal_id = terminal_id(self.store, number // len(stores))
+        self.api_key = key_for(self.terminal_id)
+        # Unique per user (users may share a terminal) and per run: inventory remembers sale
+        # ids across runs.
+        self.sale_prefix = f"{self.terminal_id}-{data.RUN}-u{number}"
         self.sales = count(1)
         self.pending: dict[str, tuple[float, str, int]] = {}
         self.acked_units: dict[str, int] = defaultdict(int)
@@ -324,6 +330,7 @@ class PosTerminal(GrpcUser):
                     )
         except grpc.RpcError as exc:
             report(env, "StreamPosSales stream", time.perf_counter(), exception=exc)
+            gevent.sleep(1.0)  # a till retries its connection with a pause, not in a tight loop
         finally:
             self._stream_open = False
 
@@ -339,7 +346,7 @@ class PosTerminal(GrpcUser):
         if not self._stream_open:
             self._open()
         sku = self.pick_sku()
-        sale_id = f"{self.terminal_id}-{next(self.sales)}"
+        sale_id = f"{self.sale_prefix}-{next(self.sales)}"
         request = inventory_pb2.StreamPosSalesRequest(
             terminal_id=self.terminal_id,
             sale_id=sale_id,
