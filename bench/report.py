@@ -125,7 +125,7 @@ def plot(data: Mapping[str, Any], path: Path = PLOT) -> None:
     if not results:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(results) + 2.2))
-    names = [f"{r['name']} {r['label'][:38]}" for r in results][::-1]
+    names = [r["label"][:44] for r in results][::-1]
     colours = [
         {"grpc": "#4c72b0", "redis": "#dd8452", "tutti": "#55a868", "scale": "#8172b2"}.get(
             r.get("kind", "grpc"), "#4c72b0"
@@ -209,6 +209,20 @@ def markdown(data: Mapping[str, Any]) -> str:
     for t in evaluate(data):
         mark = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
         out.append(f"| {t['what']} ({t['result']}) | {t['goal']} | {t['shown']} | {mark} |")
+    if data.get("oversell"):
+        o = data["oversell"]
+        refused = sum(v for k, v in o.get("statuses", {}).items() if k != "OK")
+        concurrency = data.get("load", {}).get("concurrency")
+        out += [
+            "",
+            "## Oversell under contention (O1)",
+            "",
+            f"{o['attempts']:,} reservations of one unit raced through the gateway "
+            f"({concurrency} at a time) for the {o['units']} units of one SKU: "
+            f"**{o['succeeded']} succeeded**, {refused:,} were refused (FAILED_PRECONDITION); inventory "
+            f"then held {o['reserved']} reserved of {o['on_hand']} on hand, {o['available']} available. "
+            f"Oversold: **{o['oversold']}**.",
+        ]
     if data.get("scaleout"):
         s = data["scaleout"]
         out += ["", "## Scale-out on one machine", "", s.get("summary", "")]
@@ -218,7 +232,8 @@ def markdown(data: Mapping[str, Any]) -> str:
             "## Profiles",
             "",
             "Recorded with `py-spy record` during a separate ghz run of the same target (so the sampler "
-            "does not distort the measured figures); flame graphs are kept under `.tutti/bench/profiles/`. "
+            "does not distort the measured figures); the collapsed stacks are kept under "
+            "`.tutti/bench/profiles/` (py-spy raw format, readable by speedscope or flamegraph.pl). "
             "Share of samples per function (self time; time in native code is parked on the Python "
             "frame that called it), top entries:",
             "",

@@ -37,6 +37,7 @@ from bench.redis_baseline import percentile
 DC = "DC-ORLEANS"
 POS_STORE = "STORE-PARIS-RIVOLI"
 BENCH_SKUS = 100
+BENCH_CUSTOMERS = 50
 PARIS = {
     "line1": "10 rue de Rivoli",
     "postal_code": "75004",
@@ -58,34 +59,94 @@ def meta(principal: str) -> dict[str, str]:
 # --- set-up -----------------------------------------------------------------------------------
 
 
-def stock_bench_skus(gateway: str, run: str, count: int = BENCH_SKUS, units: int = 10**9) -> list[str]:
-    """SKUs of this run with plenty of stock at the DC, so throughput runs never sell out."""
+def dc_for(run: str) -> str:
+    """The run's own distribution centre: orders of the bench never use up the daily
+    capacity of the demo locations (shared by everyone's orchestrator on this database)."""
+    return f"BENCH-DC-{run}"
+
+
+def stock_bench_skus(
+    gateway: str, run: str, count: int = BENCH_SKUS, units: int = 10**9
+) -> tuple[list[str], str]:
+    """SKUs of this run with plenty of stock at the run's own DC (no daily capacity), so
+    throughput runs never sell out; and one SKU stocked at the POS store only, for L1."""
+    from tools.demo import retailer
+
     skus = [f"BENCH-{run}-{i}" for i in range(count)]
+    pos_sku = f"BENCH-{run}-POS"
+    dc = inventory_pb2.Location()
+    dc.CopyFrom(next(loc for loc in retailer().locations if loc.location_id == DC))
+    dc.location_id, dc.name, dc.daily_capacity = dc_for(run), f"Bench DC {run}", 0
     with grpc.insecure_channel(gateway) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        stub.UpsertLocations(
+            inventory_pb2.UpsertLocationsRequest(locations=[dc]), metadata=auth("admin"), timeout=30
+        )
         stub.RegisterSkus(
             inventory_pb2.RegisterSkusRequest(
                 skus=[
                     inventory_pb2.Sku(sku=s, name=f"Bench item {s}", category="tshirts", returnable=True)
-                    for s in skus
+                    for s in [*skus, pos_sku]
                 ]
             ),
             metadata=auth("admin"),
             timeout=30,
         )
-        for location in (DC, POS_STORE):
+        for location, stocked in ((dc.location_id, skus), (POS_STORE, [pos_sku])):
             stub.ReceiveStock(
                 inventory_pb2.ReceiveStockRequest(
                     movement_id=f"{run}-{location}",
                     location_id=location,
-                    lines=[inventory_pb2.ReservationLine(sku=s, quantity=units) for s in skus],
+                    lines=[inventory_pb2.ReservationLine(sku=s, quantity=units) for s in stocked],
                     condition=inventory_pb2.STOCK_CONDITION_SELLABLE,
                     reason="bench",
                 ),
                 metadata=auth("admin"),
                 timeout=30,
             )
-    return skus
+    return skus, pos_sku
+
+
+def cancel_bench_orders(orchestrator: str, customers: Sequence[str]) -> int:
+    """Cancel what the bench ordered (directly on the orchestrator): open orders would keep
+    its background loops busy and sit in the shared database as work to do."""
+
+    async def cancel_all() -> int:
+        cancelled = 0
+        async with grpc.aio.insecure_channel(orchestrator) as channel:
+            stub = orchestrator_pb2_grpc.OrderServiceStub(channel)
+            limit = asyncio.Semaphore(16)
+
+            async def cancel(order_id: str) -> None:
+                nonlocal cancelled
+                async with limit:
+                    try:
+                        await stub.CancelOrder(
+                            orchestrator_pb2.CancelOrderRequest(order_id=order_id, reason="bench clean-up"),
+                            timeout=30,
+                        )
+                        cancelled += 1
+                    except grpc.aio.AioRpcError:
+                        pass  # already finished or cancelled
+
+            async def customer_orders(customer: str) -> None:
+                token = ""
+                while True:
+                    page = await stub.ListOrders(
+                        orchestrator_pb2.ListOrdersRequest(
+                            customer_id=customer, page_size=200, page_token=token
+                        ),
+                        timeout=30,
+                    )
+                    await asyncio.gather(*(cancel(o.order_id) for o in page.orders if o.status != 10))
+                    token = page.next_page_token
+                    if not token:
+                        return
+
+            await asyncio.gather(*(customer_orders(c) for c in customers))
+        return cancelled
+
+    return run_uvloop(cancel_all())
 
 
 # --- L1: POS sale → visible availability ----------------------------------------------------------
@@ -206,7 +267,7 @@ def _place(stub: Any, sku: str, metadata: Any) -> str:
     request = orchestrator_pb2.PlaceOrderRequest(
         channel=1,
         channel_order_id=f"L2-{uuid.uuid4().hex[:12]}",
-        customer_id="BENCH-L2",
+        customer_id=f"{sku.rsplit('-', 1)[0]}-L2",
         method=1,  # DELIVERY_METHOD_HOME_STANDARD
         lines=[orchestrator_pb2.OrderLineInput(line_id="1", sku=sku, quantity=1)],
     )
@@ -276,7 +337,7 @@ def ghz_targets(
     order = {
         "channel": "CHANNEL_WEB",
         "channel_order_id": "{{newUUID}}",
-        "customer_id": "BENCH-{{randomInt 0 1000}}",
+        "customer_id": f"BENCH-{run}-C{{{{randomInt 0 {BENCH_CUSTOMERS}}}}}",
         "method": "DELIVERY_METHOD_HOME_STANDARD",
         "address": PARIS,
         "lines": [
@@ -302,7 +363,7 @@ def ghz_targets(
                 "reservation_id": "{{newUUID}}",
                 "channel": "CHANNEL_WEB",
                 "hold_ttl_seconds": 3600,
-                "lines": [{"sku": _sku_template(run), "location_id": DC, "quantity": 1}],
+                "lines": [{"sku": _sku_template(run), "location_id": dc_for(run), "quantity": 1}],
             },
             meta("admin"),
         ),
@@ -332,7 +393,7 @@ def oversell(
         stub.ReceiveStock(
             inventory_pb2.ReceiveStockRequest(
                 movement_id=f"{sku}-in",
-                location_id=DC,
+                location_id=dc_for(run),
                 lines=[inventory_pb2.ReservationLine(sku=sku, quantity=units)],
                 condition=inventory_pb2.STOCK_CONDITION_SELLABLE,
                 reason="bench oversell check",
@@ -352,7 +413,7 @@ def oversell(
                 {
                     "reservation_id": "{{newUUID}}",
                     "channel": "CHANNEL_WEB",
-                    "lines": [{"sku": sku, "location_id": DC, "quantity": 1}],
+                    "lines": [{"sku": sku, "location_id": dc_for(run), "quantity": 1}],
                 }
             ),
             f"--metadata={json.dumps(meta('admin'))}",
@@ -364,7 +425,7 @@ def oversell(
         ]
         out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=False).stdout)  # noqa: S603
         levels = stub.GetStockLevels(
-            inventory_pb2.GetStockLevelsRequest(sku=sku, location_ids=[DC]),
+            inventory_pb2.GetStockLevelsRequest(sku=sku, location_ids=[dc_for(run)]),
             metadata=auth("admin"),
             timeout=30,
         ).levels
@@ -579,9 +640,9 @@ def run(data: dict[str, Any], stages: Sequence[str], load: Load, protoset: Path,
 
 def _tutti(data: dict[str, Any], running: stack.Stack, load: Load, protoset: Path, *, profile: str) -> None:
     run_id = uuid.uuid4().hex[:6]
-    skus = stock_bench_skus(running.gateway, run_id)
+    skus, pos_sku = stock_bench_skus(running.gateway, run_id)
     print("  L1 POS sale → channel watch", flush=True)
-    data["latencies"].append(run_uvloop(pos_to_watch(running.gateway, skus[0], sales=300)))
+    data["latencies"].append(run_uvloop(pos_to_watch(running.gateway, pos_sku, sales=300)))
     has_orders = {"orchestrator", "tracking"} <= set(running.processes)
     if has_orders:
         print("  L2 event → timeline", flush=True)
@@ -600,6 +661,23 @@ def _tutti(data: dict[str, Any], running: stack.Stack, load: Load, protoset: Pat
         data["results"].append(result)
     print("  O1 oversell under contention", flush=True)
     data["oversell"] = oversell(running.gateway, run_id, load, protoset)
+    try:
+        _profiles(data, specs, running, load, protoset, profile)
+    finally:
+        if "orchestrator" in running.processes:
+            customers = [f"BENCH-{run_id}-C{n}" for n in range(BENCH_CUSTOMERS)] + [f"BENCH-{run_id}-L2"]
+            print("  cancelling the bench's orders", flush=True)
+            data["cancelled_orders"] = cancel_bench_orders(running.addresses["orchestrator"], customers)
+
+
+def _profiles(
+    data: dict[str, Any],
+    specs: dict[str, Any],
+    running: stack.Stack,
+    load: Load,
+    protoset: Path,
+    profile: str,
+) -> None:
     if profile == "never":
         return
     rows = [r if isinstance(r, dict) else r.as_dict() for r in data["results"]]

@@ -2,15 +2,25 @@
 
 Mostly shoppers (web, app, marketplace) reading availability (single and batch), asking for
 delivery quotes, placing orders and cancelling a few, reading their timelines; store apps moving
-orders through fulfilment and taking till returns; POS terminals streaming sales.
+orders through fulfilment and taking till returns; POS terminals streaming sales. Orders still
+open at the end are cancelled (outside the statistics).
 """
 
 from __future__ import annotations
 
-from locust import between
+from locust import between, events
+from locust.env import Environment
 
-from loadtests import checks  # noqa: F401 - installs the pass/fail listener
-from loadtests.users import PosTerminal, Shopper, StoreAssociate
+from loadtests import checks, data
+from loadtests.users import SHARED, PosTerminal, Shopper, StoreAssociate
+
+
+@events.test_stop.add_listener
+def cancel_open_orders(environment: Environment, **_kwargs: object) -> None:
+    """Orders left open would hold the demo locations' daily capacity on a shared database."""
+    if environment.host:
+        cancelled = data.cancel_orders(environment.host, SHARED.placed)
+        checks.log.info("clean-up: %d of %d orders cancelled", cancelled, len(SHARED.placed))
 
 
 class BlackFridayShopper(Shopper):

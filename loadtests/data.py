@@ -7,9 +7,11 @@ import os
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from functools import cache
 
 from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2
 
 from bench.stack import key_for
 from tools.demo import DemoRetailer, DemoSku, retailer
@@ -93,3 +95,34 @@ def customer_address(rng: random.Random) -> common_pb2.PostalAddress:
 
 def money(cents: int) -> common_pb2.Money:
     return common_pb2.Money(currency="EUR", amount_minor=cents)
+
+
+def own_location(location_id: str) -> inventory_pb2.Location:
+    """A location of this run, a copy of the demo DC without a daily capacity, so a scenario's
+    orders never use up the capacity of the demo locations on a shared database."""
+    dc = inventory_pb2.Location()
+    dc.CopyFrom(demo().locations[0])
+    dc.location_id, dc.name, dc.daily_capacity = location_id, f"Load test {location_id}", 0
+    return dc
+
+
+def cancel_orders(host: str, orders: Iterable[tuple[str, str]], reason: str = "load test clean-up") -> int:
+    """Cancel the (channel, order id) a run placed, as the channel that placed them, outside the
+    statistics: what is left open would keep the orchestrator's background loops busy."""
+    import grpc
+    from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+    cancelled = 0
+    with grpc.insecure_channel(host) as channel:
+        stub = orchestrator_pb2_grpc.OrderServiceStub(channel)
+        for channel_name, order_id in orders:
+            try:
+                stub.CancelOrder(
+                    orchestrator_pb2.CancelOrderRequest(order_id=order_id, reason=reason),
+                    metadata=(("authorization", f"Bearer {channel_key(channel_name)}"),),
+                    timeout=10,
+                )
+                cancelled += 1
+            except grpc.RpcError:
+                pass  # already shipped, collected or cancelled
+    return cancelled

@@ -10,6 +10,9 @@ At the end, checked against the orders and against inventory's own counters:
 * inventory holds exactly N units reserved for them and 0 available to promise;
 * nothing oversold: reserved never exceeds on hand, on hand is still N.
 
+The stock sits at a location of the run's own (no daily capacity), and the orders are
+cancelled after the checks, so repeated runs leave the shared database as they found it.
+
 Run with thousands of users: `make loadtest SCENARIO=flash_sale USERS=2000`.
 """
 
@@ -29,6 +32,7 @@ from loadtests import checks, data
 from loadtests.grpc_user import GrpcUser
 
 UNITS = int(os.environ.get("TUTTI_FLASH_UNITS", "100"))
+# orders: (channel, order id) acknowledged to the users.
 STATE: dict[str, object] = {"sku": None, "orders": set()}
 RETRIABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
@@ -44,9 +48,13 @@ ADMIN = (("authorization", f"Bearer {data.admin_key()}"),)
 @events.test_start.add_listener
 def stock_the_flash_sku(environment: Environment, **_kwargs: object) -> None:
     sku = data.new_id("FLASH")
-    dc = data.demo().locations[0].location_id
+    location = data.own_location(f"{sku}-DC")
+    dc = location.location_id
     channel, stub = _admin_stub(environment)
     with channel:
+        stub.UpsertLocations(
+            inventory_pb2.UpsertLocationsRequest(locations=[location]), metadata=ADMIN, timeout=30
+        )
         stub.RegisterSkus(
             inventory_pb2.RegisterSkusRequest(
                 skus=[
@@ -78,7 +86,7 @@ def check_no_oversell(environment: Environment, **_kwargs: object) -> None:
     sku = STATE["sku"]
     if not sku:
         return
-    orders: set[str] = STATE["orders"]  # type: ignore[assignment]
+    orders: set[tuple[str, str]] = STATE["orders"]  # type: ignore[assignment]
     channel, stub = _admin_stub(environment)
     with channel:
         levels = stub.GetStockLevels(
@@ -98,6 +106,7 @@ def check_no_oversell(environment: Environment, **_kwargs: object) -> None:
         checks.violation(f"flash sale: available to promise should be 0 after the sell-out; {summary}")
     if not checks.VIOLATIONS:
         checks.passed(f"flash sale: exactly N sold, none oversold — {summary}")
+    checks.log.info("clean-up: %d orders cancelled", data.cancel_orders(environment.host, sorted(orders)))
 
 
 class FlashSaleShopper(GrpcUser):
@@ -136,7 +145,7 @@ class FlashSaleShopper(GrpcUser):
                 if exc.code() in RETRIABLE:  # type: ignore[attr-defined]
                     continue
                 return  # sold out (expected) or a failure, already reported
-            STATE["orders"].add(reply.order.order_id)  # type: ignore[union-attr]
+            STATE["orders"].add((self.channel_name, reply.order.order_id))  # type: ignore[union-attr]
             # This customer got one; the next one takes their place in the crowd.
             self.customer_id = data.new_id("FAN")
             return

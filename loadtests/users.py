@@ -55,6 +55,8 @@ class Shared:
     terminal_numbers: count[int] = field(default_factory=count)
     # Store apps are numbered apart, so the n-th store app works where the n-th till sells.
     associate_numbers: count[int] = field(default_factory=count)
+    # Every order placed: (channel, order id), cancelled at the end if still open.
+    placed: list[tuple[str, str]] = field(default_factory=list)
     # Every till of the run, for the end-of-test checks.
     terminals: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -160,6 +162,7 @@ class Shopper(GrpcUser):
             return
         order = reply.order
         self.my_orders.append(order.order_id)
+        SHARED.placed.append((self.channel_name, order.order_id))
         by_location: dict[str, list[str]] = defaultdict(list)
         for line in order.lines:
             by_location[line.location_id].append(line.line_id)
