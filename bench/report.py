@@ -209,7 +209,7 @@ def markdown(data: Mapping[str, Any]) -> str:
     for t in evaluate(data):
         mark = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
         out.append(f"| {t['what']} ({t['result']}) | {t['goal']} | {t['shown']} | {mark} |")
-    if data.get("oversell"):
+    if "attempts" in data.get("oversell", {}):
         o = data["oversell"]
         refused = sum(v for k, v in o.get("statuses", {}).items() if k != "OK")
         concurrency = data.get("load", {}).get("concurrency")
