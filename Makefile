@@ -92,7 +92,7 @@ bench: infra-up $(GHZ) ## Measure Tutti against bare grpc.aio/Redis baselines (~
 	$(WITH_INFRA) $(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: loadtest
-loadtest: install ## Locust, headless, against the running stack: SCENARIO=black_friday|flash_sale|pos_rush USERS= DURATION=
+loadtest: infra-up ## Locust headless on a private stack (LOADTEST_ARGS=--host=… for a running one): SCENARIO= USERS= DURATION=
 	$(WITH_INFRA) $(PY) -m loadtests --scenario $(SCENARIO) --users $(USERS) --duration $(DURATION) $(LOADTEST_ARGS)
 
 # --- contracts -----------------------------------------------------------------------------
