@@ -121,8 +121,12 @@ docs-api: gen/.stamp ## Regenerate docs/api.md (the API reference) from the prot
 # --- quality -------------------------------------------------------------------------------
 
 .PHONY: test
-test: infra-up ## Run the whole suite (unit, integration on real servers, end-to-end); starts the infrastructure
+test: contracts infra-up ## Run the whole suite: contracts, unit, integration on real servers, end-to-end; starts the infrastructure
 	$(WITH_INFRA) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+.PHONY: contracts
+contracts: proto-lint proto-breaking gen/.stamp ## buf lint, breaking changes against main, API reference up to date
+	$(PY) -m tools.gen_api_docs --check
 
 .PHONY: test-unit
 test-unit: install ## Run the fast unit tests only (no servers)
