@@ -1,0 +1,132 @@
+"""`make up` / `make down` as a platform team sees them: five real processes that answer the
+health check SERVING, list their services through reflection to a real client (grpcurl), load the
+demo retailer, and leave no process behind when stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.stack import PROCESSES
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+GRPCURL = ROOT / ".tutti" / "bin" / "grpcurl"
+# Ports apart from the defaults, so a developer's running stack is left alone.
+PORTS = {"gateway": 61051, "inventory": 61052, "orchestrator": 61053, "returns": 61054, "tracking": 61055}
+EXPECTED = {
+    "gateway": "tutti.orchestrator.v1.OrderService",
+    "inventory": "tutti.inventory.v1.InventoryService",
+    "orchestrator": "tutti.orchestrator.v1.OrderService",
+    "returns": "tutti.returns.v1.ReturnsService",
+    "tracking": "tutti.tracking.v1.TrackingService",
+}
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TUTTI_HOME"] = str(tmp_path_factory.mktemp("stack"))
+    for name, port in PORTS.items():
+        env[f"TUTTI_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+    return env
+
+
+def _stack(command: str, env: dict[str, str], *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.stack", command, *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _pids(home: Path) -> list[int]:
+    pids = []
+    for name in PROCESSES:
+        pid_file = home / "run" / f"{name}.pid"
+        if pid_file.exists():
+            pids.append(int(pid_file.read_text()))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited but is not reaped yet; it holds nothing.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -> None:
+    assert GRPCURL.exists(), "grpcurl is installed by `make install` into .tutti/bin"
+    up = _stack("up", stack_env)
+    home = Path(stack_env["TUTTI_HOME"])
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "demo retailer loaded" in up.stdout
+        assert "127.0.0.1:61051" in up.stdout  # says where to look
+        pids = _pids(home)
+        assert len(pids) == 5
+
+        status = _stack("status", stack_env, timeout=60)
+        assert status.stdout.count("serving") == 5, status.stdout
+
+        for name, port in PORTS.items():
+            listed = subprocess.run(
+                [str(GRPCURL), "-plaintext", f"127.0.0.1:{port}", "list"],
+                capture_output=True, text=True, timeout=30,
+            )
+            assert listed.returncode == 0, listed.stderr
+            services = set(listed.stdout.split())
+            assert {EXPECTED[name], "grpc.health.v1.Health"} <= services, (name, services)
+    finally:
+        down = _stack("down", stack_env, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_a_bad_setting_stops_a_service_with_one_line(stack_env: dict[str, str]) -> None:
+    env = dict(stack_env, TUTTI_DATABASE_URL="mysql://nope")
+    result = subprocess.run(
+        [sys.executable, "-m", "services.orchestrator"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tutti-orchestrator: invalid setting: TUTTI_DATABASE_URL must be a postgresql/postgres URL, got 'mysql://nope'"
+    ]
+
+
+def test_the_foreground_run_stops_everything_on_ctrl_c(stack_env: dict[str, str]) -> None:
+    env = dict(stack_env, TUTTI_HOME=str(Path(stack_env["TUTTI_HOME"]) / "fg"))
+    proc = subprocess.Popen(
+        # --keep-infra: the suite's shared servers stay up; `make run` stops them too.
+        [sys.executable, "-m", "tools.stack", "run", "--no-demo", "--keep-infra"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "Ctrl-C" in line:
+            break
+    else:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        pytest.fail("".join(output))
+    pids = _pids(Path(env["TUTTI_HOME"]))
+    assert len(pids) == 5
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    proc.stdout.close()
+    assert not [pid for pid in pids if _alive(pid)]
+    shutil.rmtree(env["TUTTI_HOME"], ignore_errors=True)
