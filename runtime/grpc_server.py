@@ -40,6 +40,9 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+LIVENESS = "liveness"
+
+
 @dataclass
 class Wiring:
     """What a service's composition root hands to the runtime."""
@@ -188,6 +191,9 @@ async def serve(
         names = list(wiring.service_names)
         for name in ("", *names):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # "liveness" answers SERVING while the process is responsive, whatever its dependencies:
+        # an orchestrator restarting pods during a database outage would only slow recovery.
+        await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )

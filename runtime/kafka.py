@@ -36,8 +36,10 @@ class Topic:
     retention_ms: int = 7 * 24 * 3600 * 1000
     description: str = ""
 
-    def configs(self) -> dict[str, str]:
-        cfg = {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
+    def configs(self, replication_factor: int = 1) -> dict[str, str]:
+        # With three or more replicas an acks=all write survives the loss of one broker.
+        min_insync = 2 if replication_factor >= 3 else 1
+        cfg = {"retention.ms": str(self.retention_ms), "min.insync.replicas": str(min_insync)}
         if self.compacted:
             cfg["cleanup.policy"] = "compact"
         return cfg
@@ -70,7 +72,7 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = TOPICS, replic
             return []
         new = [
             NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=replication_factor,
-                     topic_configs=t.configs())
+                     topic_configs=t.configs(replication_factor))
             for t in missing
         ]
         try:

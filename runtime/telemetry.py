@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
+import os
+
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 _configured = False
@@ -17,7 +20,10 @@ _configured = False
 def configure_tracing(service: str, exporter: str) -> TracerProvider:
     """Install a tracer provider once per process. exporter: none | console | otlp."""
     global _configured
-    provider = TracerProvider(resource=Resource.create({"service.name": f"tutti-{service}"}))
+    # With no exporter, spans are not recorded (the standard OTEL_TRACES_SAMPLER still wins), but
+    # trace ids are still made and propagated, so logs and downstream services can correlate.
+    sampler = ParentBased(ALWAYS_OFF) if exporter == "none" and not os.environ.get("OTEL_TRACES_SAMPLER") else None
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tutti-{service}"}), sampler=sampler)
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime.kafka import ensure_topics
 from runtime.postgres import apply_migrations
-from runtime.settings import CommonSettings, SettingsError
+from runtime.settings import CommonSettings, Env, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,8 +19,8 @@ def migration_sets() -> dict[str, Path]:
     return {d.parent.name: d for d in sorted((ROOT / "services").glob("*/migrations")) if d.is_dir()}
 
 
-async def prepare(settings: CommonSettings) -> None:
-    created = await ensure_topics(settings.kafka_bootstrap)
+async def prepare(settings: CommonSettings, replication_factor: int = 1) -> None:
+    created = await ensure_topics(settings.kafka_bootstrap, replication_factor=replication_factor)
     print(f"kafka topics: {', '.join(created) if created else 'all present'}")
     for schema, directory in migration_sets().items():
         applied = await apply_migrations(settings.database_url, schema, [directory])
@@ -30,10 +30,12 @@ async def prepare(settings: CommonSettings) -> None:
 def main() -> int:
     try:
         settings = CommonSettings.from_env("prepare")
+        # 1 for the local single broker; 3 on a production cluster.
+        replication_factor = Env().int("TUTTI_KAFKA_REPLICATION_FACTOR", 1, minimum=1)
     except SettingsError as exc:
         print(f"tutti: invalid setting: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(prepare(settings))
+    asyncio.run(prepare(settings, replication_factor))
     return 0
 
 

@@ -231,7 +231,10 @@ def test_every_server_is_probed_through_grpc_health(rendered: dict[str, list[Doc
                 assert container[probe] == {**container[probe], "tcpSocket": {"port": "grpc"}}
                 assert "grpc" not in container[probe]
             else:
-                assert container[probe]["grpc"] == {"port": port}, f"{rendering}: {name} {probe}"
+                # Liveness asks the "liveness" health name, which stays SERVING while the process
+                # answers: a dependency outage must not restart pods (readiness takes them out).
+                expected = {"port": port, "service": "liveness"} if probe == "livenessProbe" else {"port": port}
+                assert container[probe]["grpc"] == expected, f"{rendering}: {name} {probe}"
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)

@@ -137,6 +137,8 @@ async def test_health_follows_dependencies(probe) -> None:
     ready[0] = False
     await wait_for(lambda: _is(status(), health_pb2.HealthCheckResponse.NOT_SERVING), timeout=15,
                    message="NOT_SERVING once the dependency is down")
+    # Alive all the same: a liveness probe must not restart a process that waits for its database.
+    assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
 
 
 async def _is(value, expected) -> bool:
