@@ -38,8 +38,14 @@ GRPCURL := .tutti/bin/grpcurl
 $(GRPCURL):
 	GOBIN=$(CURDIR)/.tutti/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
+# ghz, the gRPC load tool of `make bench` (its smoke test runs in `make test`).
+GHZ := .tutti/bin/ghz
+
+$(GHZ):
+	GOBIN=$(CURDIR)/.tutti/bin go install github.com/bojand/ghz/cmd/ghz@v0.93.0
+
 .PHONY: install
-install: $(VENV)/.stamp gen/.stamp $(GRPCURL) ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars, grpcurl
+install: $(VENV)/.stamp gen/.stamp $(GRPCURL) $(GHZ) ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars, grpcurl, ghz
 	infra/install.sh
 
 .PHONY: proto
@@ -81,11 +87,6 @@ status: ## Show infrastructure and services, with their health
 	$(WITH_INFRA) $(PY) -m tools.stack status
 
 # --- performance ---------------------------------------------------------------------------
-
-GHZ := .tutti/bin/ghz
-
-$(GHZ):
-	GOBIN=$(CURDIR)/.tutti/bin go install github.com/bojand/ghz/cmd/ghz@latest
 
 .PHONY: bench
 bench: infra-up $(GHZ) ## Measure Tutti against bare grpc.aio/Redis baselines (~5 min); writes docs/benchmarks.md

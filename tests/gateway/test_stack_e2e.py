@@ -19,15 +19,15 @@ from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 from gateway.bootstrap import builder
 from runtime.settings import CommonSettings
+from services.orchestrator import bootstrap as orchestrator_bootstrap
+from services.returns import bootstrap as returns_bootstrap
+from services.tracking import bootstrap as tracking_bootstrap
 from tests.gateway.conftest import KEYS, gateway_settings
 from tests.gateway.test_cli_e2e import REDIS_DB, tutti
 from tests.support import random_id, running_service, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-orchestrator_bootstrap = pytest.importorskip("services.orchestrator.bootstrap")
-returns_bootstrap = pytest.importorskip("services.returns.bootstrap")
-tracking_bootstrap = pytest.importorskip("services.tracking.bootstrap")
 
 
 @pytest.fixture(scope="module")
