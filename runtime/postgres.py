@@ -166,5 +166,7 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*futures)
-            await conn.execute("DELETE FROM outbox WHERE id <= $1", rows[-1]["id"])
+            # Only the rows sent: a row with a lower id whose transaction committed after the
+            # SELECT is visible to this DELETE (read committed) but was never published.
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
             return len(rows)

@@ -150,6 +150,50 @@ async def test_outbox_relays_committed_events_only(settings: CommonSettings, sch
         await pool.close()
 
 
+async def test_outbox_row_committed_during_a_relay_pass_is_not_lost(
+    settings: CommonSettings, schema: str
+) -> None:
+    """Ids are taken at insert, rows become visible at commit: an earlier id can commit while
+    the relay is publishing a later one. That row must be relayed on the next pass, not deleted."""
+    pool = await create_pool(settings.database_url, schema)
+    producer = create_producer(settings.kafka_bootstrap, "test")
+    await producer.start()
+    started_ms = int(time.time() * 1000) - 1000
+    key = random_id("O")
+    early = build_envelope(_payload(n=1), source="test", key=key)
+    late = build_envelope(_payload(n=2), source="test", key=key)
+    slow_writer = await pool.acquire()
+    try:
+        slow_tx = slow_writer.transaction()
+        await slow_tx.start()
+        await enqueue_event(slow_writer, ORDER_EVENTS, early)  # takes the lower id, not committed
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_event(conn, ORDER_EVENTS, late)
+
+        class CommitsTheEarlierRowWhileSending:
+            async def send(self, *args, **kwargs):
+                if slow_tx is not None and not committed:
+                    committed.append(True)
+                    await slow_tx.commit()  # between the relay's SELECT and its DELETE
+                return await producer.send(*args, **kwargs)
+
+        committed: list[bool] = []
+        relay = OutboxRelay(pool, CommitsTheEarlierRowWhileSending(), schema)  # type: ignore[arg-type]
+        assert await relay.relay_once() == 1  # the late row only; the early one was not visible
+        assert committed
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+        assert await relay.relay_once() == 1  # the early row, on the next pass
+        seen = await read_events(
+            settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.key == key,
+            from_beginning_ms=started_ms, count=2,
+        )
+        assert sorted(e.event_id for e in seen) == sorted([early.event_id, late.event_id])
+    finally:
+        await pool.release(slow_writer)
+        await producer.stop()
+        await pool.close()
+
+
 async def test_inbox_claims_an_event_once(settings: CommonSettings, schema: str) -> None:
     pool = await create_pool(settings.database_url, schema)
     try:
