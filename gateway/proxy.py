@@ -26,16 +26,16 @@ from gateway.credentials import CredentialStore, Kind, Principal
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
-from runtime import errors
+from runtime import errors, telemetry
 
 log = logging.getLogger(__name__)
 
-# Caller metadata the gateway does not pass on: the credential itself, transport headers, the
-# trace context (the tracing client interceptor re-injects it with the gateway's span as parent)
-# and anything claiming to be the gateway's own caller identity.
-_DROPPED = frozenset(
-    {"authorization", "user-agent", "content-type", "te", "host", "traceparent", "tracestate"}
-)
+# Caller metadata the gateway does not pass on: the credential itself, transport headers and
+# anything claiming to be the gateway's own caller identity. With tracing on, also the caller's
+# trace context: the tracing client interceptor re-injects it with the gateway's span as parent
+# (with tracing off it is forwarded as it came, so the caller's trace still reaches the services).
+_DROPPED = frozenset({"authorization", "user-agent", "content-type", "te", "host"})
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 CALLER_PREFIX = "tutti-caller-"
 # Above this, grpc reports "no deadline" as a huge remaining time.
 _NO_DEADLINE = 10**6
@@ -74,6 +74,7 @@ class Gateway:
         self._limiter = limiter
         self._channels = dict(channels)
         self._default_timeout = default_timeout_seconds
+        self._dropped = _DROPPED | _TRACE_HEADERS if telemetry.tracing_enabled() else _DROPPED
         self._callables: dict[str, Any] = {}
         for route in self._routes.values():
             channel = self._channels[route.backend]
@@ -324,12 +325,12 @@ class Gateway:
             return None if streaming else self._default_timeout
         return max(remaining, 0.001)
 
-    @staticmethod
-    def _metadata(context: grpc.aio.ServicerContext, principal: Principal) -> list[tuple[str, str]]:
+    def _metadata(self, context: grpc.aio.ServicerContext, principal: Principal) -> list[tuple[str, str]]:
+        dropped = self._dropped
         forwarded = [
             (item[0], item[1])
             for item in context.invocation_metadata() or ()
-            if item[0] not in _DROPPED and not item[0].startswith((":", "grpc-", CALLER_PREFIX))
+            if item[0] not in dropped and not item[0].startswith((":", "grpc-", CALLER_PREFIX))
         ]
         forwarded += [(f"{CALLER_PREFIX}id", principal.id), (f"{CALLER_PREFIX}kind", principal.kind.value)]
         if principal.channel:

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import grpc
+import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime import telemetry
 from runtime.grpc_server import Wiring, client_channel
 from runtime.settings import CommonSettings
 from tests.support import running_service
 
-telemetry.configure_tracing("test", "none")
 tracer = trace.get_tracer("tests")
+spans = InMemorySpanExporter()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tracing_on() -> Iterator[None]:
+    """Tracing as a deployment with an exporter has it; the rest of the suite runs without."""
+    telemetry.configure_tracing("test", "none", processor=SimpleSpanProcessor(spans))
+    assert telemetry.tracing_enabled()
+    yield
+    telemetry.configure_tracing("test", "none")
+    assert not telemetry.tracing_enabled()
+
+
+def test_without_an_exporter_no_interceptor_is_installed() -> None:
+    telemetry.configure_tracing("test", "none")
+    try:
+        assert telemetry.server_interceptors() == [] and telemetry.client_interceptors() == []
+    finally:
+        telemetry.configure_tracing("test", "none", processor=SimpleSpanProcessor(spans))
+    assert telemetry.server_interceptors() and telemetry.client_interceptors()
 
 
 def test_kafka_headers_carry_the_trace_context() -> None:
@@ -45,3 +68,7 @@ async def test_grpc_calls_carry_the_trace_context(settings: CommonSettings) -> N
             with tracer.start_as_current_span("caller") as span:
                 await channel.unary_unary("/tutti.test.v1.Trace/WhoAmI")(b"", timeout=5)
     assert seen == [span.get_span_context().trace_id]
+    # Both sides recorded a span of that trace: the client call and the server handler.
+    recorded = [s for s in spans.get_finished_spans() if s.context.trace_id == seen[0]]
+    kinds = {s.kind for s in recorded}
+    assert {trace.SpanKind.CLIENT, trace.SpanKind.SERVER} <= kinds, recorded
