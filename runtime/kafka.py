@@ -8,14 +8,17 @@ event carries an id that consumers de-duplicate on (delivery is at least once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import errors as aiokafka_errors
 from aiokafka.errors import TopicAlreadyExistsError
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -84,7 +87,45 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = TOPICS, replic
         await admin.close()
 
 
-def create_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
+# The broker no longer knows this producer's id or sequence numbers (it restarted or failed
+# over while batches were in flight). aiokafka does not bump the epoch as the Java client does:
+# the producer stays wedged until it is replaced (aio-libs/aiokafka#1017).
+PRODUCER_STATE_LOST = (
+    aiokafka_errors.OutOfOrderSequenceNumber,
+    aiokafka_errors.UnknownProducerId,
+    aiokafka_errors.InvalidProducerEpoch,
+    aiokafka_errors.InvalidProducerIdMapping,
+)
+
+
+class RenewableProducer:
+    """An AIOKafkaProducer (every attribute is the current one's) that ``renew`` replaces with a
+    fresh one, under a new producer id, when the broker lost the old one's state. Whatever was
+    in flight is the caller's to resend: outbox relays do, and consumers de-duplicate."""
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._current = factory()
+        self.renewals = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current, name)
+
+    async def start(self) -> None:
+        await self._current.start()
+
+    async def stop(self) -> None:
+        await self._current.stop()
+
+    async def renew(self) -> None:
+        old, self._current = self._current, self._factory()
+        self.renewals += 1
+        with contextlib.suppress(Exception):
+            await old.stop()
+        await self._current.start()
+
+
+def create_producer(bootstrap: str, client_id: str, **overrides: object) -> RenewableProducer:
     """An idempotent producer: acks=all, retries without duplicates or reordering."""
     options: dict[str, object] = {
         "bootstrap_servers": bootstrap,
@@ -96,7 +137,7 @@ def create_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOK
         "compression_type": None,
     }
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return RenewableProducer(lambda: AIOKafkaProducer(**options))
 
 
 def new_event_id() -> str:
@@ -112,6 +153,7 @@ def build_envelope(
     occurred_at: datetime | None = None,
     schema_version: int = 1,
     sequence: int = 0,
+    position: int = 0,
 ) -> envelope_pb2.EventEnvelope:
     packed = any_pb2.Any()
     packed.Pack(payload, type_url_prefix="type.tutti.dev/")
@@ -126,6 +168,7 @@ def build_envelope(
         schema_version=schema_version,
         sequence=sequence,
         payload=packed,
+        position=position,
     )
 
 

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from runtime import errors, telemetry
-from runtime.kafka import Topic
+from runtime.kafka import PRODUCER_STATE_LOST, RenewableProducer, Topic
 from tutti.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ class OutboxRelay:
     kept across replicas. A crash between send and delete re-sends: consumers de-duplicate.
     """
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500,
+    def __init__(self, pool: asyncpg.Pool, producer: RenewableProducer, schema: str, *, batch: int = 500,
                  idle_poll_seconds: float = 0.5) -> None:
         self._pool = pool
         self._producer = producer
@@ -129,6 +128,11 @@ class OutboxRelay:
                     try:
                         moved = await self.relay_once()
                         backoff = 0.1
+                    except PRODUCER_STATE_LOST as exc:
+                        # Rows stay in the outbox; the next pass resends them with a new producer.
+                        log.warning("Kafka lost the outbox producer's state (%r); renewing it", exc)
+                        await self._producer.renew()
+                        continue
                     except Exception as exc:
                         if not errors.is_retriable(exc):
                             raise

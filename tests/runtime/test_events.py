@@ -66,13 +66,26 @@ async def test_consumer_commits_only_after_handling(settings: CommonSettings) ->
             raise RuntimeError("handler crashed")
 
     async def run_until_seen(handler, marker: str) -> None:
-        consumer = EventConsumer(settings.kafka_bootstrap, group, [ORDER_EVENTS.name], handler)
-        task = asyncio.create_task(consumer.run())
+        """Runs a consumer as the services do: supervised, so a transient broker error (the
+        suite restarts Kafka) restarts it, and its uncommitted events come again."""
+        task: asyncio.Task | None = None
+
+        def handled_or_restarted() -> bool:
+            nonlocal task
+            if marker in seen:
+                return True
+            if task is None or task.done():
+                task = asyncio.create_task(
+                    EventConsumer(settings.kafka_bootstrap, group, [ORDER_EVENTS.name], handler).run()
+                )
+            return False
+
         try:
-            await wait_for(lambda: marker in seen or task.done(), timeout=30, message=f"{marker} handled")
+            await wait_for(handled_or_restarted, timeout=30, interval=0.2, message=f"{marker} handled")
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     await run_until_seen(failing, "failing")
 
@@ -190,6 +203,50 @@ async def test_outbox_row_committed_during_a_relay_pass_is_not_lost(
         assert sorted(e.event_id for e in seen) == sorted([early.event_id, late.event_id])
     finally:
         await pool.release(slow_writer)
+        await producer.stop()
+        await pool.close()
+
+
+async def test_the_relay_renews_a_producer_whose_state_the_broker_lost(
+    settings: CommonSettings, schema: str
+) -> None:
+    """After a broker outage aiokafka's idempotent producer can be refused for good
+    (OutOfOrderSequenceNumber); the relay swaps it for a fresh one and the event still arrives."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from runtime.kafka import RenewableProducer
+
+    class Wedged:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def send(self, *args: object, **kwargs: object) -> None:
+            raise OutOfOrderSequenceNumber()
+
+    made: list[object] = [
+        Wedged(),
+        AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True),
+    ]
+    producer = RenewableProducer(lambda: made.pop(0))  # type: ignore[arg-type, return-value]
+    await producer.start()
+    pool = await create_pool(settings.database_url, schema)
+    started_ms = int(time.time() * 1000) - 1000
+    envelope = build_envelope(_payload(n=1), source="test", key=random_id("O"))
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue_event(conn, ORDER_EVENTS, envelope)
+    task = asyncio.create_task(OutboxRelay(pool, producer, schema).run())
+    try:
+        (seen,) = await read_events(
+            settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.event_id == envelope.event_id,
+            from_beginning_ms=started_ms,
+        )
+        assert producer.renewals == 1
+        await wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="outbox drained")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await producer.stop()
         await pool.close()
 

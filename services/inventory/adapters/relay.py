@@ -16,13 +16,18 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from redis.asyncio import Redis
 from tutti.inventory.v1 import events_pb2
 
 from runtime import telemetry
-from runtime.kafka import INVENTORY_AVAILABILITY, INVENTORY_MOVEMENTS, build_envelope
+from runtime.kafka import (
+    INVENTORY_AVAILABILITY,
+    INVENTORY_MOVEMENTS,
+    PRODUCER_STATE_LOST,
+    RenewableProducer,
+    build_envelope,
+)
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import OUTBOX
 
@@ -83,7 +88,7 @@ class OutboxRelay:
     def __init__(
         self,
         redis: Redis,
-        producer: AIOKafkaProducer,
+        producer: RenewableProducer,
         *,
         relayed_channel: str,
         batch: int = 500,
@@ -113,7 +118,12 @@ class OutboxRelay:
                 if not await self._hold_lease():
                     await asyncio.sleep(self._lease_ms / 3000)
                     continue
-                await self.relay_once(block_ms=self._block_ms)
+                try:
+                    await self.relay_once(block_ms=self._block_ms)
+                except PRODUCER_STATE_LOST as exc:
+                    # Entries stay on the stream; the next pass resends them with a new producer.
+                    log.warning("Kafka lost the relay producer's state (%r); renewing it", exc)
+                    await self._producer.renew()
         finally:
             holder = await self._redis.get(LEASE_KEY)
             if holder is not None and holder.decode() == self._owner:
