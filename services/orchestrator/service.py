@@ -76,6 +76,10 @@ class ReservationConflict(Exception):
     """The reservation id is already used with other lines (an interrupted earlier attempt)."""
 
 
+class ReservationSpent(Exception):
+    """The reservation id was used by an earlier attempt and its stock given back since."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveLine:
     sku: str
@@ -203,9 +207,10 @@ class _Events:
             )
 
     async def write(self, conn: asyncpg.Connection, now: datetime) -> None:
-        for payload in self.payloads:
+        for position, payload in enumerate(self.payloads):
             envelope = build_envelope(
-                payload, source=SOURCE, key=self.order_id, occurred_at=now, sequence=self.sequence
+                payload, source=SOURCE, key=self.order_id, occurred_at=now, sequence=self.sequence,
+                position=position,
             )
             await enqueue_event(conn, ORDER_EVENTS, envelope)
         await conn.execute("SELECT pg_notify($1, $2)", ORDER_CHANNEL, self.order_id)
@@ -509,7 +514,7 @@ class OrderService:
     ) -> _Sourced:
         """Source and reserve, all or nothing. A reservation refused for a concurrency reason is
         retried once against fresh availability; an orphan reservation of an interrupted
-        attempt is released and the next reservation id used."""
+        attempt is released, and a spent one (given back since) skipped, for the next id."""
         version, rules = await self._rules.live(conn)
         last_error = ""
         for reservation_id in reservation_ids:
@@ -539,6 +544,9 @@ class OrderService:
                 self._locations = None
             except ReservationConflict:
                 await self._inventory.release(reservation_id, [], "", "orphan of an interrupted attempt")
+            except ReservationSpent as exc:
+                last_error = str(exc)
+                log.info("%s; trying the next reservation id", exc)
         raise FailedPrecondition(
             f"stock changed while sourcing the order and it could not be reserved: {last_error}"
         )

@@ -6,32 +6,50 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient
+from google.protobuf.json_format import MessageToDict
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
 from tutti.inventory.v1 import inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
 from gateway.bootstrap import builder
+from runtime.kafka import ORDER_EVENTS, create_producer
 from runtime.settings import CommonSettings
 from services.orchestrator import bootstrap as orchestrator_bootstrap
 from services.returns import bootstrap as returns_bootstrap
 from services.tracking import bootstrap as tracking_bootstrap
-from tests.gateway.conftest import KEYS, gateway_settings
+from tests.gateway.conftest import KEYS, gateway_settings, write_credentials
 from tests.gateway.test_cli_e2e import REDIS_DB, tutti
-from tests.support import random_id, running_service, wait_for
+from tests.support import random_id, read_events, running_service, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
+# The module's store, and the store app credential that acts for it.
+SHOP = random_id("e2e-store")
+SHOP_KEY = random_id("key-shop")
 
 
 @pytest.fixture(scope="module")
-async def full_stack(settings: CommonSettings, credentials_file: Path) -> AsyncIterator[str]:
+def stack_credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_credentials(tmp_path_factory.mktemp("stack") / "credentials.yaml")
+    document = yaml.safe_load(path.read_text())
+    document["credentials"].append({"id": "shop", "kind": "store", "location_id": SHOP, "key": SHOP_KEY})
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+async def full_stack(settings: CommonSettings, stack_credentials: Path) -> AsyncIterator[str]:
     from services.inventory.bootstrap import build as build_inventory
 
     base = dataclasses.replace(settings, redis_url=f"{settings.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
@@ -48,26 +66,27 @@ async def full_stack(settings: CommonSettings, credentials_file: Path) -> AsyncI
             addresses[name] = running.address
         common = dataclasses.replace(base, service="gateway", addresses=addresses)
         gateway = await stack.enter_async_context(
-            running_service(common, builder(gateway_settings(credentials_file)))
+            running_service(common, builder(gateway_settings(stack_credentials)))
         )
         yield gateway.address
 
 
 def auth(who: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {KEYS[who]}")]
+    return [("authorization", f"Bearer {SHOP_KEY if who == 'shop' else KEYS[who]}")]
 
 
 @pytest.fixture(scope="module")
 async def shop(full_stack: str) -> tuple[str, list[str]]:
     """One store for the module, set up before the orchestrator first reads (and caches) the
     locations: a location created later is only seen once its cache expires."""
-    location_id, skus = await stocked_store(full_stack, 3)
+    location_id, skus = await stocked_store(full_stack, 3, SHOP)
     return location_id, skus
 
 
-async def stocked_store(gateway: str, sku_count: int) -> tuple[str, list[str]]:
+async def stocked_store(gateway: str, sku_count: int, location_id: str | None = None) -> tuple[str, list[str]]:
     """A store near Paris with 10 units of new SKUs, set up by the admin through the gateway."""
-    location_id, skus = random_id("e2e-store"), [random_id("E2E-SKU") for _ in range(sku_count)]
+    location_id = location_id or random_id("e2e-store")
+    skus = [random_id("E2E-SKU") for _ in range(sku_count)]
     async with grpc.aio.insecure_channel(gateway) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         await stub.UpsertLocations(
@@ -232,3 +251,115 @@ async def test_rules_administration_needs_an_admin_key(full_stack: str) -> None:
     assert "orders sourced differently" in out
     code, _, err = await tutti(full_stack, "rules", "validate", str(rules), key=KEYS["web"])
     assert code == 1 and "PERMISSION_DENIED" in err
+
+
+async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_changes_nothing(
+    settings: CommonSettings, full_stack: str, shop: tuple[str, list[str]]
+) -> None:
+    """As a channel and a store app see it: web places a click & collect order, the store takes
+    it through to collection, and the order's trail shows each step once, in order, timestamped."""
+    location_id, sku = shop[0], shop[1][2]
+    started_ms = int(time.time() * 1000) - 1000
+    code, out, err = await tutti(
+        full_stack, "--json", "order", "place", "--customer", random_id("customer"),
+        "--line", f"{sku}:1", "--method", "click_and_collect", "--pickup", location_id, key=KEYS["web"],
+    )
+    assert code == 0, err
+    order_id = json.loads(out)["order"]["order_id"]
+
+    async with grpc.aio.insecure_channel(full_stack) as channel:
+        orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
+        tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+
+        # Another store may not report on this store's work.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await orders.UpdateFulfilment(
+                orchestrator_pb2.UpdateFulfilmentRequest(
+                    order_id=order_id, location_id=location_id, update_id=random_id("scan"),
+                    event=orchestrator_pb2.FULFILMENT_EVENT_ACCEPTED,
+                ),
+                metadata=auth("store-b"), timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        for event in ("ACCEPTED", "PICKED", "READY_FOR_PICKUP", "COLLECTED"):
+            await orders.UpdateFulfilment(
+                orchestrator_pb2.UpdateFulfilmentRequest(
+                    order_id=order_id, update_id=random_id("scan"),
+                    event=orchestrator_pb2.FulfilmentEvent.Value(f"FULFILMENT_EVENT_{event}"),
+                ),  # no location: the gateway fills in the store's own
+                metadata=auth("shop"), timeout=10,
+            )
+
+        async def timeline() -> tracking_pb2.GetOrderTimelineResponse:
+            return await tracking.GetOrderTimeline(
+                tracking_pb2.GetOrderTimelineRequest(order_id=order_id), metadata=auth("web"), timeout=10
+            )
+
+        async def collected() -> tracking_pb2.GetOrderTimelineResponse | None:
+            with_steps = await timeline()
+            return with_steps if "collected" in [e.step for e in with_steps.entries] else None
+
+        before = await wait_for(collected, timeout=30, message="the collection on the order's timeline")
+        steps = [(e.step, e.type.rsplit(".", 1)[-1]) for e in before.entries]
+        # Each change in the order it happened: the fact (placing, sourcing, a store's report),
+        # then the order-level status it leads to.
+        assert steps == [
+            ("placed", "OrderPlaced"),
+            ("sourced", "OrderSourced"),
+            ("sourced", "OrderStatusChanged"),
+            ("accepted", "OrderFulfilmentUpdated"),
+            ("accepted", "OrderStatusChanged"),
+            ("picked", "OrderFulfilmentUpdated"),
+            ("picking", "OrderStatusChanged"),
+            ("ready", "OrderFulfilmentUpdated"),
+            ("ready", "OrderStatusChanged"),
+            ("collected", "OrderFulfilmentUpdated"),
+            ("collected", "OrderStatusChanged"),
+        ], steps
+        times = [e.occurred_at.ToNanoseconds() for e in before.entries]
+        assert all(times) and times == sorted(times)
+        assert all(e.source == "orchestrator" and e.received_at.ToNanoseconds() for e in before.entries)
+        sourced = before.entries[1]
+        assert [e.position for e in before.entries[:3]] == [0, 1, 2]
+        assert sourced.explanation and location_id in sourced.location_ids
+        assert before.order.status == "collected" and before.order.entry_count == len(steps)
+
+        # The store sees its own work; unauthenticated callers see nothing.
+        as_store = await tracking.GetOrderTimeline(
+            tracking_pb2.GetOrderTimelineRequest(order_id=order_id), metadata=auth("shop"), timeout=10
+        )
+        assert [e.event_id for e in as_store.entries] == [e.event_id for e in before.entries]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tracking.GetOrderTimeline(tracking_pb2.GetOrderTimelineRequest(order_id=order_id), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        # Kafka delivers at least once: the very same OrderPlaced envelope arrives again.
+        (placed,) = await read_events(
+            settings.kafka_bootstrap, ORDER_EVENTS.name,
+            lambda e: e.key == order_id and e.type.endswith("OrderPlaced"), from_beginning_ms=started_ms,
+        )
+        producer = create_producer(settings.kafka_bootstrap, "test-duplicate")
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(
+                ORDER_EVENTS.name, value=placed.SerializeToString(), key=order_id.encode(),
+                headers=[("event-type", placed.type.encode())],
+            )
+        finally:
+            await producer.stop()
+
+        async def tracking_consumed_the_duplicate() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                offsets = await admin.list_consumer_group_offsets("tutti-tracking")
+            finally:
+                await admin.close()
+            committed = [o.offset for tp, o in offsets.items() if (tp.topic, tp.partition) == (sent.topic, sent.partition)]
+            return bool(committed) and committed[0] > sent.offset
+
+        await wait_for(tracking_consumed_the_duplicate, timeout=30, message="tracking committed past the duplicate")
+        after = await timeline()
+        assert [MessageToDict(e) for e in after.entries] == [MessageToDict(e) for e in before.entries]
+        assert after.order.entry_count == before.order.entry_count

@@ -264,6 +264,33 @@ async def test_place_order_reserves_persists_and_publishes(orders, stock, db, se
     assert explained.decisions[0].trigger == pb.SOURCING_TRIGGER_ORDER_PLACED
 
 
+async def test_a_retry_after_an_attempt_gave_its_stock_back_reserves_again(orders, stock) -> None:  # type: ignore[no-untyped-def]
+    """An attempt that reserved and then released (its caller's deadline cancelled it) leaves a
+    spent reservation under the order's id: the retry must hold real stock, not that one."""
+    from services.orchestrator.service import order_id_for
+
+    a = random_id("SKU")
+    ids = await network(stock, {"near": (2, {a: 5})})
+    request = order_request({a: 2})
+    spent = order_id_for("web", request.channel_order_id)
+    await stock.ReserveStock(
+        inv.ReserveStockRequest(
+            reservation_id=spent, order_id=spent, channel=WEB,
+            lines=[inv.ReservationLine(sku=a, location_id=ids["near"], quantity=2)],
+        )
+    )
+    await stock.ReleaseReservation(inv.ReleaseReservationRequest(reservation_id=spent, reason="deadline"))
+    assert await available(stock, a, ids["near"]) == 5
+
+    order = (await orders.PlaceOrder(request)).order
+    assert order.order_id == spent
+    (reservation_id,) = {li.reservation_id for li in order.lines}
+    assert reservation_id != spent
+    held = (await stock.GetReservation(inv.GetReservationRequest(reservation_id=reservation_id))).reservation
+    assert held.status in (inv.RESERVATION_STATUS_HELD, inv.RESERVATION_STATUS_CONFIRMED)
+    assert await available(stock, a, ids["near"]) == 3
+
+
 async def test_unsourceable_order_refused_and_holds_nothing(orders, stock, db) -> None:  # type: ignore[no-untyped-def]
     a, b = random_id("SKU"), random_id("SKU")
     ids = await network(stock, {"s1": (2, {a: 5}), "s2": (3, {b: 1})})

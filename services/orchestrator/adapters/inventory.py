@@ -12,9 +12,11 @@ from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from runtime.errors import FailedPrecondition, Unavailable
 from services.orchestrator.adapters.enums import channel_value, location_type_name, to_name
 from services.orchestrator.domain.model import Candidate, OpeningWindow, Point
-from services.orchestrator.service import ReservationConflict, ReserveLine, StockShortage
+from services.orchestrator.service import ReservationConflict, ReservationSpent, ReserveLine, StockShortage
 
 _TIMEOUT = 5.0
+# Reservations that still hold stock.
+_LIVE = frozenset({inventory_pb2.RESERVATION_STATUS_HELD, inventory_pb2.RESERVATION_STATUS_CONFIRMED})
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -104,13 +106,18 @@ class GrpcInventory:
             order_id=order_id,
         )
         try:
-            await self._stub.ReserveStock(request, timeout=_TIMEOUT)
+            reply = await self._stub.ReserveStock(request, timeout=_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise StockShortage(exc.details() or "not enough stock") from exc
             if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                 raise ReservationConflict(exc.details() or reservation_id) from exc
             raise _unavailable(exc) from exc
+        if reply.duplicate and reply.reservation.status not in _LIVE:
+            # The id was used by an earlier attempt whose reservation has since been given back:
+            # it holds nothing now, so an order must not rest on it.
+            status = inventory_pb2.ReservationStatus.Name(reply.reservation.status)
+            raise ReservationSpent(f"reservation {reservation_id} is {status}")
 
     async def release(
         self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str, reason: str

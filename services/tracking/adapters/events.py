@@ -83,4 +83,5 @@ def to_raw_event(
         topic=topic,
         payload=decode_payload(envelope),
         keyed_by_order=topic in order_keyed_topics,
+        position=envelope.position,
     )

@@ -35,20 +35,23 @@ _BIGINT_MAX = 2**63 - 1
 def _key_json(key: OrderKey | None) -> str | None:
     if key is None:
         return None
-    return json.dumps([key[0].isoformat(), key[1], key[2]])
+    return json.dumps([key[0].isoformat(), key[1], key[2], key[3]])
 
 
 def _key_from_json(raw: str | None) -> OrderKey | None:
     if raw is None:
         return None
-    moment, sequence, event_id = json.loads(raw)
-    return datetime.fromisoformat(moment), int(sequence), str(event_id)
+    parts = json.loads(raw)
+    if len(parts) == 3:  # written before events had a position
+        parts = [parts[0], parts[1], 0, parts[2]]
+    moment, sequence, position, event_id = parts
+    return datetime.fromisoformat(moment), int(sequence), int(position), str(event_id)
 
 
 def _facts(row: asyncpg.Record) -> OrderFacts:
     last_key = None
     if row["last_occurred_at"] is not None:
-        last_key = (row["last_occurred_at"], row["last_sequence"], row["last_event_id"])
+        last_key = (row["last_occurred_at"], row["last_sequence"], row["last_position"], row["last_event_id"])
     cost = Cost(row["cost_currency"], row["cost_minor"]) if row["cost_currency"] is not None else None
     return OrderFacts(
         order_id=row["order_id"],
@@ -76,9 +79,9 @@ _SAVE_ORDER = """
 INSERT INTO order_index AS o (order_id, first_seen_at, updated_at, customer_id, channel,
     location_ids, status, last_occurred_at, last_sequence, last_event_id, entry_count, placed_at,
     prepared_at, cancelled_at, refused_at, returned_at, promised_at, promised_key, cost_currency,
-    cost_minor, cost_key, fulfilled_at)
+    cost_minor, cost_key, fulfilled_at, last_position)
 VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
-        $18, $19, $20::jsonb, $21)
+        $18, $19, $20::jsonb, $21, $22)
 ON CONFLICT (order_id) DO UPDATE SET
     first_seen_at = EXCLUDED.first_seen_at, updated_at = now(), customer_id = EXCLUDED.customer_id,
     channel = EXCLUDED.channel, location_ids = EXCLUDED.location_ids, status = EXCLUDED.status,
@@ -89,7 +92,7 @@ ON CONFLICT (order_id) DO UPDATE SET
     returned_at = EXCLUDED.returned_at, promised_at = EXCLUDED.promised_at,
     promised_key = EXCLUDED.promised_key, cost_currency = EXCLUDED.cost_currency,
     cost_minor = EXCLUDED.cost_minor, cost_key = EXCLUDED.cost_key,
-    fulfilled_at = EXCLUDED.fulfilled_at
+    fulfilled_at = EXCLUDED.fulfilled_at, last_position = EXCLUDED.last_position
 """
 
 
@@ -104,7 +107,7 @@ def _order_args(facts: OrderFacts) -> tuple[object, ...]:
         facts.status,
         last[0] if last else None,
         min(last[1], _BIGINT_MAX) if last else None,
-        last[2] if last else None,
+        last[3] if last else None,
         facts.entry_count,
         facts.placed_at,
         facts.prepared_at,
@@ -117,6 +120,7 @@ def _order_args(facts: OrderFacts) -> tuple[object, ...]:
         facts.cost.amount_minor if facts.cost else None,
         _key_json(facts.cost_key),
         facts.fulfilled_at,
+        last[2] if last else None,
     )
 
 
@@ -149,13 +153,14 @@ class _Recording:
         rows = await self._conn.fetch(
             """
             INSERT INTO timeline_entries (event_id, order_id, type, step, occurred_at, sequence, source,
-                                          topic, details, explanation, location_ids, return_id, decoded)
+                                          topic, details, explanation, location_ids, return_id, decoded,
+                                          position)
             SELECT e, o, t, st, oc, sq, so, tp, d::jsonb, ex,
-                   ARRAY(SELECT jsonb_array_elements_text(l::jsonb)), r, dc
+                   ARRAY(SELECT jsonb_array_elements_text(l::jsonb)), r, dc, po
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                         $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                        $12::text[], $13::bool[])
-                 AS u(e, o, t, st, oc, sq, so, tp, d, ex, l, r, dc)
+                        $12::text[], $13::bool[], $14::integer[])
+                 AS u(e, o, t, st, oc, sq, so, tp, d, ex, l, r, dc, po)
             ON CONFLICT (event_id) DO NOTHING
             RETURNING event_id, received_at
             """,
@@ -172,6 +177,7 @@ class _Recording:
             [json.dumps(list(e.location_ids)) for e in events],
             [e.return_id for e in events],
             [e.decoded for e in events],
+            [e.position for e in events],
         )
         return {row["event_id"]: row["received_at"] for row in rows}
 
@@ -208,6 +214,7 @@ def _entry(row: asyncpg.Record) -> TimelineEntry:
         explanation=row["explanation"],
         location_ids=tuple(row["location_ids"]),
         return_id=row["return_id"],
+        position=row["position"],
     )
 
 
@@ -223,7 +230,7 @@ class PostgresTrackingStore:
     async def timeline(self, order_id: str) -> list[TimelineEntry]:
         rows = await self._pool.fetch(
             "SELECT * FROM timeline_entries WHERE order_id = $1 "
-            "ORDER BY occurred_at, sequence, event_id LIMIT $2",
+            "ORDER BY occurred_at, sequence, position, event_id LIMIT $2",
             order_id,
             MAX_TIMELINE_ENTRIES,
         )

@@ -157,6 +157,8 @@ class RawEvent:
     payload: Mapping[str, Any] | None
     # True when the topic is keyed by order id, so the key may stand in for a missing order_id.
     keyed_by_order: bool
+    # Place among the events of one change of the aggregate (the envelope's position).
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +188,13 @@ class TrackedEvent:
     cost: Cost | None = None
     decoded: bool = True
     topic: str = ""
+    position: int = 0
 
     @property
-    def order_key(self) -> tuple[datetime, int, str]:
-        """Timeline order: occurred_at, then the producer's sequence, then the id as a tie-break."""
-        return (self.occurred_at, self.sequence, self.event_id)
+    def order_key(self) -> tuple[datetime, int, int, str]:
+        """Timeline order: occurred_at, then the producer's sequence, then the event's position
+        within its change (placed before sourced), then the id as a last tie-break."""
+        return (self.occurred_at, self.sequence, self.position, self.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +235,7 @@ def extract(raw: RawEvent) -> TrackedEvent | Skipped:
         cost=_cost(payload),
         decoded=raw.payload is not None,
         topic=raw.topic,
+        position=raw.position,
     )
 
 

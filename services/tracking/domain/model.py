@@ -26,7 +26,7 @@ from services.tracking.domain.events import (
     is_return,
 )
 
-OrderKey = tuple[datetime, int, str]
+OrderKey = tuple[datetime, int, int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class OrderFacts:
 
 
 # promised_key of a promise read from the placing event: sorts after every real key.
-_PLACING_PROMISE: OrderKey = (datetime.max.replace(tzinfo=UTC), 0, "")
+_PLACING_PROMISE: OrderKey = (datetime.max.replace(tzinfo=UTC), 0, 0, "")
 
 
 def _promise_wins(facts: OrderFacts, placing: bool, key: OrderKey) -> bool:
@@ -266,6 +266,7 @@ class TimelineEntry:
     explanation: str = ""
     location_ids: tuple[str, ...] = ()
     return_id: str | None = None
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ def entry_message(entry: TimelineEntry) -> tracking_pb2.TimelineEntry:
         explanation=entry.explanation,
         location_ids=list(entry.location_ids),
         return_id=entry.return_id or "",
+        position=entry.position,
     )
 
 
