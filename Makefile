@@ -109,11 +109,18 @@ BUF         := .tutti/tools/node_modules/.bin/buf
 proto-lint: .tutti/tools/buf-$(BUF_VERSION).stamp ## Lint proto/ with buf (STANDARD + COMMENTS; see buf.yaml)
 	$(BUF) lint
 
+# The contracts as last released, as a buf image: every change is checked against it, on any
+# branch and in a clean clone alike. A deliberate break (a new major version) is recorded with
+# `make proto-release` in the same commit, where a reviewer sees it.
+PROTO_RELEASED := proto/released.binpb
+
 .PHONY: proto-breaking
-proto-breaking: .tutti/tools/buf-$(BUF_VERSION).stamp ## Check proto/ for breaking changes against the main branch
-	@if git rev-parse -q --verify main >/dev/null && git ls-tree -r --name-only main -- proto | grep -q '\.proto$$'; then \
-	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
-	else echo "proto-breaking: main has no protos yet; nothing to compare"; fi
+proto-breaking: .tutti/tools/buf-$(BUF_VERSION).stamp ## Check proto/ for breaking changes against the released contracts (proto/released.binpb)
+	$(BUF) breaking --against $(PROTO_RELEASED)
+
+.PHONY: proto-release
+proto-release: .tutti/tools/buf-$(BUF_VERSION).stamp ## Record the current contracts as released (the baseline of proto-breaking)
+	$(BUF) build --exclude-source-info -o $(PROTO_RELEASED)
 
 .PHONY: docs-api
 docs-api: gen/.stamp ## Regenerate docs/api.md (the API reference) from the proto comments
@@ -126,7 +133,7 @@ test: contracts infra-up ## Run the whole suite: contracts, unit, integration on
 	$(WITH_INFRA) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 .PHONY: contracts
-contracts: proto-lint proto-breaking gen/.stamp ## buf lint, breaking changes against main, API reference up to date
+contracts: proto-lint proto-breaking gen/.stamp ## buf lint, breaking changes against the released contracts, API reference up to date
 	$(PY) -m tools.gen_api_docs --check
 
 .PHONY: test-unit
