@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -512,6 +513,8 @@ def cmd_rules_publish(client: Client, out: Output, args: argparse.Namespace) -> 
             document=_rules_document(args.file),
             author=args.author or os.environ.get("USER", "tutti-cli"),
             comment=args.comment or "",
+            # Each run stores its own draft; a script that retries a run passes the same id.
+            request_id=args.request_id or f"cli-{uuid.uuid4().hex}",
         ),
     )
     reply = client.call(
@@ -641,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--comment")
     p.add_argument("--author")
+    p.add_argument("--request-id", help="idempotency key: a retry with the same id publishes the same draft")
     p.set_defaults(run=cmd_rules_publish)
     return parser
 

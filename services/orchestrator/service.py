@@ -251,7 +251,7 @@ class RulesBook:
             if await pg.live_version_number(conn) is not None:
                 return
             rules = parse_document(self._default)
-            row = await pg.insert_rule_version(
+            row, _ = await pg.insert_rule_version(
                 conn, name=rules.name, document=self._default, author="tutti", comment="shipped default rules"
             )
             await pg.make_live(conn, row["version"], "bootstrap", self._clock())
@@ -270,13 +270,25 @@ class RulesBook:
             self._parsed[version] = parse_document(row["document"])
         return self._parsed[version]
 
-    async def create_draft(self, document: str, author: str, comment: str) -> tuple[asyncpg.Record, RuleSet]:
+    async def create_draft(
+        self, document: str, author: str, comment: str, request_id: str = ""
+    ) -> tuple[asyncpg.Record, RuleSet]:
+        if request_id:
+            violations: list[FieldViolation] = []
+            _check_id(request_id, "request_id", violations)
+            if violations:
+                raise InvalidArgument.of(violations)
         rules = parse_document(document)
         async with self._pool.acquire() as conn:
-            row = await pg.insert_rule_version(
-                conn, name=rules.name, document=document, author=author, comment=comment
+            row, earlier = await pg.insert_rule_version(
+                conn, name=rules.name, document=document, author=author, comment=comment,
+                request_id=request_id,
             )
-        self._parsed[row["version"]] = rules
+        if earlier and row["document"] != document:
+            raise AlreadyExists(
+                f"request_id {request_id!r} already stored rules version {row['version']} with another document"
+            )
+        self._parsed.setdefault(row["version"], rules)
         return row, rules
 
     async def validate(self, document: str, version: int) -> tuple[list[FieldViolation], list[str]]:

@@ -376,18 +376,25 @@ async def delete_expired_quotes(conn: asyncpg.Connection, before: datetime) -> i
 
 
 async def insert_rule_version(
-    conn: asyncpg.Connection, *, name: str, document: str, author: str, comment: str
-) -> asyncpg.Record:
+    conn: asyncpg.Connection, *, name: str, document: str, author: str, comment: str, request_id: str = ""
+) -> tuple[asyncpg.Record, bool]:
+    """Stores a draft; with a request id, a second call returns the first one's row. Returns the
+    row and whether it was stored by an earlier call."""
     row = await conn.fetchrow(
-        "INSERT INTO rule_versions (status, name, document, author, comment) VALUES ('draft', $1, $2, $3, $4)"
-        " RETURNING *",
+        "INSERT INTO rule_versions (status, name, document, author, comment, request_id)"
+        " VALUES ('draft', $1, $2, $3, $4, NULLIF($5, ''))"
+        " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING *",
         name,
         document,
         author,
         comment,
+        request_id,
     )
-    assert row is not None
-    return row
+    if row is not None:
+        return row, False
+    earlier = await conn.fetchrow("SELECT * FROM rule_versions WHERE request_id = $1", request_id)
+    assert earlier is not None
+    return earlier, True
 
 
 async def get_rule_version(conn: asyncpg.Connection, version: int) -> asyncpg.Record | None:

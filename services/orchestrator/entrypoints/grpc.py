@@ -180,7 +180,9 @@ class RulesServicer(orchestrator_pb2_grpc.RulesServiceServicer):
     async def CreateDraftRules(
         self, request: pb.CreateDraftRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateDraftRulesResponse:
-        row, parsed = await self._rules.create_draft(request.document, request.author, request.comment)
+        row, parsed = await self._rules.create_draft(
+            request.document, request.author, request.comment, request.request_id
+        )
         return pb.CreateDraftRulesResponse(version=_version(row), warnings=list(parsed.warnings))
 
     async def ValidateRules(
