@@ -44,8 +44,9 @@ class Rule:
     scope_location: bool = False
     owner: Owner = Owner.NONE
     required: tuple[str, ...] = ()
-    # For Owner.ORDER: the method that looks the order up (default: the gateway's order lookup).
-    lookup: str | None = None
+    # For Owner.ORDER: the methods that look the order up, tried in order until one knows it
+    # (default: the gateway's order lookup).
+    lookup: str | tuple[str, ...] | None = None
 
     def allows(self, kind: Kind) -> bool:
         return kind is Kind.ADMIN or kind in self.kinds
@@ -123,8 +124,15 @@ POLICIES: dict[str, Rule] = {
     RETURNS + "CancelReturn": _rule(SVC, required=("return_id",)),
     # --- tracking: the timeline of an order is its owner's --------------------------------
     TRACKING + "GetOrderTimeline": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
+    # A watch may open before tracking recorded anything (right after PlaceOrder): the
+    # orchestrator knows the order at once; tracking knows till purchases the orchestrator never saw.
     TRACKING + "WatchOrderTimeline": _rule(
-        C, S, SVC, owner=Owner.ORDER, lookup=TRACKING + "GetOrderTimeline", required=("order_id",)
+        C,
+        S,
+        SVC,
+        owner=Owner.ORDER,
+        lookup=(ORDERS + "GetOrder", TRACKING + "GetOrderTimeline"),
+        required=("order_id",),
     ),
     TRACKING + "SearchOrders": _rule(C, S, SVC, scope_channel=True, scope_location=True),
     # KPIs span every channel: back-office only (GetKpis has no row).

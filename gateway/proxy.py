@@ -298,25 +298,28 @@ class Gateway:
         """Look the order up (with the caller's deadline) and answer NOT_FOUND unless it is the
         caller's. Fails closed when the order cannot be looked up."""
         order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
-        lookup = self._routes.get(f"/{route.rule.lookup}" if route.rule.lookup else self._order_lookup)
-        if not order_id or lookup is None:
+        named = route.rule.lookup
+        paths = (named,) if isinstance(named, str) else named or ()
+        lookups = [self._routes.get(f"/{p}") for p in paths] if paths else [self._routes.get(self._order_lookup)]
+        if not order_id or not lookups or any(
+            lookup is None or "order_id" not in lookup.request_type.DESCRIPTOR.fields_by_name for lookup in lookups
+        ):
             raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
-        request = (
-            lookup.request_type(order_id=order_id)
-            if "order_id" in lookup.request_type.DESCRIPTOR.fields_by_name
-            else None
-        )
-        if request is None:
-            raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
-        try:
-            raw = await self._callables[lookup.path](
-                request.SerializeToString(), timeout=min(deadline or 5.0, 5.0), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            await self._relay(context, exc, lookup)
-            raise
-        if not scope.visible_to(lookup.response_type.FromString(raw), principal):
-            raise errors.NotFound(_not_found_message(decoded))
+        for i, lookup in enumerate(lookups):
+            assert lookup is not None
+            request = lookup.request_type(order_id=order_id)
+            try:
+                raw = await self._callables[lookup.path](
+                    request.SerializeToString(), timeout=min(deadline or 5.0, 5.0), metadata=metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND and i + 1 < len(lookups):
+                    continue  # not known there: ask the next service that may know the order
+                await self._relay(context, exc, lookup)
+                raise
+            if not scope.visible_to(lookup.response_type.FromString(raw), principal):
+                raise errors.NotFound(_not_found_message(decoded))
+            return
 
     def _timeout(self, route: Route, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()

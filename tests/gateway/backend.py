@@ -64,6 +64,8 @@ class FakeBackend:
     """The test backend's state: orders, calls received, whether a watch was cancelled."""
 
     orders: dict[str, Any] = field(default_factory=dict)
+    # Orders only FindOrder knows.
+    elsewhere: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     watch_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -82,6 +84,9 @@ class FakeBackend:
                 ),
                 "CancelOrder": grpc.unary_unary_rpc_method_handler(
                     self.get_order, m("GetOrderRequest").FromString, m("GetOrderResponse").SerializeToString
+                ),
+                "FindOrder": grpc.unary_unary_rpc_method_handler(
+                    self.find_order, m("GetOrderRequest").FromString, m("GetOrderResponse").SerializeToString
                 ),
                 "WatchOrder": grpc.unary_stream_rpc_method_handler(
                     self.watch_order, m("GetOrderRequest").FromString, m("GetOrderResponse").SerializeToString
@@ -117,6 +122,13 @@ class FakeBackend:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"order {request.order_id!r} not found")
         return message("GetOrderResponse")(order=order)
 
+    async def find_order(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.calls.append(f"FindOrder:{request.order_id}")
+        order = self.elsewhere.get(request.order_id)
+        if order is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"order {request.order_id!r} not found")
+        return message("GetOrderResponse")(order=order)
+
     async def place_order(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls.append(f"PlaceOrder:{request.order_id}")
         order = message("Order")(
@@ -131,7 +143,8 @@ class FakeBackend:
     async def watch_order(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls.append(f"WatchOrder:{request.order_id}")
         try:
-            yield message("GetOrderResponse")(order=self.orders[request.order_id])
+            order = self.orders.get(request.order_id) or self.elsewhere[request.order_id]
+            yield message("GetOrderResponse")(order=order)
             await asyncio.Event().wait()  # until the caller goes away
         finally:
             self.watch_cancelled.set()

@@ -27,7 +27,9 @@ TEST_POLICIES = {
     P + "GetOrder": Rule(frozenset({C, S, SVC}), owner=Owner.RESPONSE, required=("order_id",)),
     P + "PlaceOrder": Rule(frozenset({C}), scope_channel=True, required=("order_id",)),
     P + "CancelOrder": Rule(frozenset({C}), owner=Owner.ORDER, required=("order_id",)),
-    P + "WatchOrder": Rule(frozenset({C, S}), owner=Owner.ORDER, required=("order_id",)),
+    P + "WatchOrder": Rule(
+        frozenset({C, S}), owner=Owner.ORDER, required=("order_id",), lookup=(P + "GetOrder", P + "FindOrder")
+    ),
     P + "RecordSales": Rule(frozenset({S, T}), scope_location=True),
     P + "StreamSales": Rule(frozenset({S, T}), scope_location=True),
     P + "ListOrders": Rule(frozenset({C, S}), owner=Owner.FILTER),

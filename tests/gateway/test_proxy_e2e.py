@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tutti.common.v1 import common_pb2
 
 from tests.gateway.backend import SERVICE, FakeBackend
+from tests.gateway.backend import message as backend_message
 from tests.support import random_id, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -106,6 +107,23 @@ async def test_watching_another_channels_order_is_not_found(as_: Any) -> None:
     call = as_("app").watch_order(order_id=order_id)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call.read()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_ownership_is_asked_of_each_lookup_in_turn(as_: Any, backend: tuple[FakeBackend, str]) -> None:
+    """The first lookup does not know the order (NOT_FOUND): the next one decides."""
+    test_backend = backend[0]
+    order_id = random_id("elsewhere")
+    test_backend.elsewhere[order_id] = backend_message("Order")(order_id=order_id, channel=common_pb2.CHANNEL_WEB)
+    call = as_("web").watch_order(order_id=order_id)
+    assert (await call.read()).order.order_id == order_id
+    call.cancel()
+    assert test_backend.calls[-3:-1] == [f"GetOrder:{order_id}", f"FindOrder:{order_id}"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await as_("app").watch_order(order_id=order_id).read()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await as_("web").watch_order(order_id=random_id("nowhere")).read()
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -270,6 +270,17 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
     async with grpc.aio.insecure_channel(full_stack) as channel:
         orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
         tracking = tracking_pb2_grpc.TrackingServiceStub(channel)
+        # The channel follows the trail from the moment PlaceOrder returned, before tracking
+        # may have recorded anything; another channel may not.
+        watch = tracking.WatchOrderTimeline(
+            tracking_pb2.WatchOrderTimelineRequest(order_id=order_id), metadata=auth("web")
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in tracking.WatchOrderTimeline(
+                tracking_pb2.WatchOrderTimelineRequest(order_id=order_id), metadata=auth("app"), timeout=10
+            ):
+                pass
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
         # Another store may not report on this store's work.
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -301,6 +312,13 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
             return with_steps if "collected" in [e.step for e in with_steps.entries] else None
 
         before = await wait_for(collected, timeout=30, message="the collection on the order's timeline")
+        watched = []
+        async for reply in watch:
+            watched.append(reply.entry.event_id)
+            if len(watched) == len(before.entries):
+                break
+        watch.cancel()
+        assert sorted(watched) == sorted(e.event_id for e in before.entries)
         steps = [(e.step, e.type.rsplit(".", 1)[-1]) for e in before.entries]
         # Each change in the order it happened: the fact (placing, sourcing, a store's report),
         # then the order-level status it leads to.

@@ -127,8 +127,8 @@ def test_every_policy_row_names_a_real_method_and_real_fields() -> None:
         assert name in known, f"policy row {name} names no method"
         for path in rule.required:
             assert scope.field_exists(known[name].input_type, path), f"{name} requires unknown field {path}"
-        if rule.lookup:
-            assert rule.lookup in known, f"{name} looks orders up with unknown {rule.lookup}"
+        for lookup in (rule.lookup,) if isinstance(rule.lookup, str) else rule.lookup or ():
+            assert lookup in known, f"{name} looks orders up with unknown {lookup}"
 
 
 def test_routes_cover_every_discovered_method() -> None:
