@@ -27,7 +27,14 @@ import yaml
 from google.protobuf.message import Message
 from tutti.orchestrator.v1 import events_pb2
 
-from runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from runtime.kafka import ORDER_EVENTS, build_envelope
 from runtime.postgres import enqueue_event
 from services.orchestrator import messages
@@ -101,6 +108,10 @@ class Inventory(Protocol):
     ) -> None: ...
 
     async def fulfil(self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str) -> None: ...
+
+    async def quarantine(self, movement_id: str, line: ReserveLine, reason: str) -> bool:
+        """Takes units out of available stock at a location; False when they are no longer free."""
+        ...
 
     async def ping(self) -> None: ...
 
@@ -901,6 +912,25 @@ class OrderService:
             location_ids=sorted({sh.location_id for sh in s.decision.shipments}),
         )
 
+    async def _quarantine_rejected(
+        self, order_id: str, lines: Sequence[Line], location_id: str, reason: str, n: int
+    ) -> None:
+        """Units a store could not serve (not found on the shelf) must not be promised again from
+        that store: they go to quarantine there until the store finds them (ReleaseQuarantine) or
+        a stock snapshot says otherwise. Best effort: units already taken by another order in the
+        meantime stay where they are, and the rejection goes on."""
+        by_sku: dict[str, int] = {}
+        for li in lines:
+            by_sku[li.sku] = by_sku.get(li.sku, 0) + li.quantity
+        for sku, quantity in sorted(by_sku.items()):
+            movement_id = "reject-" + _digest(order_id, str(n), sku)
+            line = ReserveLine(sku, location_id, quantity)
+            try:
+                if not await self._inventory.quarantine(movement_id, line, f"order {order_id}: {reason}"):
+                    log.warning("rejected units of %s at %s were taken meanwhile; not quarantined", sku, location_id)
+            except Unavailable:
+                log.warning("could not quarantine rejected units of %s at %s", sku, location_id, exc_info=True)
+
     async def _release_quietly(
         self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str, reason: str
     ) -> None:
@@ -1141,6 +1171,8 @@ class OrderService:
             if s.decision.sourced:
                 await self._release_quietly(s.reservation_id, [], "", "reallocation not recorded")
             raise
+        if trigger == "rejected":
+            await self._quarantine_rejected(order.order_id, lines, from_location, reason, n)
         if s.decision.sourced:
             new_lines = tuple(
                 dataclasses.replace(

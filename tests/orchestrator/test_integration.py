@@ -341,8 +341,11 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     assert list(reply.reallocated_line_ids) == ["1"]
     assert line.location_id == ids["next"] and line.status == pb.LINE_STATUS_SOURCED
     assert "rejected by" in line.reason and "not found on the shelf" in line.reason
-    # The rejecting store's units are back, the new store's are held.
-    assert await available(stock, a, ids["near"]) == 5
+    # The units the rejecting store could not find are not promised again from it: released from
+    # the order and quarantined there (until found). The new store's units are held.
+    assert await available(stock, a, ids["near"]) == 3
+    (level,) = (await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["near"]]))).levels
+    assert (level.counters.reserved, level.counters.quarantined) == (0, 2)
     assert await available(stock, a, ids["next"]) == 3
     decisions = (
         await orders.GetSourcingDecision(pb.GetSourcingDecisionRequest(order_id=placed.order_id))
@@ -373,7 +376,10 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     )
     assert list(reply.cancelled_line_ids) == ["1"]
     assert reply.order.status == pb.ORDER_STATUS_CANCELLED
-    assert await available(stock, a, ids["next"]) == 5
+    # Nothing held any more; the damaged units are out of available stock, in quarantine.
+    (level,) = (await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["next"]]))).levels
+    assert (level.counters.reserved, level.counters.quarantined) == (0, 2)
+    assert await available(stock, a, ids["next"]) == 3
 
 
 async def test_location_offline_moves_open_lines(orders, stock) -> None:  # type: ignore[no-untyped-def]

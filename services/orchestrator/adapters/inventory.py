@@ -146,6 +146,22 @@ class GrpcInventory:
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc) from exc
 
+    async def quarantine(self, movement_id: str, line: ReserveLine, reason: str) -> bool:
+        request = inventory_pb2.QuarantineStockRequest(
+            movement_id=movement_id,
+            sku=line.sku,
+            location_id=line.location_id,
+            quantity=line.quantity,
+            reason=reason,
+        )
+        try:
+            await self._stub.QuarantineStock(request, timeout=_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return False
+            raise _unavailable(exc) from exc
+        return True
+
     async def ping(self) -> None:
         """The inventory service answers its health check with SERVING."""
         request = health_pb2.HealthCheckRequest(
