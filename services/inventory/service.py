@@ -58,9 +58,9 @@ class InventoryService:
     ) -> None:
         self.store = store
         self.hub = hub
-        # > 0: a POS sale is acknowledged only once its movement is on the Kafka ledger (waiting
-        # at most this long, else UNAVAILABLE and the terminal resends), so an acknowledged sale
-        # survives even the loss of Redis' last second of writes.
+        # > 0: a POS sale is acknowledged only once the relay's receipt shows its movement is on
+        # the Kafka ledger (waiting at most this long, else UNAVAILABLE and the terminal resends),
+        # so an acknowledged sale survives even the loss of Redis' last second of writes.
         self.pos_ack_after_ledger_s = pos_ack_after_ledger_s
 
     # --- master data --------------------------------------------------------------------------
@@ -707,16 +707,39 @@ class InventoryService:
                 )
         ref = f"pos:{terminal_id}:{sale_id}"
         fp = model.fingerprint(location_id, is_return, list(lines))
-        result = await self.store.apply(ops, idem_key=f"inv:idem:{ref}", fp=fp, reference=ref, reason="POS")
-        if self.pos_ack_after_ledger_s > 0 and self.hub is not None and result.outbox_id:
-            entry = result.outbox_id
-            on_ledger = await self.hub.wait_relayed(
-                lambda: self.store.in_outbox(entry), limit_s=self.pos_ack_after_ledger_s
-            )
-            if not on_ledger:
-                raise Unavailable("sale recorded but not yet on the ledger; resend it (it counts once)")
+        idem_key, receipt_key = f"inv:idem:{ref}", f"inv:onledger:{ref}"
+        result = await self.store.apply(
+            ops, idem_key=idem_key, fp=fp, reference=ref, reason="POS", receipt_key=receipt_key
+        )
+        if self.pos_ack_after_ledger_s > 0 and self.hub is not None:
+            await self._wait_on_ledger(idem_key, receipt_key)
         shortfall = {op["s"]: int(op["sf"]) for op in result.ops if int(op.get("sf") or 0) > 0}
         return PosResult(result.duplicate, shortfall)
+
+    async def _wait_on_ledger(self, idem_key: str, receipt_key: str) -> None:
+        """Returns once the relay's receipt proves the sale is on the Kafka ledger; raises
+        UNAVAILABLE (the terminal resends, the sale counts once) when that takes longer than
+        ``pos_ack_after_ledger_s`` or when the sale's outbox entry turns out lost. The absence of
+        the entry is never taken as proof: a lost entry (AOF replay, failover, trim) looks the same."""
+        assert self.hub is not None
+        state = "pending"
+
+        async def pending() -> bool:
+            nonlocal state
+            state = await self.store.ledger_state(idem_key, receipt_key)
+            return state == "pending"
+
+        if not await self.hub.wait_relayed(pending, limit_s=self.pos_ack_after_ledger_s):
+            raise Unavailable("sale recorded but not yet on the ledger; resend it (it counts once)")
+        if state == "on":
+            return
+        if state == "requeued":
+            raise Unavailable(
+                "the sale's ledger entry was lost and has been queued again; resend it (it counts once)"
+            )
+        if state == "gone":
+            raise Unavailable("the sale's record was lost before reaching the ledger; resend it")
+        raise Unavailable("the sale's ledger entry was lost and cannot be re-queued; resend it later")
 
 
 @dataclass(frozen=True, slots=True)

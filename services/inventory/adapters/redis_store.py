@@ -18,7 +18,7 @@ from runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, In
 from services.inventory.domain import model
 
 LUA = Path(__file__).parent / "lua"
-SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read")
+SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read", "pos_ack")
 OUTBOX = "inv:outbox"
 
 
@@ -260,9 +260,13 @@ class RedisStore:
         reference: str = "",
         reason: str = "",
         field_of: FieldOf = _lines_field,
+        receipt_key: str = "",
     ) -> ApplyResult:
+        """``receipt_key`` (with ``idem_key``): the relay writes it once the movements are on Kafka
+        (see :meth:`ledger_state`)."""
         raw = await self._call(
-            "apply", [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops))]
+            "apply",
+            [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops)), receipt_key],
         )
         out = _decode(raw, field_of)
         levels = {}
@@ -271,9 +275,14 @@ class RedisStore:
             levels[(sku, loc)] = level_from(sku, loc, v)
         return ApplyResult(bool(out.get("dup")), _list(out.get("ops")), levels, str(out.get("xid") or ""))
 
-    async def in_outbox(self, entry_id: str) -> bool:
-        """Whether an outbox entry still waits for the relay (the relay deletes it once on Kafka)."""
-        return bool(await self.redis.xrange(OUTBOX, entry_id, entry_id, count=1))
+    async def ledger_state(self, idem_key: str, receipt_key: str) -> str:
+        """Where the movements of a command applied with ``receipt_key`` stand: ``on`` (the relay's
+        receipt says they are on Kafka), ``pending`` (still in the outbox), ``requeued`` (the outbox
+        entry was lost and has just been appended again), ``lost`` (lost, nothing to re-queue it
+        from) or ``gone`` (the command's record itself is lost: it is not recorded). Only ``on``
+        is proof; an entry's absence from the outbox is not (see lua/pos_ack.lua)."""
+        raw = await self._call("pos_ack", [idem_key, receipt_key])
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def ping(self) -> None:
         await self.redis.ping()

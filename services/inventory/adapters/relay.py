@@ -4,7 +4,10 @@ Kafka, then deletes them.
 One relay at a time (a lease key renewed while relaying) keeps per-key order across
 replicas. Entries are only deleted after Kafka acknowledged every record of the batch
 (acks=all, idempotent producer); a crash in between re-sends them with the same event ids
-(``inv-<stream id>-<index>``), which consumers de-duplicate on.
+(``inv-<stream id>-<index>``), which consumers de-duplicate on. Deleting them also writes, in the
+same atomic script (``lua/relayed.lua``), the receipt of each POS sale in the batch: the positive
+proof a POS acknowledgement waits for. Nothing is kept in the relay between batches, so a restart
+(or another replica taking the lease over) just starts again from the oldest entry.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from runtime.kafka import (
     build_envelope,
 )
 from services.inventory.adapters import codec
-from services.inventory.adapters.redis_store import OUTBOX
+from services.inventory.adapters.redis_store import LUA, OUTBOX
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,15 @@ def _ms_to_dt(ms: int) -> datetime:
 
 
 def records_for_entry(entry_id: str, fields: dict[bytes, bytes]) -> list[tuple[str, str, bytes, str]]:
-    """(topic, key, envelope bytes, event type) for one outbox entry."""
+    """(topic, key, envelope bytes, event type) for one outbox entry.
+
+    An entry re-queued after its original was lost (``lua/pos_ack.lua``) keeps the original's event
+    ids (field ``o``), so a consumer that did see the original drops the copy."""
     out: list[tuple[str, str, bytes, str]] = []
     moves = json.loads(fields[b"m"])
+    base = fields[b"o"].decode() if b"o" in fields else entry_id
     for i, m in enumerate(moves):
-        event_id = f"inv-{entry_id}-{i}"
+        event_id = f"inv-{base}-{i}"
         when = _ms_to_dt(int(m.get("ts") or 0))
         if "meta" in m:
             payload = META_TYPES[m["meta"]]()
@@ -102,6 +109,7 @@ class OutboxRelay:
         self._lease_ms = lease_ms
         self._block_ms = block_ms
         self._owner = uuid.uuid4().hex
+        self._relayed = redis.register_script((LUA / "relayed.lua").read_text())
 
     async def _hold_lease(self) -> bool:
         if await self._redis.set(LEASE_KEY, self._owner, nx=True, px=self._lease_ms):
@@ -143,7 +151,10 @@ class OutboxRelay:
                     await self._producer.send(topic, value=value, key=key.encode(), headers=headers)
                 )
         await asyncio.gather(*futures)
-        await self._redis.xdel(OUTBOX, *[entry_id for entry_id, _ in entries])
+        args: list[bytes | str] = [OUTBOX]
+        for entry_id, fields in entries:
+            args += [entry_id, fields.get(b"r", b""), fields.get(b"i", b"")]
+        await self._relayed(keys=[], args=args)
         # Tells waiters (POS acks) in every replica that everything up to this id is on Kafka.
         await self._redis.publish(self._relayed_channel, entries[-1][0])
         return len(entries)

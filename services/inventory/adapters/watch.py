@@ -76,7 +76,7 @@ class AvailabilityHub:
         self._progress = asyncio.Condition()
 
     async def wait_relayed(self, still_pending: Callable[[], Awaitable[bool]], limit_s: float) -> bool:
-        """Waits until ``still_pending`` (is the outbox entry still there?) turns false, checking
+        """Waits until ``still_pending`` (does the sale still wait for the relay?) turns false, checking
         whenever the relay reports progress (and every 250 ms in case a notice was missed).
         Returns False on timeout."""
         loop = asyncio.get_running_loop()

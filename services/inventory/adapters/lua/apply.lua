@@ -1,10 +1,13 @@
 -- Stock movements of one command, all or nothing: receipts, adjustments, transfers, POS
 -- sales and returns, quarantine, safety stock, incoming supply, snapshots.
--- ARGV: idem_key ('' = none), idem_ttl_s, fingerprint, reference, reason, ops (cjson list)
+-- ARGV: idem_key ('' = none), idem_ttl_s, fingerprint, reference, reason, ops (cjson list),
+--       receipt key ('' = none; POS sales: the relay writes it once the movements are on Kafka, and
+--       the idempotency record keeps the encoded movements so a lost outbox entry can be re-queued)
 -- op: {op='delta', s, l, k, doh, dqt, mode='strict'|'clamp', sup?, cp?}
 --     {op='safety', s, l, ss} | {op='incoming', s, l, sid, q, at, src} | {op='snap', s, l, abs, asof}
 local idem, idem_ttl, fp, ref, why = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local ops = cjson.decode(ARGV[6])
+local receipt = ARGV[7] or ''
 if idem ~= '' then
   local prev = redis.call('GET', idem)
   if prev then
@@ -13,6 +16,7 @@ if idem ~= '' then
       return err('ALREADY_EXISTS', 'id ' .. ref .. ' was already used for a different request')
     end
     p.dup = true
+    p.mj = nil
     return cjson.encode(p)
   end
 end
@@ -151,9 +155,12 @@ for key, c in pairs(touched) do
   local list = supplies(c.sku, c.loc)
   levels[key] = {oh = c.oh, rs = c.rs, ss = c.ss, qt = c.qt, inc = c.inc, seq = c.seq, asof = c.asof, sup = list}
 end
-local xid = batch:flush()
+local xid, moves = batch:flush(receipt, idem)
 local out = {fp = fp, ops = results, levels = levels, xid = xid}
-local encoded = cjson.encode(out)
-if idem ~= '' then redis.call('SET', idem, encoded, 'EX', idem_ttl) end
+if idem ~= '' then
+  if receipt ~= '' then out.mj = moves end
+  redis.call('SET', idem, cjson.encode(out), 'EX', idem_ttl)
+  out.mj = nil
+end
 out.dup = false
 return cjson.encode(out)

@@ -8,7 +8,9 @@
 --   inv:holds          zset  reservation id scored by hold deadline (ms)
 --   inv:skus / inv:locations / inv:locstate / inv:policy:CHANNEL   master data
 --   inv:idem:SCOPE:KEY string cjson result of the first call (idempotency)
---   inv:outbox         stream  movements to relay to Kafka (field m = cjson list)
+--   inv:outbox         stream  movements to relay to Kafka (field m = cjson list; POS sales also
+--                              r = receipt key, i = idempotency key; a re-queued entry o = original id)
+--   inv:onledger:REF   string  POS receipt: the outbox id the relay put on Kafka (TTL of the idem key)
 -- Pub/sub channel inv:avail:<db> carries the changed counters for watchers.
 -- Multi-SKU scripts touch several hash tags: fine on one Redis primary; on a Cluster a
 -- reservation would need all its SKUs in one slot, or a saga.
@@ -100,16 +102,24 @@ function Batch:meta(event_type, key, payload_b64)
   table.insert(self.moves, {meta = event_type, key = key, p = payload_b64, ts = self.ts})
 end
 
--- Writes the outbox entry and the change notice; returns the outbox entry id ('' if nothing moved).
-function Batch:flush()
+-- Writes the outbox entry and the change notice; returns the outbox entry id ('' if nothing moved)
+-- and the encoded movements. receipt/idem (optional, POS sales): the relay writes the key receipt
+-- (with the TTL of idem) once the entry is on Kafka, atomically with deleting it (see relayed.lua).
+function Batch:flush(receipt, idem)
   if #self.moves == 0 then return '' end
-  local xid = redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(self.moves))
+  local encoded = cjson.encode(self.moves)
+  local xid
+  if receipt and receipt ~= '' then
+    xid = redis.call('XADD', OUTBOX, '*', 'm', encoded, 'r', receipt, 'i', idem)
+  else
+    xid = redis.call('XADD', OUTBOX, '*', 'm', encoded)
+  end
   if #self.order > 0 then
     local out = {}
     for _, key in ipairs(self.order) do table.insert(out, self.changed[key]) end
     redis.call('PUBLISH', AVAIL_CHANNEL, cjson.encode(out))
   end
-  return xid
+  return xid, encoded
 end
 
 local function load_res(id)
