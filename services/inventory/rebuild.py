@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from tutti.events.v1 import envelope_pb2
 from tutti.inventory.v1 import events_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
@@ -34,7 +35,7 @@ from tutti.inventory.v1 import inventory_pb2 as pb
 from runtime.kafka import INVENTORY_MOVEMENTS
 from runtime.settings import CommonSettings
 from services.inventory.adapters import codec
-from services.inventory.adapters.redis_store import location_to_json, policy_fields, sku_to_json
+from services.inventory.adapters.redis_store import OUTBOX, location_to_json, policy_fields, sku_to_json
 from services.inventory.domain import model
 
 MV_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -71,9 +72,12 @@ class LedgerState:
     skus: dict[str, model.Sku] = field(default_factory=dict)
     locations: dict[str, tuple[tuple[int, int, int], model.Location]] = field(default_factory=dict)
     policies: dict[str, tuple[tuple[int, int, int], model.ChannelPolicy]] = field(default_factory=dict)
+    # Highest outbox stream id (ms, seq) seen on the ledger, whatever the SKU filter.
+    last_entry: tuple[int, int] = (0, 0)
 
     def apply(self, envelope: envelope_pb2.EventEnvelope, skus: Collection[str] | None) -> None:
         order = _order(envelope.event_id)
+        self.last_entry = max(self.last_entry, order[:2])
         if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
             m = events_pb2.StockMovementRecorded()
             envelope.payload.Unpack(m)
@@ -293,6 +297,7 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         if ttl > 0:
             pipe.set(key, marker, ex=ttl)
     await pipe.execute()
+    await _outbox_after(redis, state.last_entry)
     return {
         "counters": len(state.counters),
         "reservations_live": live,
@@ -300,6 +305,28 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         "locations": len(state.locations),
         "idempotency_records": len(state.idempotency),
     }
+
+
+async def _outbox_after(redis: Redis, last: tuple[int, int]) -> None:
+    """Moves the outbox's last id past every id already on the ledger: event ids are
+    ``inv-<outbox id>-<index>`` and consumers drop ids they have seen, so a rebuilt db whose clock
+    is behind the old one must not hand out ids the ledger already holds. (A placeholder entry
+    with no movements is added at that id and deleted; the relay would relay nothing for it.)"""
+    if last == (0, 0):
+        return
+    current = (0, 0)
+    try:
+        info = await redis.xinfo_stream(OUTBOX)
+        raw = info.get("last-generated-id") or info.get(b"last-generated-id") or b"0-0"
+        ms, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).split("-")
+        current = (int(ms), int(seq))
+    except ResponseError:  # no outbox stream yet
+        pass
+    if current >= last:
+        return
+    entry = f"{last[0]}-{last[1]}"
+    await redis.xadd(OUTBOX, {"m": "[]"}, id=entry)
+    await redis.xdel(OUTBOX, entry)
 
 
 async def rebuild(
