@@ -35,6 +35,7 @@ class InventorySettings:
     relay_batch: int
     relay_enabled: bool
     pos_ack_after_ledger_s: float
+    snapshot_max_future_s: float
 
     @classmethod
     def from_env(cls, common: CommonSettings, environ: dict[str, str] | None = None) -> InventorySettings:
@@ -51,6 +52,9 @@ class InventorySettings:
             pos_ack_after_ledger_s=env.float(
                 "TUTTI_INVENTORY_POS_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
             ),
+            snapshot_max_future_s=env.float(
+                "TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS", 300.0, minimum=0.0
+            ),
         )
 
 
@@ -64,7 +68,12 @@ async def build(
         redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
     )
     hub = AvailabilityHub(redis, avail_channel=store.avail_channel, relayed_channel=store.relayed_channel)
-    service = InventoryService(store, hub, pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s)
+    service = InventoryService(
+        store,
+        hub,
+        pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s,
+        snapshot_max_future_s=cfg.snapshot_max_future_s,
+    )
 
     producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")
     producer_started = asyncio.Event()

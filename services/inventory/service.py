@@ -7,6 +7,7 @@ request id; absolute settings (safety stock, incoming supply, policies, master d
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,10 +55,18 @@ class WatchUpdate:
 
 class InventoryService:
     def __init__(
-        self, store: RedisStore, hub: AvailabilityHub | None = None, *, pos_ack_after_ledger_s: float = 0.0
+        self,
+        store: RedisStore,
+        hub: AvailabilityHub | None = None,
+        *,
+        pos_ack_after_ledger_s: float = 0.0,
+        snapshot_max_future_s: float = 300.0,
     ) -> None:
         self.store = store
         self.hub = hub
+        # A snapshot dated further ahead than this (ERP/WMS clock skew) is refused: applied, it
+        # would make every real count until then look older and be skipped.
+        self.snapshot_max_future_s = snapshot_max_future_s
         # > 0: a POS sale is acknowledged only once the relay's receipt shows its movement is on
         # the Kafka ledger (waiting at most this long, else UNAVAILABLE and the terminal resends),
         # so an acknowledged sale survives even the loss of Redis' last second of writes.
@@ -348,6 +357,13 @@ class InventoryService:
         model.require_id("snapshot_id", snapshot_id)
         if as_of_ms <= 0:
             raise InvalidArgument("as_of", "is required")
+        ahead_ms = as_of_ms - int(time.time() * 1000)
+        if ahead_ms > self.snapshot_max_future_s * 1000:
+            raise InvalidArgument(
+                "as_of",
+                f"is {ahead_ms / 1000:.0f}s in the future; at most {self.snapshot_max_future_s:g}s of "
+                "clock skew is accepted (TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS)",
+            )
         if not lines:
             raise InvalidArgument(line_field, "at least one line is required")
         if len(lines) > model.MAX_SNAPSHOT_LINES:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import InvalidArgument
+from runtime.settings import CommonSettings, SettingsError
+from services.inventory.bootstrap import InventorySettings
 from services.inventory.domain import model
 from services.inventory.domain.csv_import import CsvRow, parse_stock_csv
 
@@ -92,3 +94,13 @@ def test_csv_errors_name_row_and_column(data, field):
     with pytest.raises(InvalidArgument) as info:
         parse_stock_csv(data)
     assert info.value.violations[0].field == field
+
+
+def test_snapshot_future_skew_setting_defaults_to_five_minutes_and_is_validated() -> None:
+    common = CommonSettings.from_env("inventory", environ={})
+    assert InventorySettings.from_env(common, {}).snapshot_max_future_s == 300
+    given = {"TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS": "30"}
+    assert InventorySettings.from_env(common, given).snapshot_max_future_s == 30
+    for bad in ("-1", "soon"):
+        with pytest.raises(SettingsError, match="TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS"):
+            InventorySettings.from_env(common, {"TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS": bad})

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from redis.asyncio import Redis
-from tutti.inventory.v1 import events_pb2
+from tutti.inventory.v1 import events_pb2, inventory_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2 as pb
-from tutti.inventory.v1 import inventory_pb2_grpc
 
 from runtime.kafka import INVENTORY_MOVEMENTS, create_producer
 from runtime.settings import CommonSettings
@@ -63,22 +62,28 @@ async def redis(settings: CommonSettings) -> AsyncIterator[Redis]:
 async def relay_running(redis: Redis, settings: CommonSettings) -> AsyncIterator[None]:
     producer = create_producer(settings.kafka_bootstrap, "tutti-inventory-test-relay")
     await producer.start()
-    relay = OutboxRelay(redis, producer, relayed_channel=f"inv:relayed:{NO_RELAY_DB}", block_ms=100)
-    task = asyncio.create_task(relay.run())
+    relay = OutboxRelay(redis, producer, relayed_channel=f"inv:relayed:{NO_RELAY_DB}")
+    stop = asyncio.Event()
+
+    async def relay_until_stopped() -> None:
+        # Stopped by a flag rather than by cancelling: a blocked XREAD may swallow a cancellation.
+        while not stop.is_set():
+            await relay.relay_once(block_ms=100)
+
+    task = asyncio.create_task(relay_until_stopped())
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
         await producer.stop()
 
 
-async def send_one(stub, request: pb.StreamPosSalesRequest, timeout: float) -> pb.StreamPosSalesResponse:
+async def send_one(stub, request: pb.StreamPosSalesRequest, within: float) -> pb.StreamPosSalesResponse:
     call = stub.StreamPosSales()
     try:
         await call.write(request)
-        return await asyncio.wait_for(call.read(), timeout=timeout)
+        return await asyncio.wait_for(call.read(), timeout=within)
     finally:
         call.cancel()
 
@@ -102,14 +107,14 @@ async def test_no_ack_while_the_relay_is_down_then_acked_once_on_kafka(no_relay,
 
     began = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await send_one(no_relay, request, timeout=ACK_DEADLINE_S + 5)
+        await send_one(no_relay, request, within=ACK_DEADLINE_S + 5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "not yet on the ledger" in (info.value.details() or "")
     assert time.monotonic() - began < ACK_DEADLINE_S + 2  # bounded by the ack deadline
     assert await on_hand(no_relay, sku, store) == 8  # recorded in Redis all the same
 
     async with relay_running(redis, settings):
-        ack = await send_one(no_relay, request, timeout=ACK_DEADLINE_S + 5)  # the terminal resends
+        ack = await send_one(no_relay, request, within=ACK_DEADLINE_S + 5)  # the terminal resends
     assert ack.status == pb.POS_ACK_STATUS_ACCEPTED and ack.duplicate
     assert await on_hand(no_relay, sku, store) == 8  # counted once
     assert await redis.get(f"inv:onledger:pos:{terminal}:S-1")  # the relay's receipt
@@ -137,7 +142,7 @@ async def test_an_outbox_entry_lost_before_the_relay_saw_it_is_never_acked(no_re
                 return entry_id
         return None
 
-    sending = asyncio.create_task(send_one(no_relay, request, timeout=ACK_DEADLINE_S + 5))
+    sending = asyncio.create_task(send_one(no_relay, request, within=ACK_DEADLINE_S + 5))
     lost = await wait_for(entry_of_the_sale, timeout=ACK_DEADLINE_S, message="sale in the outbox")
     assert await redis.xdel(OUTBOX, lost) == 1  # lost before the relay saw it (trim, failover, AOF)
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -150,7 +155,7 @@ async def test_an_outbox_entry_lost_before_the_relay_saw_it_is_never_acked(no_re
     # once its movement (queued again from the sale's record) is really on Kafka.
     async with relay_running(redis, settings):
         await seed(no_relay, on_hand=1)
-        ack = await send_one(no_relay, request, timeout=ACK_DEADLINE_S + 5)
+        ack = await send_one(no_relay, request, within=ACK_DEADLINE_S + 5)
     assert ack.status == pb.POS_ACK_STATUS_ACCEPTED and ack.duplicate
     assert await on_hand(no_relay, sku, store) == 7  # counted once
     (env,) = await read_events(

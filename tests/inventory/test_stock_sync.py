@@ -264,3 +264,55 @@ async def test_locations_are_listed_and_filtered(stub):
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "locations[0].point.latitude" in info.value.details()
+
+
+async def test_snapshot_dated_too_far_in_the_future_is_refused_and_nothing_applied(stub):
+    (sku,), (loc,) = await seed(stub, on_hand=10)
+    now = int(time.time() * 1000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ApplyStockSnapshot(
+            pb.ApplyStockSnapshotRequest(
+                snapshot_id=random_id("snap"),
+                as_of=ts(now + 3_600_000),  # an ERP clock an hour ahead
+                lines=[pb.SnapshotLine(sku=sku, location_id=loc, on_hand=99)],
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("as_of: ") and "future" in info.value.details()
+    level = await counters(stub, sku, loc)
+    assert (level.counters.on_hand, level.HasField("snapshot_as_of")) == (10, False)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ImportStockCsv(
+            pb.ImportStockCsvRequest(
+                import_id=random_id("csv"),
+                csv=f"sku,location_id,on_hand\n{sku},{loc},99\n".encode(),
+                as_of=ts(now + 3_600_000),
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "as_of" in info.value.details()
+    # Within the allowed skew (default 5 minutes) a count is accepted, and real counts after it
+    # are no longer held off for long.
+    ok = await stub.ApplyStockSnapshot(
+        pb.ApplyStockSnapshotRequest(
+            snapshot_id=random_id("snap"),
+            as_of=ts(now + 60_000),
+            lines=[pb.SnapshotLine(sku=sku, location_id=loc, on_hand=7)],
+        )
+    )
+    assert ok.results[0].applied and ok.results[0].counters.on_hand == 7
+
+
+async def test_snapshot_older_than_the_movement_history_is_refused(stub):
+    (sku,), (loc,) = await seed(stub, on_hand=10)
+    eight_days = 8 * 86400 * 1000
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ApplyStockSnapshot(
+            pb.ApplyStockSnapshotRequest(
+                snapshot_id=random_id("snap"),
+                as_of=ts(int(time.time() * 1000) - eight_days),
+                lines=[pb.SnapshotLine(sku=sku, location_id=loc, on_hand=3)],
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details().startswith("as_of: older than the 7-day movement history")
+    assert (await counters(stub, sku, loc)).counters.on_hand == 10

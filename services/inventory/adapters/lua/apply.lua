@@ -29,6 +29,18 @@ for i, o in ipairs(ops) do
   if e2 then return e2 end
 end
 
+-- Snapshots: on_hand = counted + movements after as_of, and movements are only kept
+-- MV_RETENTION_MS (trimmed against the time of each new movement, never later than now). A count
+-- older than that would silently miss the trimmed ones: refuse it.
+local oldest = now_ms() - MV_RETENTION_MS
+for _, o in ipairs(ops) do
+  if o.op == 'snap' and o.asof < oldest then
+    return err('FAILED_PRECONDITION', 'as_of: older than the ' .. (MV_RETENTION_MS / 86400000) ..
+               '-day movement history, so the movements since then can no longer be counted; ' ..
+               'send a newer count')
+  end
+end
+
 local function supplies(sku, loc)
   local raw = redis.call('HGETALL', inkey(sku, loc))
   local out, total = {}, 0
