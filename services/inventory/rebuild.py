@@ -247,10 +247,15 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
             )
         mv_key = f"inv:{{{sku}}}:mv:{loc}"
         pipe.delete(mv_key)
+        trimmed = False
         for p in state.physical.get((sku, loc), []):
             at = p.occurred_at.ToMilliseconds()
             if at > asof and at >= ts - MV_RETENTION_MS:
                 pipe.zadd(mv_key, {f"{p.sequence}:{p.on_hand_delta}": at})
+            elif at > asof:
+                trimmed = True
+        if trimmed:  # as the scripts do: snapshots older than this would miss movements
+            pipe.hset(f"inv:{{{sku}}}:c:{loc}", "mvt", ts - MV_RETENTION_MS)
     live = 0
     for res_id, (_, last) in state.reservations.items():
         lines = sorted(state.lines[res_id].values(), key=lambda x: x[0])

@@ -302,17 +302,32 @@ async def test_snapshot_dated_too_far_in_the_future_is_refused_and_nothing_appli
     assert ok.results[0].applied and ok.results[0].counters.on_hand == 7
 
 
-async def test_snapshot_older_than_the_movement_history_is_refused(stub):
-    (sku,), (loc,) = await seed(stub, on_hand=10)
+async def test_snapshot_older_than_trimmed_movements_is_refused(stub, service_redis):
+    (sku,), (loc, fresh) = await seed(stub, locations=2, on_hand=10)
+    now = int(time.time() * 1000)
     eight_days = 8 * 86400 * 1000
+    # A movement recorded 9 days ago, trimmed (7-day history) when the next one is recorded.
+    await service_redis.zadd(f"inv:{{{sku}}}:mv:{loc}", {"0:4": now - 9 * 86400 * 1000})
+    await stub.AdjustStock(
+        pb.AdjustStockRequest(movement_id=random_id("adj"), sku=sku, location_id=loc, delta=1)
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.ApplyStockSnapshot(
             pb.ApplyStockSnapshotRequest(
                 snapshot_id=random_id("snap"),
-                as_of=ts(int(time.time() * 1000) - eight_days),
+                as_of=ts(now - eight_days),
                 lines=[pb.SnapshotLine(sku=sku, location_id=loc, on_hand=3)],
             )
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.details().startswith("as_of: older than the 7-day movement history")
-    assert (await counters(stub, sku, loc)).counters.on_hand == 10
+    assert (await counters(stub, sku, loc)).counters.on_hand == 11
+    # Where nothing was trimmed every movement since an old count is still known: it applies.
+    ok = await stub.ApplyStockSnapshot(
+        pb.ApplyStockSnapshotRequest(
+            snapshot_id=random_id("snap"),
+            as_of=ts(now - eight_days),
+            lines=[pb.SnapshotLine(sku=sku, location_id=fresh, on_hand=3)],
+        )
+    )
+    assert ok.results[0].applied and ok.results[0].counters.on_hand == 3 + 10

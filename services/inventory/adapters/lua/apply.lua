@@ -30,11 +30,11 @@ for i, o in ipairs(ops) do
 end
 
 -- Snapshots: on_hand = counted + movements after as_of, and movements are only kept
--- MV_RETENTION_MS (trimmed against the time of each new movement, never later than now). A count
--- older than that would silently miss the trimmed ones: refuse it.
-local oldest = now_ms() - MV_RETENTION_MS
+-- MV_RETENTION_MS (trimmed when a new movement is recorded; the counters' mvt says up to when).
+-- A count older than a trim would silently miss the trimmed movements: refuse it.
 for _, o in ipairs(ops) do
-  if o.op == 'snap' and o.asof < oldest then
+  local trimmed = o.op == 'snap' and tonumber(redis.call('HGET', ckey(o.s, o.l), 'mvt')) or 0
+  if o.op == 'snap' and o.asof < trimmed then
     return err('FAILED_PRECONDITION', 'as_of: older than the ' .. (MV_RETENTION_MS / 86400000) ..
                '-day movement history, so the movements since then can no longer be counted; ' ..
                'send a newer count')

@@ -1,6 +1,7 @@
 -- Shared prelude of every inventory script (prepended when the scripts are loaded).
 -- Keys (hash tag = SKU so one SKU's data shares a Cluster slot):
---   inv:{SKU}:c:LOC    hash  oh rs ss qt inc seq asof ts   counters of SKU x LOC
+--   inv:{SKU}:c:LOC    hash  oh rs ss qt inc seq asof ts mvt   counters of SKU x LOC (mvt: movements
+--                            before this time were trimmed from the mv zset)
 --   inv:{SKU}:locs     set   locations holding the SKU
 --   inv:{SKU}:in:LOC   hash  supply_id -> cjson {q, at, src}   incoming supply
 --   inv:{SKU}:mv:LOC   zset  "seq:delta" scored by time: physical movements since the last snapshot
@@ -85,7 +86,11 @@ function Batch:move(c, kind, doh, drs, dqt, m)
   if doh ~= 0 and kind ~= 'SNAPSHOT_APPLIED' then
     local mk = mvkey(c.sku, c.loc)
     redis.call('ZADD', mk, self.ts, c.seq .. ':' .. doh)
-    redis.call('ZREMRANGEBYSCORE', mk, '-inf', '(' .. (self.ts - MV_RETENTION_MS))
+    local cutoff = self.ts - MV_RETENTION_MS
+    if redis.call('ZREMRANGEBYSCORE', mk, '-inf', '(' .. cutoff) > 0 then
+      -- Movements before cutoff are gone: a snapshot older than that can no longer be applied.
+      redis.call('HSET', k, 'mvt', cutoff)
+    end
   end
   m = m or {}
   m.k = kind; m.s = c.sku; m.l = c.loc; m.doh = doh; m.drs = drs; m.dqt = dqt
