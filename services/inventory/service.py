@@ -134,6 +134,19 @@ class InventoryService:
         await self.store.write_meta(hset=hset, events=events)
         return len(skus)
 
+    async def get_skus(self, skus: Sequence[str]) -> list[model.Sku]:
+        """Catalogue entries in request order; NOT_FOUND naming every unknown ``skus[i]``."""
+        if not skus:
+            raise InvalidArgument("skus", "at least one SKU is required")
+        if len(skus) > model.MAX_BATCH_SKUS:
+            raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per call, got {len(skus)}")
+        model.raise_if(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus))
+        found = await self.store.skus(_unique(skus))
+        unknown = [f"skus[{i}]: unknown SKU {s}" for i, s in enumerate(skus) if s not in found]
+        if unknown:
+            raise NotFound("; ".join(unknown))
+        return [found[s] for s in skus]
+
     async def set_channel_policy(self, policy: model.ChannelPolicy) -> model.ChannelPolicy:
         if not policy.channel:
             raise InvalidArgument("policy.channel", "is required")

@@ -169,6 +169,11 @@ class RedisStore:
             raw = {i: v for i, v in zip(ids, values, strict=True) if v is not None}
         return {(k.decode() if isinstance(k, bytes) else k): location_from_json(v) for k, v in raw.items()}
 
+    async def skus(self, ids: Sequence[str]) -> dict[str, model.Sku]:
+        """The catalogue entries of ``ids`` that are registered (one HMGET)."""
+        values = await self.redis.hmget("inv:skus", list(ids)) if ids else []
+        return {i: sku_from_json(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
     async def policies(self) -> list[model.ChannelPolicy]:
         out = []
         async for key in self.redis.scan_iter(match="inv:policy:*", count=100):
@@ -314,6 +319,16 @@ def location_from_json(raw: bytes | str) -> model.Location:
 
 def sku_to_json(s: model.Sku) -> str:
     return json.dumps(dataclasses.asdict(s))
+
+
+def sku_from_json(raw: bytes | str) -> model.Sku:
+    d = json.loads(raw)
+    return model.Sku(
+        sku=d["sku"],
+        name=d.get("name", ""),
+        category=d.get("category", ""),
+        returnable=bool(d.get("returnable", True)),
+    )
 
 
 def policy_from_hash(channel: str, raw: dict[bytes, bytes]) -> model.ChannelPolicy:
