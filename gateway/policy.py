@@ -82,6 +82,8 @@ POLICIES: dict[str, Rule] = {
     INVENTORY + "WatchAvailability": _rule(C, S, T, SVC, scope_channel=True, required=("skus",)),
     INVENTORY + "ListLocations": _rule(C, S, T, SVC),
     INVENTORY + "GetLocation": _rule(C, S, T, SVC, required=("location_id",)),
+    # Catalogue entries (category, returnable) are the same for every channel: no scoping.
+    INVENTORY + "GetSkus": _rule(C, S, T, SVC, required=("skus",)),
     INVENTORY + "GetStockLevels": _rule(S, SVC, required=("sku",)),
     # POS sales: a terminal or store app reports sales of its own location (and terminal) only.
     INVENTORY + "StreamPosSales": _rule(S, T, SVC, scope_location=True),

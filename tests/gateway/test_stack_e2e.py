@@ -126,6 +126,21 @@ async def stocked_store(gateway: str, sku_count: int, location_id: str | None = 
     return location_id, skus
 
 
+async def test_channels_stores_and_terminals_read_the_catalogue_through_the_gateway(
+    full_stack: str, shop: tuple[str, list[str]]
+) -> None:
+    sku = shop[1][0]
+    async with grpc.aio.insecure_channel(full_stack) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        for who in ("web", "store-a", "terminal-a"):
+            reply = await stub.GetSkus(pb.GetSkusRequest(skus=[sku]), metadata=auth(who), timeout=10)
+            assert [(s.sku, s.name) for s in reply.skus] == [(sku, "E2E thing")]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetSkus(pb.GetSkusRequest(), metadata=auth("web"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "skus" in (info.value.details() or "")
+
+
 async def test_a_channel_places_and_follows_its_order_and_no_other_channel_sees_it(
     full_stack: str, shop: tuple[str, list[str]]
 ) -> None:

@@ -114,6 +114,14 @@ def test_a_method_without_a_row_is_admin_only() -> None:
     assert ADMIN_ONLY.allows(Kind.ADMIN) and not ADMIN_ONLY.allows(Kind.SERVICE)
 
 
+def test_the_catalogue_is_readable_by_every_principal_and_not_scoped() -> None:
+    rule = rule_for("tutti.inventory.v1.InventoryService/GetSkus")
+    assert all(rule.allows(k) for k in (Kind.CHANNEL, Kind.STORE, Kind.TERMINAL, Kind.SERVICE, Kind.ADMIN))
+    assert not rule.scope_channel and not rule.scope_location and rule.required == ("skus",)
+    # Writing it stays with trusted integrations.
+    assert not rule_for("tutti.inventory.v1.InventoryService/RegisterSkus").allows(Kind.CHANNEL)
+
+
 def test_every_policy_row_names_a_real_method_and_real_fields() -> None:
     """Rows of a backend whose protos exist must match them (rows of backends not written yet
     are skipped)."""
