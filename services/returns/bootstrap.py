@@ -79,7 +79,8 @@ async def build(
 
     store = PgReturnsStore(pool)
     inventory = InventoryClient(channels["inventory"])
-    service = ReturnsService(store, OrchestratorOrders(channels["orchestrator"]), inventory, returns.rules)
+    orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
+    service = ReturnsService(store, orders, inventory, returns.rules)
     relay = OutboxRelay(pool, producer, SCHEMA)
     worker = TaskWorker(store, inventory, poll_seconds=returns.task_retry_seconds)
 

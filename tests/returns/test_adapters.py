@@ -45,6 +45,29 @@ def test_an_order_maps_to_a_purchase_with_only_handed_over_lines_returnable() ->
     ]
 
 
+def test_catalogue_entries_give_order_lines_their_category_and_returnable_flag() -> None:
+    order = opb.Order(
+        order_id="O-2",
+        channel=common_pb2.CHANNEL_WEB,
+        lines=[
+            opb.OrderLine(line_id="1", sku="CARD", quantity=1, status=opb.LINE_STATUS_DELIVERED),
+            opb.OrderLine(line_id="2", sku="TV", quantity=1, status=opb.LINE_STATUS_DELIVERED),
+            opb.OrderLine(line_id="3", sku="GONE", quantity=1, status=opb.LINE_STATUS_DELIVERED),
+        ],
+    )
+    catalogue = {
+        "CARD": m.CatalogueEntry("CARD", "gift-card", returnable=False),
+        "TV": m.CatalogueEntry("TV", "electronics", returnable=True),
+    }
+    purchase = purchase_from_order(order, catalogue)
+    # A SKU the catalogue does not know: no category, returnable by default.
+    assert [(x.sku, x.category, x.returnable) for x in purchase.lines] == [
+        ("CARD", "gift-card", False),
+        ("TV", "electronics", True),
+        ("GONE", "", True),
+    ]
+
+
 def test_receipts_round_trip_through_json() -> None:
     items = (
         m.GradedItem("1", "A", 2, m.Grade.DAMAGED, m.Disposition.QUARANTINE, "S-1", None, "torn"),

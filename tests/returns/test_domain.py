@@ -104,6 +104,19 @@ def test_non_returnable_category() -> None:
         open_return([line("L2")])
 
 
+def test_an_item_marked_non_returnable_in_the_catalogue_is_refused_whatever_its_category() -> None:
+    sealed = m.PurchasedLine("L9", "SKU-EARRINGS", 1, 3000, "jewellery", returnable=False)
+    p = purchase(lines=(*purchase().lines, sealed))
+    refused = r"line L9 \(SKU-EARRINGS\): the item is marked non-returnable"
+    with pytest.raises(FailedPrecondition, match=refused):
+        open_return([line("L9")], p=p)
+    # Both a non-returnable flag and category: one reason per line, not two.
+    both = replace(purchase().lines[1], returnable=False)
+    with pytest.raises(FailedPrecondition) as info:
+        open_return([line("L2")], p=purchase(lines=(both,)))
+    assert len(info.value.violations) == 1
+
+
 def test_expired_window_names_the_end_date() -> None:
     with pytest.raises(FailedPrecondition, match=r"30-day return window .* ended on 2026-10-27"):
         open_return([line("L1")], p=purchase(days_ago=59))

@@ -1,6 +1,7 @@
 """Returns against the REAL inventory service (in-process, its own Redis db), PostgreSQL and
 Kafka: restock visible in availability, quarantine not available, exchange reservation,
-idempotent receipts, incoming supply, events on Kafka keyed by order id."""
+idempotent receipts, incoming supply, events on Kafka keyed by order id; online orders placed
+through the real orchestrator get category and returnable flag from inventory's catalogue."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as ipb
 from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
@@ -53,8 +56,15 @@ async def ret(returns: RunningService) -> AsyncIterator[rgrpc.ReturnsServiceStub
         yield rgrpc.ReturnsServiceStub(channel)
 
 
-async def store(inv: igrpc.InventoryServiceStub, *skus: str, stock: int = 0) -> str:
-    """A new store carrying the SKUs (a stock record each, ``stock`` units on hand)."""
+async def store(
+    inv: igrpc.InventoryServiceStub,
+    *skus: str,
+    stock: int = 0,
+    category: str = "apparel",
+    returnable: bool = True,
+) -> str:
+    """A new store carrying the SKUs (a stock record each, ``stock`` units on hand), registered
+    in the catalogue with ``category`` and ``returnable``."""
     location_id = random_id("STORE")
     await inv.UpsertLocations(
         ipb.UpsertLocationsRequest(
@@ -72,7 +82,9 @@ async def store(inv: igrpc.InventoryServiceStub, *skus: str, stock: int = 0) -> 
     if skus:
         await inv.RegisterSkus(
             ipb.RegisterSkusRequest(
-                skus=[ipb.Sku(sku=sku, name=sku, category="apparel", returnable=True) for sku in skus]
+                skus=[
+                    ipb.Sku(sku=sku, name=sku, category=category, returnable=returnable) for sku in skus
+                ]
             )
         )
     for sku in skus:
@@ -531,3 +543,174 @@ async def test_online_order_returned_in_a_store_restocks_that_store(
             )
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def collected_order(orchestrator: RunningService, pickup: str, *skus: str) -> str:
+    """A web click-and-collect order of one unit of each SKU (lines "1", "2"...) at ``pickup``,
+    placed through the real orchestrator and collected; returns its order id."""
+    from tutti.orchestrator.v1 import orchestrator_pb2 as opb
+    from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
+
+    async with grpc.aio.insecure_channel(orchestrator.address) as channel:
+        orders = ogrpc.OrderServiceStub(channel)
+        placed = await orders.PlaceOrder(
+            opb.PlaceOrderRequest(
+                channel=common_pb2.CHANNEL_WEB,
+                channel_order_id=random_id("web"),
+                customer_id=random_id("C"),
+                method=common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT,
+                pickup_location_id=pickup,
+                lines=[
+                    opb.OrderLineInput(
+                        line_id=str(i),
+                        sku=sku,
+                        quantity=1,
+                        unit_price=common_pb2.Money(currency="EUR", amount_minor=2500),
+                    )
+                    for i, sku in enumerate(skus, start=1)
+                ],
+            )
+        )
+        order = placed.order
+        for location_id in dict.fromkeys(line.location_id for line in order.lines):
+            for event in (
+                opb.FULFILMENT_EVENT_ACCEPTED,
+                opb.FULFILMENT_EVENT_PICKED,
+                opb.FULFILMENT_EVENT_READY_FOR_PICKUP,
+                opb.FULFILMENT_EVENT_COLLECTED,
+            ):
+                await orders.UpdateFulfilment(
+                    opb.UpdateFulfilmentRequest(order_id=order.order_id, location_id=location_id, event=event)
+                )
+        return order.order_id
+
+
+def return_request(order_id: str, line_id: str, location_id: str, reason: int) -> pb.CreateReturnRequest:
+    return pb.CreateReturnRequest(
+        request_id=random_id("req"),
+        order_id=order_id,
+        lines=[pb.ReturnLineRequest(line_id=line_id, quantity=1, reason=reason)],  # type: ignore[arg-type]
+        method=pb.RETURN_METHOD_IN_STORE,
+        receiving_location_id=location_id,
+        channel=common_pb2.CHANNEL_STORE,
+    )
+
+
+async def test_online_order_of_non_returnable_items_is_refused_with_the_reason(
+    inv: igrpc.InventoryServiceStub, orchestrator: RunningService, ret_orders: rgrpc.ReturnsServiceStub
+) -> None:
+    voucher, gift_card, shirt = random_id("VOUCHER"), random_id("GIFTCARD"), random_id("SHIRT")
+    pickup = await store(inv, shirt, stock=2)
+    # Marked non-returnable in the catalogue (category not in the rules' list).
+    await store(inv, voucher, stock=2, category="vouchers", returnable=False)
+    # A category the returns rules list as non-returnable (returnable flag left true).
+    await store(inv, gift_card, stock=2, category="gift-card", returnable=True)
+    for sku in (voucher, gift_card):  # stock at the pickup store too, so one store serves the order
+        await inv.ReceiveStock(
+            ipb.ReceiveStockRequest(
+                movement_id=random_id("seed"),
+                location_id=pickup,
+                lines=[ipb.ReservationLine(sku=sku, location_id=pickup, quantity=2)],
+            )
+        )
+    order_id = await collected_order(orchestrator, pickup, voucher, gift_card, shirt)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret_orders.CreateReturn(return_request(order_id, "1", pickup, pb.RETURN_REASON_CHANGED_MIND))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"line 1 ({voucher}): the item is marked non-returnable" in (info.value.details() or "")
+    failure = error_details_pb2.PreconditionFailure()
+    status = rpc_status.from_call(info.value)
+    assert status is not None and status.details[0].Unpack(failure)
+    assert [v.subject for v in failure.violations] == [f"{order_id}/1"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret_orders.CreateReturn(return_request(order_id, "2", pickup, pb.RETURN_REASON_DEFECTIVE))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"line 2 ({gift_card}): category 'gift-card' is not returnable" in (info.value.details() or "")
+
+    # Nothing was created for the refused lines; the returnable line of the same order goes through.
+    assert not (await ret_orders.ListReturns(pb.ListReturnsRequest(order_id=order_id))).returns
+    created = await ret_orders.CreateReturn(
+        return_request(order_id, "3", pickup, pb.RETURN_REASON_WRONG_SIZE)
+    )
+    assert [(x.sku, x.category) for x in created.rma.lines] == [(shirt, "apparel")]
+
+
+async def test_category_disposition_rule_matches_an_online_order_line(
+    inv: igrpc.InventoryServiceStub, orchestrator: RunningService, ret_orders: rgrpc.ReturnsServiceStub
+) -> None:
+    # default.yaml: damaged/needs_refurbishment + category electronics + reason defective → vendor.
+    headphones = random_id("HEADPHONES")
+    pickup = await store(inv, headphones, stock=2, category="electronics")
+    order_id = await collected_order(orchestrator, pickup, headphones)
+    created = await ret_orders.CreateReturn(return_request(order_id, "1", pickup, pb.RETURN_REASON_DEFECTIVE))
+    assert created.rma.lines[0].category == "electronics"
+    received = await ret_orders.ReceiveReturn(
+        pb.ReceiveReturnRequest(
+            return_id=created.rma.return_id,
+            location_id=pickup,
+            lines=[pb.ReceivedLine(line_id="1", quantity=1, grade=pb.ITEM_GRADE_DAMAGED)],
+        )
+    )
+    (item,) = received.receipt.items
+    assert (item.disposition, item.rule) == (pb.DISPOSITION_RETURN_TO_VENDOR, "disposition_rules[1]")
+    assert (await level(inv, headphones, pickup)).counters.quarantined == 0
+
+
+async def test_sku_inventory_no_longer_knows_is_returnable_without_category(
+    inv: igrpc.InventoryServiceStub,
+    orchestrator: RunningService,
+    ret_orders: rgrpc.ReturnsServiceStub,
+    settings: CommonSettings,
+) -> None:
+    from redis.asyncio import Redis
+
+    forgotten, shirt = random_id("GONE"), random_id("SHIRT")
+    pickup = await store(inv, forgotten, shirt, stock=2, category="gift-card", returnable=False)
+    order_id = await collected_order(orchestrator, pickup, forgotten, shirt)
+    # The catalogue entry disappears after the sale (e.g. lost with a Redis rebuild).
+    redis = Redis.from_url(settings.redis_url.rsplit("/", 1)[0] + f"/{INVENTORY_REDIS_DB}")
+    try:
+        assert await redis.hdel("inv:skus", forgotten) == 1
+    finally:
+        await redis.aclose()
+    created = await ret_orders.CreateReturn(
+        return_request(order_id, "1", pickup, pb.RETURN_REASON_WRONG_SIZE)
+    )
+    assert [(x.sku, x.category) for x in created.rma.lines] == [(forgotten, "")]
+    # The other line of the same order still gets its catalogue facts.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret_orders.CreateReturn(return_request(order_id, "2", pickup, pb.RETURN_REASON_WRONG_SIZE))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "marked non-returnable" in (info.value.details() or "")
+
+
+async def test_online_return_is_unavailable_and_creates_nothing_while_inventory_is_down(
+    settings: CommonSettings,
+    inv: igrpc.InventoryServiceStub,
+    orchestrator: RunningService,
+    ret_orders: rgrpc.ReturnsServiceStub,
+) -> None:
+    shirt = random_id("SHIRT")
+    pickup = await store(inv, shirt, stock=2)
+    order_id = await collected_order(orchestrator, pickup, shirt)
+    # Nothing listens on port 1: every inventory call of this returns instance fails UNAVAILABLE.
+    addresses = {**settings.addresses, "inventory": "127.0.0.1:1", "orchestrator": orchestrator.address}
+    cfg = ReturnsSettings(
+        rules=load_rules(), pool_size=2, ready_dependencies=("orchestrator",), task_retry_seconds=0.5
+    )
+
+    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
+
+    async with (
+        running_service(settings, build) as svc,
+        grpc.aio.insecure_channel(svc.address) as channel,
+    ):
+        cut_off = rgrpc.ReturnsServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await cut_off.CreateReturn(return_request(order_id, "1", pickup, pb.RETURN_REASON_WRONG_SIZE))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "catalogue" in (info.value.details() or "")
+    assert not (await ret_orders.ListReturns(pb.ListReturnsRequest(order_id=order_id))).returns

@@ -1,4 +1,5 @@
-"""Inventory effects of returns through the inventory gRPC API, behind the InventoryPort.
+"""Inventory effects of returns through the inventory gRPC API, behind the InventoryPort, and
+the catalogue facts (category, returnable) of ordered SKUs (GetSkus).
 
 restock → ReceiveStock (sellable), quarantine → ReceiveStock (quarantined), incoming supply
 → SetIncomingSupply (quantity 0 withdraws it), exchange replacement → ReserveStock (firm,
@@ -9,6 +10,8 @@ inventory idempotency key, so a retry never counts twice.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 
 import grpc
 from tutti.common.v1 import common_pb2
@@ -24,6 +27,10 @@ LOCATION_TYPES = {
     common_pb2.LOCATION_TYPE_DISTRIBUTION_CENTRE: "distribution_centre",
     common_pb2.LOCATION_TYPE_DROPSHIP_SUPPLIER: "dropship_supplier",
 }
+
+
+# GetSkus answers NOT_FOUND naming every unknown SKU by its index: "skus[3]: unknown SKU X".
+_UNKNOWN_SKU = re.compile(r"skus\[(\d+)\]")
 
 
 def movement_id(task_id: str) -> str:
@@ -59,6 +66,29 @@ class InventoryClient:
                 return None
             raise _translate(exc, f"location {location_id}") from exc
         return LOCATION_TYPES.get(reply.location.type, "store")
+
+    async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
+        """Category and returnable flag of the SKUs inventory knows; unknown SKUs are left out.
+
+        One GetSkus call; when some SKUs are unknown (NOT_FOUND naming them), one more call for
+        the others. UNAVAILABLE (or any other failure) raises Unavailable."""
+        wanted = list(dict.fromkeys(skus))
+        for _ in range(2):
+            if not wanted:
+                return {}
+            try:
+                reply = await self._stub.GetSkus(ipb.GetSkusRequest(skus=wanted), timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                missing = {int(i) for i in _UNKNOWN_SKU.findall(exc.details() or "")}
+                if exc.code() != grpc.StatusCode.NOT_FOUND or not missing:
+                    raise Unavailable(
+                        f"inventory could not be asked for the catalogue of {len(wanted)} SKUs: "
+                        f"{exc.code().name}"
+                    ) from exc
+                wanted = [sku for i, sku in enumerate(wanted) if i not in missing]
+                continue
+            return {s.sku: m.CatalogueEntry(s.sku, s.category, s.returnable) for s in reply.skus}
+        raise Unavailable("inventory kept answering NOT_FOUND for the catalogue; retry")
 
     async def sells(self, location_id: str, sku: str) -> bool:
         """A location sells a SKU when inventory holds a stock record of it there."""

@@ -1,6 +1,12 @@
-"""What was bought, read from the orchestrator (GetOrder) behind the OrderDirectory port."""
+"""What was bought, read from the orchestrator (GetOrder) behind the OrderDirectory port, with
+each line's category and returnable flag from the catalogue (inventory GetSkus), so the
+eligibility and disposition rules apply to online orders as to till purchases."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import grpc
 from tutti.orchestrator.v1 import orchestrator_pb2 as opb
@@ -10,11 +16,23 @@ from runtime.errors import Unavailable
 from services.returns.adapters import codec
 from services.returns.domain import model as m
 
+log = logging.getLogger(__name__)
+
 # Goods the customer has: only these lines can come back (others are cancelled on the order).
 HANDED_OVER = {opb.LINE_STATUS_SHIPPED, opb.LINE_STATUS_DELIVERED, opb.LINE_STATUS_COLLECTED}
 
 
-def purchase_from_order(order: opb.Order) -> m.Purchase:
+class Catalogue(Protocol):
+    async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
+        """The entries of the SKUs the catalogue knows (unknown ones are left out).
+        Raises Unavailable when the catalogue cannot be asked."""
+
+
+def purchase_from_order(
+    order: opb.Order, catalogue: Mapping[str, m.CatalogueEntry] | None = None
+) -> m.Purchase:
+    """A SKU missing from ``catalogue`` gets no category and stays returnable."""
+    entries = catalogue or {}
     currency = next((line.unit_price.currency for line in order.lines if line.unit_price.currency), "EUR")
     return m.Purchase(
         order_id=order.order_id,
@@ -29,7 +47,9 @@ def purchase_from_order(order: opb.Order) -> m.Purchase:
                 sku=line.sku,
                 quantity=line.quantity,
                 unit_price_minor=line.unit_price.amount_minor,
+                category=entries[line.sku].category if line.sku in entries else "",
                 handed_over=line.status in HANDED_OVER,
+                returnable=entries[line.sku].returnable if line.sku in entries else True,
             )
             for line in order.lines
         ),
@@ -37,8 +57,11 @@ def purchase_from_order(order: opb.Order) -> m.Purchase:
 
 
 class OrchestratorOrders:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float = 5.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, catalogue: Catalogue | None = None, timeout: float = 5.0
+    ) -> None:
         self._stub = ogrpc.OrderServiceStub(channel)
+        self._catalogue = catalogue
         self._timeout = timeout
 
     async def get_purchase(self, order_id: str) -> m.Purchase | None:
@@ -50,4 +73,16 @@ class OrchestratorOrders:
             raise Unavailable(
                 f"orchestrator could not be asked for order {order_id}: {exc.code().name}"
             ) from exc
-        return purchase_from_order(reply.order)
+        entries: dict[str, m.CatalogueEntry] = {}
+        skus = list(dict.fromkeys(line.sku for line in reply.order.lines if line.sku))
+        if self._catalogue is not None and skus:
+            entries = await self._catalogue.catalogue(skus)
+            unknown = [sku for sku in skus if sku not in entries]
+            if unknown:
+                # Not in the catalogue (any more): no category, returnable by default.
+                log.warning(
+                    "order %s: SKUs unknown to inventory, treated as returnable with no category: %s",
+                    order_id,
+                    ", ".join(unknown),
+                )
+        return purchase_from_order(reply.order, entries)

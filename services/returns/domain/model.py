@@ -103,6 +103,17 @@ class PurchasedLine:
     category: str = ""
     # False while the goods have not reached the customer (not shipped or collected yet).
     handed_over: bool = True
+    # False when the catalogue marks the SKU non-returnable (inventory's Sku.returnable).
+    returnable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    """What the catalogue (inventory's SKU master data) says about a SKU."""
+
+    sku: str
+    category: str = ""
+    returnable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +266,11 @@ def check_eligibility(
                     f"at most {left} can be returned",
                 )
             )
-        if bought.category and bought.category in rules.non_returnable_categories:
+        if not bought.returnable:
+            problems.append(
+                (subject, f"line {item.line_id} ({bought.sku}): the item is marked non-returnable")
+            )
+        elif bought.category and bought.category in rules.non_returnable_categories:
             problems.append(
                 (
                     subject,
