@@ -36,7 +36,9 @@ class TrackingSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> TrackingSettings:
         env = env or Env()
-        raw_topics = env.str("TUTTI_TRACKING_TOPICS", f"{ORDER_EVENTS.name},{RETURN_EVENTS.name}")
+        raw_topics = env.str(
+            "TUTTI_TRACKING_TOPICS", f"{ORDER_EVENTS.name},{RETURN_EVENTS.name},{INVENTORY_MOVEMENTS.name}"
+        )
         topics = tuple(t.strip() for t in raw_topics.split(",") if t.strip())
         unknown = [t for t in topics if t not in KNOWN_TOPICS]
         if not topics or unknown:

@@ -83,7 +83,9 @@ async def shop(full_stack: str) -> tuple[str, list[str]]:
     return location_id, skus
 
 
-async def stocked_store(gateway: str, sku_count: int, location_id: str | None = None) -> tuple[str, list[str]]:
+async def stocked_store(
+    gateway: str, sku_count: int, location_id: str | None = None
+) -> tuple[str, list[str]]:
     """A store near Paris with 10 units of new SKUs, set up by the admin through the gateway."""
     location_id = location_id or random_id("e2e-store")
     skus = [random_id("E2E-SKU") for _ in range(sku_count)]
@@ -324,7 +326,8 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
 
         async def collected() -> tracking_pb2.GetOrderTimelineResponse | None:
             with_steps = await timeline()
-            return with_steps if "collected" in [e.step for e in with_steps.entries] else None
+            seen = {e.step for e in with_steps.entries}
+            return with_steps if {"collected", "reserved", "fulfilled"} <= seen else None
 
         before = await wait_for(collected, timeout=30, message="the collection on the order's timeline")
         watched = []
@@ -334,7 +337,8 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
                 break
         watch.cancel()
         assert sorted(watched) == sorted(e.event_id for e in before.entries)
-        steps = [(e.step, e.type.rsplit(".", 1)[-1]) for e in before.entries]
+        orchestrated = [e for e in before.entries if e.source == "orchestrator"]
+        steps = [(e.step, e.type.rsplit(".", 1)[-1]) for e in orchestrated]
         # Each change in the order it happened: the fact (placing, sourcing, a store's report),
         # then the order-level status it leads to.
         assert steps == [
@@ -352,11 +356,17 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
         ], steps
         times = [e.occurred_at.ToNanoseconds() for e in before.entries]
         assert all(times) and times == sorted(times)
-        assert all(e.source == "orchestrator" and e.received_at.ToNanoseconds() for e in before.entries)
-        sourced = before.entries[1]
-        assert [e.position for e in before.entries[:3]] == [0, 1, 2]
+        assert all(e.received_at.ToNanoseconds() for e in before.entries)
+        sourced = orchestrated[1]
+        assert [e.position for e in orchestrated[:3]] == [0, 1, 2]
+        # What happened to the stock, from inventory's ledger: reserved at the store, then
+        # fulfilled by the collection (after it). The order's status stays "collected".
+        stock = [(e.step, e.location_ids[0]) for e in before.entries if e.source == "inventory"]
+        assert stock == [("reserved", location_id), ("fulfilled", location_id)], stock
+        fulfilled = next(e for e in before.entries if e.step == "fulfilled")
+        assert fulfilled.occurred_at.ToNanoseconds() >= orchestrated[-1].occurred_at.ToNanoseconds() - 10**6
         assert sourced.explanation and location_id in sourced.location_ids
-        assert before.order.status == "collected" and before.order.entry_count == len(steps)
+        assert before.order.status == "collected" and before.order.entry_count == len(before.entries)
 
         # The store sees its own work; unauthenticated callers see nothing.
         as_store = await tracking.GetOrderTimeline(
@@ -364,7 +374,9 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
         )
         assert [e.event_id for e in as_store.entries] == [e.event_id for e in before.entries]
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await tracking.GetOrderTimeline(tracking_pb2.GetOrderTimelineRequest(order_id=order_id), timeout=10)
+            await tracking.GetOrderTimeline(
+                tracking_pb2.GetOrderTimelineRequest(order_id=order_id), timeout=10
+            )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         # Kafka delivers at least once: the very same OrderPlaced envelope arrives again.
@@ -389,10 +401,13 @@ async def test_the_timeline_records_every_step_in_order_and_a_duplicated_event_c
                 offsets = await admin.list_consumer_group_offsets("tutti-tracking")
             finally:
                 await admin.close()
-            committed = [o.offset for tp, o in offsets.items() if (tp.topic, tp.partition) == (sent.topic, sent.partition)]
+            where = (sent.topic, sent.partition)
+            committed = [o.offset for tp, o in offsets.items() if (tp.topic, tp.partition) == where]
             return bool(committed) and committed[0] > sent.offset
 
-        await wait_for(tracking_consumed_the_duplicate, timeout=30, message="tracking committed past the duplicate")
+        await wait_for(
+            tracking_consumed_the_duplicate, timeout=30, message="tracking committed past the duplicate"
+        )
         after = await timeline()
         assert [MessageToDict(e) for e in after.entries] == [MessageToDict(e) for e in before.entries]
         assert after.order.entry_count == before.order.entry_count

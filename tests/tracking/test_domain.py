@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -136,8 +137,8 @@ def test_events_about_no_order_are_skipped() -> None:
     assert isinstance(
         extract(raw("tutti.inventory.v1.StockMoved", {"sku": "A"}, key="A", keyed=False)), Skipped
     )
-    bad_id = RawEvent(
-        event_id="not-a-uuid",
+    no_id = RawEvent(
+        event_id="",
         type="X",
         occurred_at=T0,
         source="s",
@@ -147,7 +148,34 @@ def test_events_about_no_order_are_skipped() -> None:
         payload={},
         keyed_by_order=True,
     )
-    assert isinstance(extract(bad_id), Skipped)
+    assert isinstance(extract(no_id), Skipped)
+
+
+def test_an_id_that_is_not_a_uuid_is_tracked_under_the_same_uuid_every_time() -> None:
+    """Inventory's ledger ids (inv-<stream id>-<i>) carry the ledger's order; tracking keeps its
+    UUID keys with a deterministic stand-in, so a redelivery is still the same event."""
+    ledger = dataclasses.replace(raw("X", {"order_id": "o-1"}), event_id="inv-1700000000000-3-0")
+    first, again = extract(ledger), extract(ledger)
+    assert isinstance(first, TrackedEvent) and isinstance(again, TrackedEvent)
+    assert first.event_id == again.event_id == str(uuid.UUID(first.event_id))
+    other = extract(dataclasses.replace(ledger, event_id="inv-1700000000000-3-1"))
+    assert isinstance(other, TrackedEvent) and other.event_id != first.event_id
+
+
+def test_stock_movements_of_an_order_join_its_trail_without_changing_its_status() -> None:
+    """StockMovementRecorded{kind} names the step; what happened to the stock is not the order's
+    status (a fulfilment recorded after "collected" must not hide it)."""
+    movement = "tutti.inventory.v1.StockMovementRecorded"
+    reserved = tracked(movement, {"kind": "MOVEMENT_KIND_RESERVED", "location_id": "S1"})
+    fulfilled = tracked(movement, {"kind": "MOVEMENT_KIND_FULFILLED"}, at=T0 + timedelta(hours=2))
+    released = tracked(movement, {"kind": "MOVEMENT_KIND_RESERVATION_RELEASED"})
+    assert (reserved.step, fulfilled.step, released.step) == ("reserved", "fulfilled", "reservation_released")
+    facts = apply(None, tracked("tutti.orchestrator.v1.OrderPlaced", {}), T0)
+    facts = apply(facts, reserved, T0)
+    collected = tracked("tutti.orchestrator.v1.OrderCollected", {}, at=T0 + timedelta(hours=1))
+    facts = apply(apply(facts, collected, T0), fulfilled, T0)
+    assert facts.status == "collected" and facts.entry_count == 4
+    assert "S1" in facts.location_ids
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,20 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from tutti.common.v1 import common_pb2
 from tutti.events.v1 import envelope_pb2
+from tutti.inventory.v1 import events_pb2 as inventory_events_pb2
 from tutti.orchestrator.v1 import events_pb2 as orders_events_pb2
 from tutti.orchestrator.v1 import orchestrator_pb2
 from tutti.returns.v1 import events_pb2 as returns_events_pb2
 from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
-from runtime.kafka import ORDER_EVENTS, RETURN_EVENTS, EventPublisher, build_envelope, create_producer
+from runtime.kafka import (
+    INVENTORY_MOVEMENTS,
+    ORDER_EVENTS,
+    RETURN_EVENTS,
+    EventPublisher,
+    build_envelope,
+    create_producer,
+)
 from runtime.settings import CommonSettings
 from services.tracking.bootstrap import build
 from tests.support import random_id, running_service, wait_for
@@ -284,11 +292,37 @@ async def test_unknown_event_types_still_get_an_entry(tracking, publisher) -> No
     assert not reply.entries[0].details.fields
 
 
+async def test_stock_reserved_before_the_order_is_known_joins_its_trail(tracking, publisher) -> None:
+    """Inventory's relay often beats the orchestrator's: the reservation of an order is the first
+    thing tracking hears of it. It is recorded (under a UUID standing for the ledger id) and the
+    placing event that follows still sets the order's status."""
+    order_id, sku = random_id("order"), random_id("SKU")
+    t0 = datetime.now(UTC)
+    movement = inventory_events_pb2.StockMovementRecorded(
+        kind=inventory_events_pb2.MOVEMENT_KIND_RESERVED, sku=sku, location_id="S1", order_id=order_id,
+        reservation_id=order_id, reserved_delta=2,
+    )
+    ledger_id = f"inv-{int(t0.timestamp() * 1000)}-0-0"
+    reserved = build_envelope(
+        movement, source="inventory", key=sku, event_id=ledger_id, occurred_at=t0 + timedelta(milliseconds=5)
+    )
+    await publisher.publish_envelope(INVENTORY_MOVEMENTS, reserved)
+    reply = await timeline_of(tracking, order_id, 1)
+    entries = [(e.step, e.source, list(e.location_ids)) for e in reply.entries]
+    assert entries == [("reserved", "inventory", ["S1"])]
+    await publisher.publish_envelope(INVENTORY_MOVEMENTS, reserved)  # redelivered: same entry
+    placed = order_event(order_id, "OrderPlaced", t0, customer_id="c-1")
+    await publisher.publish_envelope(ORDER_EVENTS, placed)
+    reply = await timeline_of(tracking, order_id, 2)
+    assert [e.step for e in reply.entries] == ["placed", "reserved"]
+    assert reply.order.status == "placed" and reply.order.entry_count == 2
+
+
 async def test_a_malformed_event_is_skipped_without_stalling_the_partition(tracking, publisher) -> None:
     order_id = random_id("order")
     t0 = datetime.now(UTC)
     poison = order_event(order_id, "OrderPlaced", t0)
-    poison.event_id = "not-a-uuid"
+    poison.event_id = ""  # no id: nothing to de-duplicate on
     await publisher.publish_envelope(ORDER_EVENTS, poison)
     await publisher.publish_envelope(ORDER_EVENTS, order_event(order_id, "OrderCancelled", t0))
 

@@ -44,8 +44,12 @@ def _message_class(type_name: str) -> type[Message] | None:
     return message_factory.GetMessageClass(descriptor)
 
 
-def decode_payload(envelope: envelope_pb2.EventEnvelope) -> dict[str, Any] | None:
-    """The payload as a dict, or None when its type is unknown or it does not parse."""
+def decode_payload(
+    envelope: envelope_pb2.EventEnvelope, *, orders_only: bool = False
+) -> dict[str, Any] | None:
+    """The payload as a dict, or None when its type is unknown or it does not parse. With
+    ``orders_only``, a message whose own ``order_id`` is empty comes back as ``{}`` unconverted:
+    on inventory's ledger most movements (till sales, receipts) are about no order."""
     type_name = envelope.payload.type_url.rsplit("/", 1)[-1] or envelope.type
     if not type_name:
         return None
@@ -58,6 +62,8 @@ def decode_payload(envelope: envelope_pb2.EventEnvelope) -> dict[str, Any] | Non
     except DecodeError:
         log.warning("payload of event %s does not parse as %s", envelope.event_id, type_name)
         return None
+    if orders_only and "order_id" in message.DESCRIPTOR.fields_by_name and not message.order_id:  # type: ignore[attr-defined]
+        return {}
     converted = json_format.MessageToDict(message, preserving_proto_field_name=True)
     # A Struct payload converts to a dict already; wrappers and lists do not.
     return converted if isinstance(converted, dict) else {"value": converted}
@@ -81,7 +87,7 @@ def to_raw_event(
         key=envelope.key,
         sequence=envelope.sequence,
         topic=topic,
-        payload=decode_payload(envelope),
+        payload=decode_payload(envelope, orders_only=topic not in order_keyed_topics),
         keyed_by_order=topic in order_keyed_topics,
         position=envelope.position,
     )

@@ -120,7 +120,7 @@ def _order_args(facts: OrderFacts) -> tuple[object, ...]:
         facts.cost.amount_minor if facts.cost else None,
         _key_json(facts.cost_key),
         facts.fulfilled_at,
-        last[2] if last else None,
+        last[2] if last else 0,
     )
 
 

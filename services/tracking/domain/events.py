@@ -97,7 +97,19 @@ _ENUM_MARKERS = ("_STATUS_", "_EVENT_", "_STATE_", "_KIND_")
 
 
 def _is_generic(step: str) -> bool:
-    return step.endswith(("_changed", "_updated", "_reported")) or step in {"changed", "updated", "reported"}
+    return step.endswith(("_changed", "_updated", "_reported", "_recorded")) or step in {
+        "changed",
+        "updated",
+        "reported",
+        "recorded",
+    }
+
+
+# What happened to an order's stock, from inventory's ledger (StockMovementRecorded{kind}):
+# entries of the trail, but not the order's status — "fulfilled" must not hide "collected".
+STOCK_STEPS = frozenset(
+    {"reserved", "reservation_confirmed", "reservation_released", "reservation_expired", "fulfilled"}
+)
 
 
 def enum_step(value: str) -> str:
@@ -207,8 +219,8 @@ class Skipped:
 
 def extract(raw: RawEvent) -> TrackedEvent | Skipped:
     """Reduce any event to a TrackedEvent, or say why it is not about an order."""
-    if not _is_uuid(raw.event_id):
-        return Skipped("event_id is not a UUID", {"event_id": raw.event_id[:64], "type": raw.type})
+    if not raw.event_id:
+        return Skipped("no event_id", {"type": raw.type})
     payload = raw.payload or {}
     order_id = _first_str(payload, "order_id")
     if not order_id and raw.keyed_by_order:
@@ -218,7 +230,7 @@ def extract(raw: RawEvent) -> TrackedEvent | Skipped:
     event_type = raw.type or "unknown"
     channel = _first_value(payload, "channel")
     return TrackedEvent(
-        event_id=raw.event_id,
+        event_id=tracked_event_id(raw.event_id),
         order_id=order_id,
         type=event_type,
         step=event_step(event_type, payload),
@@ -237,6 +249,17 @@ def extract(raw: RawEvent) -> TrackedEvent | Skipped:
         topic=raw.topic,
         position=raw.position,
     )
+
+
+# Namespace of the UUIDs standing in for producer ids that are not UUIDs.
+_FOREIGN_IDS = uuid.UUID("5b1f2f0e-9c1e-4c47-9a57-6f1f1b0c7a11")
+
+
+def tracked_event_id(event_id: str) -> str:
+    """The id tracking records an event under: the envelope's, or for producers whose ids are not
+    UUIDs (inventory's ledger ids ``inv-<stream id>-<i>``, which carry the ledger's order) the
+    same deterministic UUIDv5 every time, so a redelivery is still recognised."""
+    return event_id if _is_uuid(event_id) else str(uuid.uuid5(_FOREIGN_IDS, event_id))
 
 
 def _is_uuid(value: str) -> bool:
