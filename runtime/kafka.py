@@ -17,15 +17,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka import errors as aiokafka_errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
+from tutti.events.v1 import envelope_pb2
 
 from runtime import telemetry
-from tutti.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
+from tutti.events.v1 import envelope_pb2
 
 from runtime import errors, telemetry
 from runtime.kafka import PRODUCER_STATE_LOST, RenewableProducer, Topic
-from tutti.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from functools import cache
 
 import grpc
-
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 

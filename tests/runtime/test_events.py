@@ -10,8 +10,15 @@ import asyncpg
 import pytest
 from google.protobuf import struct_pb2
 
-from runtime.kafka import ORDER_EVENTS, EventConsumer, EventPublisher, create_producer, ensure_topics, unpack
-from runtime.kafka import build_envelope
+from runtime.kafka import (
+    ORDER_EVENTS,
+    EventConsumer,
+    EventPublisher,
+    build_envelope,
+    create_producer,
+    ensure_topics,
+    unpack,
+)
 from runtime.postgres import OutboxRelay, apply_migrations, claim_event, create_pool, enqueue_event
 from runtime.settings import CommonSettings
 from tests.support import random_id, read_events, wait_for

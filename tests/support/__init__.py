@@ -12,10 +12,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from tutti.events.v1 import envelope_pb2
 
 from runtime.grpc_server import Wiring, serve
 from runtime.settings import CommonSettings
-from tutti.events.v1 import envelope_pb2
 
 T = TypeVar("T")
 
