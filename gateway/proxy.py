@@ -300,9 +300,12 @@ class Gateway:
         order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
         named = route.rule.lookup
         paths = (named,) if isinstance(named, str) else named or ()
-        lookups = [self._routes.get(f"/{p}") for p in paths] if paths else [self._routes.get(self._order_lookup)]
+        lookups = (
+            [self._routes.get(f"/{p}") for p in paths] if paths else [self._routes.get(self._order_lookup)]
+        )
         if not order_id or not lookups or any(
-            lookup is None or "order_id" not in lookup.request_type.DESCRIPTOR.fields_by_name for lookup in lookups
+            lookup is None or "order_id" not in lookup.request_type.DESCRIPTOR.fields_by_name
+            for lookup in lookups
         ):
             raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
         for i, lookup in enumerate(lookups):

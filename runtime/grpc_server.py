@@ -137,7 +137,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
@@ -161,12 +163,14 @@ async def _announce_when_ready(
             if wiring.ready is not None:
                 await asyncio.wait_for(wiring.ready(), timeout=5)
             ok = True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - readiness probe: every failure is "not ready", logged
             ok = False
             if serving is not False:
                 log.warning("dependency not ready: %r", exc)
         if ok != serving:
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             for name in ("", *names):
                 await health.set(name, status)
             if ok:
@@ -207,9 +211,8 @@ async def serve(
         # "liveness" answers SERVING while the process is responsive, whatever its dependencies:
         # an orchestrator restarting pods during a database outage would only slow recovery.
         await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-        )
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([*names, health_service, reflection.SERVICE_NAME], server)
         if wiring.server_credentials is not None:
             port = server.add_secure_port(settings.listen_address, wiring.server_credentials)
         else:
@@ -222,7 +225,10 @@ async def serve(
             bound(port)
 
         tasks = [asyncio.create_task(_announce_when_ready(health, wiring, names, stopping), name="health")]
-        tasks += [asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job")) for job in wiring.background]
+        tasks += [
+            asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job"))
+            for job in wiring.background
+        ]
 
         await stopping.wait()
         log.info("shutting down")
@@ -244,7 +250,9 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("background job %s failed; restarting in %.1fs", getattr(job, "__name__", job), delay)
+            log.exception(
+                "background job %s failed; restarting in %.1fs", getattr(job, "__name__", job), delay
+            )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=delay)
             delay = min(delay * 2, 10.0)
@@ -254,6 +262,6 @@ def client_channel(address: str) -> grpc.aio.Channel:
     """A channel to another Tutti service, with tracing and the same message limits."""
     return grpc.aio.insecure_channel(
         address,
-        options=SERVER_OPTIONS[:2] + [("grpc.enable_retries", 1)],
+        options=[*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)],
         interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
     )
