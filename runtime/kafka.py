@@ -58,13 +58,19 @@ INVENTORY_AVAILABILITY = Topic(
     "tutti.inventory.availability.v1", 6, compacted=True, retention_ms=-1,
     description="Latest availability per SKU x location (compacted) for marketplaces and connectors.",
 )
-ORDER_EVENTS = Topic("tutti.orders.events.v1", 6, description="Order lifecycle events, keyed by order id.")
-RETURN_EVENTS = Topic("tutti.returns.events.v1", 3, description="Return and exchange events, keyed by order id.")
+ORDER_EVENTS = Topic(
+    "tutti.orders.events.v1", 6, description="Order lifecycle events, keyed by order id."
+)
+RETURN_EVENTS = Topic(
+    "tutti.returns.events.v1", 3, description="Return and exchange events, keyed by order id."
+)
 
 TOPICS: tuple[Topic, ...] = (INVENTORY_MOVEMENTS, INVENTORY_AVAILABILITY, ORDER_EVENTS, RETURN_EVENTS)
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = TOPICS, replication_factor: int = 1) -> list[str]:
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[Topic] = TOPICS, replication_factor: int = 1
+) -> list[str]:
     """Create missing topics; returns the names created. Safe to run concurrently and repeatedly."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
@@ -78,10 +84,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = TOPICS, replic
                      topic_configs=t.configs(replication_factor))
             for t in missing
         ]
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass
         return [t.name for t in missing]
     finally:
         await admin.close()
@@ -175,7 +179,9 @@ def build_envelope(
 def unpack(envelope: envelope_pb2.EventEnvelope, message_type: type[Message]) -> Message:
     message = message_type()
     if not envelope.payload.Unpack(message):
-        raise ValueError(f"event {envelope.event_id} carries {envelope.type}, not {message_type.DESCRIPTOR.full_name}")
+        raise ValueError(
+            f"event {envelope.event_id} carries {envelope.type}, not {message_type.DESCRIPTOR.full_name}"
+        )
     return message
 
 
@@ -186,7 +192,9 @@ class EventPublisher:
         self._producer = producer
         self._source = source
 
-    async def publish(self, topic: Topic | str, payload: Message, *, key: str, **envelope_fields: object) -> envelope_pb2.EventEnvelope:
+    async def publish(
+        self, topic: Topic | str, payload: Message, *, key: str, **envelope_fields: object
+    ) -> envelope_pb2.EventEnvelope:
         envelope = build_envelope(payload, source=self._source, key=key, **envelope_fields)  # type: ignore[arg-type]
         await self.publish_envelope(topic, envelope)
         return envelope
@@ -241,7 +249,9 @@ class EventConsumer:
         self.started.set()
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
+                batches = await consumer.getmany(
+                    timeout_ms=self.batch_timeout_ms, max_records=self.max_records
+                )
                 for tp, records in batches.items():
                     if self.batch_handler is not None:
                         await self._handle_batch(self.batch_handler, records)
@@ -258,7 +268,7 @@ class EventConsumer:
         envelope = envelope_pb2.EventEnvelope()
         try:
             envelope.ParseFromString(record.value)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any unparseable record (DecodeError, None value...) is skipped
             # A poison message must not block the partition forever; it is logged and skipped.
             log.error("skipping unparseable record %s[%d]@%d", record.topic, record.partition, record.offset)
             return None

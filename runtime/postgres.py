@@ -86,7 +86,9 @@ async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: str) ->
     return row is not None
 
 
-async def enqueue_event(conn: asyncpg.Connection, topic: Topic | str, envelope: envelope_pb2.EventEnvelope) -> None:
+async def enqueue_event(
+    conn: asyncpg.Connection, topic: Topic | str, envelope: envelope_pb2.EventEnvelope
+) -> None:
     """Write an event to the outbox inside the caller's transaction."""
     name = topic.name if isinstance(topic, Topic) else topic
     headers = dict((k, v.decode()) for k, v in telemetry.inject_kafka_headers())

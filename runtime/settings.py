@@ -122,7 +122,8 @@ class CommonSettings:
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Self:
         env = Env(environ)
         addresses = {
-            name: env.address(f"TUTTI_{name.upper()}_ADDR", default) for name, default in DEFAULT_ADDRESSES.items()
+            name: env.address(f"TUTTI_{name.upper()}_ADDR", default)
+            for name, default in DEFAULT_ADDRESSES.items()
         }
         return cls(
             service=service,

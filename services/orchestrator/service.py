@@ -297,7 +297,8 @@ class RulesBook:
             )
         if earlier and row["document"] != document:
             raise AlreadyExists(
-                f"request_id {request_id!r} already stored rules version {row['version']} with another document"
+                f"request_id {request_id!r} already stored rules version {row['version']}"
+                " with another document"
             )
         self._parsed.setdefault(row["version"], rules)
         return row, rules
@@ -927,9 +928,13 @@ class OrderService:
             line = ReserveLine(sku, location_id, quantity)
             try:
                 if not await self._inventory.quarantine(movement_id, line, f"order {order_id}: {reason}"):
-                    log.warning("rejected units of %s at %s were taken meanwhile; not quarantined", sku, location_id)
+                    log.warning(
+                        "rejected units of %s at %s were taken meanwhile; not quarantined", sku, location_id
+                    )
             except Unavailable:
-                log.warning("could not quarantine rejected units of %s at %s", sku, location_id, exc_info=True)
+                log.warning(
+                    "could not quarantine rejected units of %s at %s", sku, location_id, exc_info=True
+                )
 
     async def _release_quietly(
         self, reservation_id: str, lines: Sequence[ReserveLine], request_id: str, reason: str
