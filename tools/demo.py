@@ -55,9 +55,19 @@ EXPRESS_STORES = frozenset({"STORE-PARIS-RIVOLI", "STORE-PARIS-BERCY", "STORE-LY
 
 # category → (families, sizes, price range in cents, returnable)
 CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, int], bool]] = {
-    "tshirts": (("Tee Essentiel", "Tee Marinière", "Tee Oversize", "Polo Piqué"), ("XS", "S", "M", "L", "XL"), (990, 2990), True),
+    "tshirts": (
+        ("Tee Essentiel", "Tee Marinière", "Tee Oversize", "Polo Piqué"),
+        ("XS", "S", "M", "L", "XL"),
+        (990, 2990),
+        True,
+    ),
     "jeans": (("Jean Droit", "Jean Slim", "Jean Large"), ("36", "38", "40", "42", "44"), (3990, 8990), True),
-    "shoes": (("Basket Cuir", "Bottine", "Sandale", "Running"), ("37", "38", "39", "40", "41", "42", "43", "44"), (4990, 12990), True),
+    "shoes": (
+        ("Basket Cuir", "Bottine", "Sandale", "Running"),
+        ("37", "38", "39", "40", "41", "42", "43", "44"),
+        (4990, 12990),
+        True,
+    ),
     "jackets": (("Parka", "Veste Denim", "Doudoune"), ("S", "M", "L", "XL"), (6990, 19990), True),
     "home": (("Plaid Laine", "Coussin Lin", "Vase Grès", "Lampe Laiton"), ("U",), (1990, 8990), True),
     "beauty": (("Crème Visage", "Parfum 50ml", "Huile Sèche"), ("U",), (1490, 6990), False),
@@ -94,7 +104,11 @@ def _location(
     location_id: str, name: str, kind: int, lat: float, lon: float, city: str, postal: str, capacity: int,
     capabilities: tuple[int, ...], opening: bool,
 ) -> inventory_pb2.Location:
-    hours = [inventory_pb2.OpeningHours(weekday=d, opens="10:00", closes="19:30") for d in WEEK] if opening else []
+    hours = (
+        [inventory_pb2.OpeningHours(weekday=d, opens="10:00", closes="19:30") for d in WEEK]
+        if opening
+        else []
+    )
     return inventory_pb2.Location(
         location_id=location_id,
         name=name,
@@ -117,10 +131,12 @@ def retailer(sku_count: int = 3000, seed: int = SEED) -> DemoRetailer:
     rng = random.Random(seed)
     cap = inventory_pb2
     locations = [
-        _location(DC_ID, "Entrepôt Orléans-Saran", common_pb2.LOCATION_TYPE_DISTRIBUTION_CENTRE, 47.9500, 1.8800,
-                  "Saran", "45770", 5000, (cap.FULFILMENT_CAPABILITY_SHIP,), opening=False),
-        _location(SUPPLIER_ID, "Maison du Linge (dropship)", common_pb2.LOCATION_TYPE_DROPSHIP_SUPPLIER, 50.6942,
-                  3.1746, "Roubaix", "59100", 800, (cap.FULFILMENT_CAPABILITY_SHIP,), opening=False),
+        _location(DC_ID, "Entrepôt Orléans-Saran", common_pb2.LOCATION_TYPE_DISTRIBUTION_CENTRE,
+                  47.9500, 1.8800, "Saran", "45770", 5000, (cap.FULFILMENT_CAPABILITY_SHIP,),
+                  opening=False),
+        _location(SUPPLIER_ID, "Maison du Linge (dropship)", common_pb2.LOCATION_TYPE_DROPSHIP_SUPPLIER,
+                  50.6942, 3.1746, "Roubaix", "59100", 800, (cap.FULFILMENT_CAPABILITY_SHIP,),
+                  opening=False),
     ]
     for store_id, city, lat, lon, postal, capacity in STORES:
         capabilities = [cap.FULFILMENT_CAPABILITY_CLICK_AND_COLLECT]
@@ -191,7 +207,8 @@ async def load(address: str, sku_count: int, metadata: tuple[tuple[str, str], ..
                                    metadata=metadata, timeout=30)
         for part in _chunks(list(demo.skus), 1000):
             await stub.RegisterSkus(inventory_pb2.RegisterSkusRequest(skus=[
-                inventory_pb2.Sku(sku=s.sku, name=s.name, category=s.category, returnable=s.returnable) for s in part
+                inventory_pb2.Sku(sku=s.sku, name=s.name, category=s.category, returnable=s.returnable)
+                for s in part
             ]), metadata=metadata, timeout=30)
         as_of = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
         for number, part in enumerate(_chunks(list(demo.stock), 5000)):

@@ -59,7 +59,7 @@ def _read_pid(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-async def health(address: str, timeout: float = 1.0) -> str:
+async def health(address: str, timeout: float = 1.0) -> str:  # noqa: ASYNC109 - timeout is the gRPC deadline of Check
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -69,14 +69,18 @@ async def health(address: str, timeout: float = 1.0) -> str:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status).lower()
 
 
-async def wait_serving(addresses: dict[str, str], deadline_s: float, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+async def wait_serving(
+    addresses: dict[str, str], deadline_s: float, procs: dict[str, subprocess.Popen[bytes]]
+) -> None:
     deadline = time.monotonic() + deadline_s
     pending = dict(addresses)
     while pending:
         for name, address in list(pending.items()):
             proc = procs.get(name)
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {LOG_DIR / (name + '.log')}")
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode}; see {LOG_DIR / (name + '.log')}"
+                )
             if await health(address) == "serving":
                 del pending[name]
         if pending and time.monotonic() > deadline:
