@@ -233,7 +233,9 @@ def test_every_server_is_probed_through_grpc_health(rendered: dict[str, list[Doc
             else:
                 # Liveness asks the "liveness" health name, which stays SERVING while the process
                 # answers: a dependency outage must not restart pods (readiness takes them out).
-                expected = {"port": port, "service": "liveness"} if probe == "livenessProbe" else {"port": port}
+                expected = (
+                    {"port": port, "service": "liveness"} if probe == "livenessProbe" else {"port": port}
+                )
                 assert container[probe]["grpc"] == expected, f"{rendering}: {name} {probe}"
 
 

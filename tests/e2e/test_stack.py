@@ -39,7 +39,9 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-def _stack(command: str, env: dict[str, str], *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _stack(
+    command: str, env: dict[str, str], *extra: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools.stack", command, *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -98,7 +100,8 @@ def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -
 def test_a_bad_setting_stops_a_service_with_one_line(stack_env: dict[str, str]) -> None:
     env = dict(stack_env, TUTTI_DATABASE_URL="mysql://nope")
     result = subprocess.run(
-        [sys.executable, "-m", "services.orchestrator"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "services.orchestrator"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

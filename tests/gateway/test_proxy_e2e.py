@@ -114,7 +114,9 @@ async def test_ownership_is_asked_of_each_lookup_in_turn(as_: Any, backend: tupl
     """The first lookup does not know the order (NOT_FOUND): the next one decides."""
     test_backend = backend[0]
     order_id = random_id("elsewhere")
-    test_backend.elsewhere[order_id] = backend_message("Order")(order_id=order_id, channel=common_pb2.CHANNEL_WEB)
+    test_backend.elsewhere[order_id] = backend_message("Order")(
+        order_id=order_id, channel=common_pb2.CHANNEL_WEB
+    )
     call = as_("web").watch_order(order_id=order_id)
     assert (await call.read()).order.order_id == order_id
     call.cancel()

@@ -344,7 +344,9 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     # The units the rejecting store could not find are not promised again from it: released from
     # the order and quarantined there (until found). The new store's units are held.
     assert await available(stock, a, ids["near"]) == 3
-    (level,) = (await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["near"]]))).levels
+    (level,) = (
+        await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["near"]]))
+    ).levels
     assert (level.counters.reserved, level.counters.quarantined) == (0, 2)
     assert await available(stock, a, ids["next"]) == 3
     decisions = (
@@ -377,7 +379,9 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     assert list(reply.cancelled_line_ids) == ["1"]
     assert reply.order.status == pb.ORDER_STATUS_CANCELLED
     # Nothing held any more; the damaged units are out of available stock, in quarantine.
-    (level,) = (await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["next"]]))).levels
+    (level,) = (
+        await stock.GetStockLevels(inv.GetStockLevelsRequest(sku=a, location_ids=[ids["next"]]))
+    ).levels
     assert (level.counters.reserved, level.counters.quarantined) == (0, 2)
     assert await available(stock, a, ids["next"]) == 3
 

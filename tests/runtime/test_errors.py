@@ -11,7 +11,9 @@ def test_domain_errors_keep_their_code_and_message() -> None:
 
 
 def test_invalid_argument_names_every_field_in_bad_request_details() -> None:
-    exc = errors.InvalidArgument("lines[0].quantity", "must be > 0", errors.FieldViolation("order_id", "is required"))
+    exc = errors.InvalidArgument(
+        "lines[0].quantity", "must be > 0", errors.FieldViolation("order_id", "is required")
+    )
     code, message, details = errors.to_status(exc)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message == "lines[0].quantity: must be > 0; order_id: is required"

@@ -42,7 +42,9 @@ async def test_published_envelopes_carry_metadata_and_payload(settings: CommonSe
     producer = create_producer(settings.kafka_bootstrap, "test")
     await producer.start()
     try:
-        sent = await EventPublisher(producer, "test").publish(ORDER_EVENTS, _payload(order_id=order_id), key=order_id)
+        sent = await EventPublisher(producer, "test").publish(
+            ORDER_EVENTS, _payload(order_id=order_id), key=order_id
+        )
     finally:
         await producer.stop()
     (received,) = await read_events(settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.key == order_id)
@@ -61,7 +63,9 @@ async def test_consumer_commits_only_after_handling(settings: CommonSettings) ->
     producer = create_producer(settings.kafka_bootstrap, "test")
     await producer.start()
     try:
-        await EventPublisher(producer, "test").publish(ORDER_EVENTS, _payload(order_id=order_id), key=order_id)
+        await EventPublisher(producer, "test").publish(
+            ORDER_EVENTS, _payload(order_id=order_id), key=order_id
+        )
     finally:
         await producer.stop()
 
@@ -245,7 +249,7 @@ async def test_the_relay_renews_a_producer_whose_state_the_broker_lost(
         await enqueue_event(conn, ORDER_EVENTS, envelope)
     task = asyncio.create_task(OutboxRelay(pool, producer, schema).run())
     try:
-        (seen,) = await read_events(
+        (_seen,) = await read_events(
             settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.event_id == envelope.event_id,
             from_beginning_ms=started_ms,
         )
@@ -277,7 +281,9 @@ async def test_outbox_events_survive_a_kafka_restart(settings: CommonSettings, s
     from pathlib import Path
 
     pool = await create_pool(settings.database_url, schema)
-    producer = create_producer(settings.kafka_bootstrap, "test", request_timeout_ms=5000, retry_backoff_ms=200)
+    producer = create_producer(
+        settings.kafka_bootstrap, "test", request_timeout_ms=5000, retry_backoff_ms=200
+    )
     await producer.start()
     started_ms = int(time.time() * 1000) - 1000
     key = random_id("O")
