@@ -77,9 +77,11 @@ BEHAVIOURS: dict[str, object] = {
 async def probe(settings: CommonSettings):
     release = asyncio.Event()
     ready = [True]
-    async with running_service(settings, _build(BEHAVIOURS, release, ready)) as svc:
-        async with grpc.aio.insecure_channel(svc.address) as channel:
-            yield svc, channel, release, ready
+    async with (
+        running_service(settings, _build(BEHAVIOURS, release, ready)) as svc,
+        grpc.aio.insecure_channel(svc.address) as channel,
+    ):
+        yield svc, channel, release, ready
 
 
 async def _call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.aio.AioRpcError:
@@ -99,7 +101,9 @@ async def _call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.
         ("bug", grpc.StatusCode.INTERNAL, "internal error; it has been logged"),
     ],
 )
-async def test_errors_map_to_precise_status_codes(probe, case: str, code: grpc.StatusCode, message: str) -> None:
+async def test_errors_map_to_precise_status_codes(
+    probe, case: str, code: grpc.StatusCode, message: str
+) -> None:
     _, channel, _, _ = probe
     error = await _call(channel, "Fail", case.encode())
     assert error.code() == code
@@ -158,7 +162,8 @@ async def test_reflection_lists_the_services(probe) -> None:
 
 async def test_shutdown_drains_in_flight_calls_and_reports_not_serving(settings: CommonSettings) -> None:
     release = asyncio.Event()
-    async with running_service(settings, _build(BEHAVIOURS, release, [True]), shutdown_grace_seconds=20) as svc:
+    build = _build(BEHAVIOURS, release, [True])
+    async with running_service(settings, build, shutdown_grace_seconds=20) as svc:
         channel = grpc.aio.insecure_channel(svc.address)
         in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Slow")(b"", timeout=10))
         await wait_for(entered.is_set, timeout=5, message="call reached the handler")

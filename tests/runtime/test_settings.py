@@ -57,4 +57,6 @@ def test_a_service_with_a_bad_setting_exits_with_one_line(tmp_path) -> None:
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == ["tutti-inventory: invalid setting: TUTTI_REDIS_URL must be a redis/rediss/unix URL, got 'nope'"]
+    assert lines == [
+        "tutti-inventory: invalid setting: TUTTI_REDIS_URL must be a redis/rediss/unix URL, got 'nope'"
+    ]

@@ -61,12 +61,13 @@ async def test_grpc_calls_carry_the_trace_context(settings: CommonSettings) -> N
     )
 
     async def build(settings: CommonSettings, stack: AsyncExitStack) -> Wiring:
-        return Wiring(register=lambda s: s.add_generic_rpc_handlers((handler,)), service_names=["tutti.test.v1.Trace"])
+        return Wiring(
+            register=lambda s: s.add_generic_rpc_handlers((handler,)), service_names=["tutti.test.v1.Trace"]
+        )
 
-    async with running_service(settings, build) as svc:
-        async with client_channel(svc.address) as channel:
-            with tracer.start_as_current_span("caller") as span:
-                await channel.unary_unary("/tutti.test.v1.Trace/WhoAmI")(b"", timeout=5)
+    async with running_service(settings, build) as svc, client_channel(svc.address) as channel:
+        with tracer.start_as_current_span("caller") as span:
+            await channel.unary_unary("/tutti.test.v1.Trace/WhoAmI")(b"", timeout=5)
     assert seen == [span.get_span_context().trace_id]
     # Both sides recorded a span of that trace: the client call and the server handler.
     recorded = [s for s in spans.get_finished_spans() if s.context.trace_id == seen[0]]
