@@ -26,7 +26,10 @@ def random_id(prefix: str) -> str:
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[T]] | Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,
+    condition: Callable[[], Awaitable[T]] | Callable[[], T],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the keyword every test passes; bounds the polling loop
+    interval: float = 0.05,
     message: str = "condition",
 ) -> T:
     """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
@@ -66,7 +69,9 @@ async def running_service(
 
     from tools.stack import health
 
-    settings = dataclasses.replace(settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=shutdown_grace_seconds)
+    settings = dataclasses.replace(
+        settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=shutdown_grace_seconds
+    )
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(settings, build, stop=stop, bound=port.set_result))
@@ -77,7 +82,8 @@ async def running_service(
         task.cancel()
         raise AssertionError("service did not bind in time")
     address = f"127.0.0.1:{port.result()}"
-    serving = health_pb2.HealthCheckResponse.ServingStatus.Name(health_pb2.HealthCheckResponse.SERVING).lower()
+    reply_type = health_pb2.HealthCheckResponse
+    serving = reply_type.ServingStatus.Name(reply_type.SERVING).lower()
 
     async def is_serving() -> bool:
         if task.done():
@@ -98,14 +104,16 @@ async def read_events(
     predicate: Callable[[envelope_pb2.EventEnvelope], bool],
     *,
     count: int = 1,
-    timeout: float = 15.0,
+    timeout: float = 15.0,  # noqa: ASYNC109 - part of this helper's API, like wait_for's
     from_beginning_ms: int | None = None,
 ) -> list[envelope_pb2.EventEnvelope]:
     """Read ``topic`` (all partitions, no consumer group) until ``count`` envelopes match.
 
     Starts at the offsets for ``from_beginning_ms`` (a wall-clock ms timestamp taken before the
     action under test), or at the beginning of the topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
@@ -128,7 +136,9 @@ async def read_events(
         while len(matched) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"only {len(matched)} of {count} matching events on {topic} within {timeout}s")
+                raise AssertionError(
+                    f"only {len(matched)} of {count} matching events on {topic} within {timeout}s"
+                )
             batches = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
             for records in batches.values():
                 for record in records:
