@@ -461,48 +461,16 @@ async def ret_orders(
 async def test_online_order_returned_in_a_store_restocks_that_store(
     inv: igrpc.InventoryServiceStub, orchestrator: RunningService, ret_orders: rgrpc.ReturnsServiceStub
 ) -> None:
-    from tutti.orchestrator.v1 import orchestrator_pb2 as opb
-    from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
-
     sku = random_id("SKU")
     pickup = await store(inv, sku, stock=3)
     other_store = await store(inv, sku)
-    async with grpc.aio.insecure_channel(orchestrator.address) as channel:
-        orders = ogrpc.OrderServiceStub(channel)
-        placed = await orders.PlaceOrder(
-            opb.PlaceOrderRequest(
-                channel=common_pb2.CHANNEL_WEB,
-                channel_order_id=random_id("web"),
-                customer_id=random_id("C"),
-                method=common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT,
-                pickup_location_id=pickup,
-                lines=[
-                    opb.OrderLineInput(
-                        line_id="1",
-                        sku=sku,
-                        quantity=2,
-                        unit_price=common_pb2.Money(currency="EUR", amount_minor=4500),
-                    )
-                ],
-            )
-        )
-        order = placed.order
-        served_by = order.lines[0].location_id
-        for event in (
-            opb.FULFILMENT_EVENT_ACCEPTED,
-            opb.FULFILMENT_EVENT_PICKED,
-            opb.FULFILMENT_EVENT_READY_FOR_PICKUP,
-            opb.FULFILMENT_EVENT_COLLECTED,
-        ):
-            await orders.UpdateFulfilment(
-                opb.UpdateFulfilmentRequest(order_id=order.order_id, location_id=served_by, event=event)
-            )
+    order_id = await collected_order(orchestrator, pickup, sku, quantity=2, unit_price_minor=4500)
 
     before = await available(inv, sku, other_store)
     created = await ret_orders.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            order_id=order.order_id,
+            order_id=order_id,
             lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=other_store,
@@ -514,7 +482,7 @@ async def test_online_order_returned_in_a_store_restocks_that_store(
         await ret_orders.CreateReturn(
             pb.CreateReturnRequest(
                 request_id=random_id("req"),
-                order_id=order.order_id,
+                order_id=order_id,
                 lines=[pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_WRONG_SIZE)],
                 method=pb.RETURN_METHOD_IN_STORE,
                 receiving_location_id=other_store,
@@ -545,8 +513,10 @@ async def test_online_order_returned_in_a_store_restocks_that_store(
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def collected_order(orchestrator: RunningService, pickup: str, *skus: str) -> str:
-    """A web click-and-collect order of one unit of each SKU (lines "1", "2"...) at ``pickup``,
+async def collected_order(
+    orchestrator: RunningService, pickup: str, *skus: str, quantity: int = 1, unit_price_minor: int = 2500
+) -> str:
+    """A web click-and-collect order of ``quantity`` of each SKU (lines "1", "2"...) at ``pickup``,
     placed through the real orchestrator and collected; returns its order id."""
     from tutti.orchestrator.v1 import orchestrator_pb2 as opb
     from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
@@ -564,8 +534,8 @@ async def collected_order(orchestrator: RunningService, pickup: str, *skus: str)
                     opb.OrderLineInput(
                         line_id=str(i),
                         sku=sku,
-                        quantity=1,
-                        unit_price=common_pb2.Money(currency="EUR", amount_minor=2500),
+                        quantity=quantity,
+                        unit_price=common_pb2.Money(currency="EUR", amount_minor=unit_price_minor),
                     )
                     for i, sku in enumerate(skus, start=1)
                 ],
