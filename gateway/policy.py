@@ -124,6 +124,8 @@ POLICIES: dict[str, Rule] = {
     # The store (or warehouse) receiving the parcel grades it, at its own location.
     RETURNS + "ReceiveReturn": _rule(S, SVC, scope_location=True, required=("return_id",)),
     RETURNS + "CancelReturn": _rule(SVC, required=("return_id",)),
+    # The collecting store (or the location shipping it) hands an exchange's replacement over.
+    RETURNS + "HandOverExchange": _rule(S, SVC, scope_location=True, required=("exchange_id",)),
     # --- tracking: the timeline of an order is its owner's --------------------------------
     TRACKING + "GetOrderTimeline": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
     # A watch may open before tracking recorded anything (right after PlaceOrder): the

@@ -63,6 +63,8 @@ class Transaction(Protocol):
     async def get_exchange(self, return_id: str) -> tuple[m.Exchange, bytes | None] | None: ...
     async def insert_exchange(self, exchange: m.Exchange, address: bytes | None) -> None: ...
     async def cancel_exchange(self, exchange_id: str) -> None: ...
+    async def exchange_return_id(self, exchange_id: str) -> str | None: ...
+    async def hand_over_exchange(self, exchange: m.Exchange) -> None: ...
     async def add_tasks(self, tasks: Sequence[m.InventoryTask], *, done: bool = False) -> None: ...
     async def emit(self, event: events.Event) -> None: ...
     async def view(self, return_id: str, rules: ReturnRules) -> ReturnView | None: ...
@@ -106,6 +108,13 @@ class CreateExchange:
     fulfilment: m.Fulfilment
     location_id: str
     shipping_address: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandOverExchange:
+    exchange_id: str
+    location_id: str
+    update_id: str = ""
 
 
 def check_identifier(field: str, value: str) -> None:
@@ -295,6 +304,40 @@ class ReturnsService:
         assert view is not None
         return view, False
 
+    async def hand_over_exchange(self, cmd: HandOverExchange) -> tuple[m.Exchange, bytes | None, bool]:
+        """The replacement handed over (collected, or given to the carrier): its reservation is
+        fulfilled in inventory, handed_over_at recorded and ExchangeHandedOver emitted.
+
+        Like the reservation in create_exchange, inventory is called *before* the commit, under
+        the return's row lock (which CancelReturn takes too): inventory unreachable →
+        UNAVAILABLE and nothing recorded. The fulfilment's request id is derived from the
+        exchange, so a retry after a crash between the call and the commit fulfils nothing
+        twice (inventory answers the first fulfilment) and records the handover then."""
+        check_identifier("exchange_id", cmd.exchange_id)
+        check_identifier("location_id", cmd.location_id)
+        if cmd.update_id:
+            check_identifier("update_id", cmd.update_id)
+        async with self._store.transaction() as tx:
+            return_id = await tx.exchange_return_id(cmd.exchange_id)
+            if return_id is None:
+                raise NotFound(f"exchange {cmd.exchange_id} not found")
+            await tx.get(return_id, for_update=True)
+            found = await tx.get_exchange(return_id)
+            assert found is not None
+            exchange, address = found
+            m.check_handover(exchange, cmd.location_id)
+            if exchange.handed_over_at is not None:
+                return exchange, address, True
+            fulfil = m.fulfil_task(exchange)
+            await self._inventory.apply(fulfil)
+            handed = m.hand_over(
+                exchange, location_id=cmd.location_id, update_id=cmd.update_id, now=self._now()
+            )
+            await tx.hand_over_exchange(handed)
+            await tx.add_tasks([fulfil], done=True)
+            await tx.emit(events.exchange_handed_over(handed))
+        return handed, address, False
+
     # --- receive ---------------------------------------------------------------------------
 
     async def receive_return(self, cmd: ReceiveReturn) -> tuple[ReturnView, m.Receipt, bool]:
@@ -370,11 +413,13 @@ class ReturnsService:
             if ret is None:
                 raise NotFound(f"return {return_id} not found")
             if ret.status is not m.ReturnStatus.CANCELLED:
+                found = await tx.get_exchange(return_id)
+                if found is not None:
+                    m.check_cancellable(found[0])
                 cancelled = m.cancel(ret)
                 tasks = m.clear_incoming_tasks(cancelled, [line.line_id for line in ret.lines], "cancel")
                 await tx.update(cancelled)
                 await tx.emit(events.return_cancelled(cancelled, reason))
-                found = await tx.get_exchange(return_id)
                 if found is not None and not found[0].cancelled:
                     tasks.append(m.release_task(found[0]))
                     await tx.cancel_exchange(found[0].exchange_id)

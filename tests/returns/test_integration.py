@@ -684,3 +684,112 @@ async def test_online_return_is_unavailable_and_creates_nothing_while_inventory_
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "catalogue" in (info.value.details() or "")
     assert not (await ret_orders.ListReturns(pb.ListReturnsRequest(order_id=order_id))).returns
+
+
+async def test_exchange_replacement_collected_in_store_is_fulfilled_once(
+    inv: igrpc.InventoryServiceStub,
+    orchestrator: RunningService,
+    ret_orders: rgrpc.ReturnsServiceStub,
+    tracking: tracking_pb2_grpc.TrackingServiceStub,
+    settings: CommonSettings,
+) -> None:
+    shirt_m, shirt_l = random_id("SHIRT-M"), random_id("SHIRT-L")
+    pickup = await store(inv, shirt_m, shirt_l, stock=3)
+    elsewhere = await store(inv)
+    order_id = await collected_order(orchestrator, pickup, shirt_m)
+    started_ms = int(time.time() * 1000)
+    created = await ret_orders.CreateExchange(
+        pb.CreateExchangeRequest(
+            request_id=random_id("req"),
+            order_id=order_id,
+            line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
+            replacement_sku=shirt_l,
+            fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
+            location_id=pickup,
+            method=pb.RETURN_METHOD_IN_STORE,
+            receiving_location_id=pickup,
+            channel=common_pb2.CHANNEL_STORE,
+        )
+    )
+    exchange = created.exchange
+    assert not exchange.HasField("handed_over_at")
+    on_hand = (await level(inv, shirt_l, pickup)).counters.on_hand
+
+    async def refused(request: pb.HandOverExchangeRequest) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ret_orders.HandOverExchange(request)
+        return info.value.code(), info.value.details() or ""
+
+    code, details = await refused(
+        pb.HandOverExchangeRequest(exchange_id=exchange.exchange_id, location_id=elsewhere)
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert pickup in details and elsewhere in details
+    code, details = await refused(pb.HandOverExchangeRequest(location_id=pickup))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exchange_id" in details
+    code, _ = await refused(pb.HandOverExchangeRequest(exchange_id="EXC-NOPE", location_id=pickup))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+    request = pb.HandOverExchangeRequest(
+        exchange_id=exchange.exchange_id, location_id=pickup, update_id=random_id("scan")
+    )
+    handed = await ret_orders.HandOverExchange(request)
+    assert not handed.duplicate and handed.exchange.HasField("handed_over_at")
+    assert handed.exchange.handover_update_id == request.update_id
+    reservation = (
+        await inv.GetReservation(ipb.GetReservationRequest(reservation_id=exchange.reservation_id))
+    ).reservation
+    assert reservation.status == ipb.RESERVATION_STATUS_FULFILLED
+    assert (await level(inv, shirt_l, pickup)).counters.on_hand == on_hand - 1
+
+    again = await ret_orders.HandOverExchange(request)
+    assert again.duplicate and again.exchange == handed.exchange
+    assert (await level(inv, shirt_l, pickup)).counters.on_hand == on_hand - 1
+
+    rma = (await ret_orders.GetReturn(pb.GetReturnRequest(return_id=exchange.return_id))).rma
+    assert rma.exchange.handed_over_at == handed.exchange.handed_over_at
+    assert [s.type for s in rma.history].count("tutti.returns.v1.ExchangeHandedOver") == 1
+
+    code, details = await refused_cancel(ret_orders, exchange.return_id)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "handed over" in details
+    reservation = (
+        await inv.GetReservation(ipb.GetReservationRequest(reservation_id=exchange.reservation_id))
+    ).reservation
+    assert reservation.status == ipb.RESERVATION_STATUS_FULFILLED
+
+    [event] = await read_events(
+        settings.kafka_bootstrap,
+        RETURN_EVENTS.name,
+        lambda e: e.key == order_id and e.type == "tutti.returns.v1.ExchangeHandedOver",
+        from_beginning_ms=started_ms,
+    )
+    payload = unpack(event, ev.ExchangeHandedOver)
+    assert (payload.order_id, payload.exchange_id, payload.return_id, payload.location_id) == (
+        order_id,
+        exchange.exchange_id,
+        exchange.return_id,
+        pickup,
+    )
+    assert (payload.sku, payload.quantity, payload.fulfilment) == (
+        shirt_l,
+        1,
+        pb.EXCHANGE_FULFILMENT_COLLECT,
+    )
+
+    async def handed_over_step() -> list[tracking_pb2.TimelineEntry]:
+        try:
+            reply = await tracking.GetOrderTimeline(tracking_pb2.GetOrderTimelineRequest(order_id=order_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return [e for e in reply.entries if e.type == "tutti.returns.v1.ExchangeHandedOver"]
+
+    [entry] = await wait_for(handed_over_step, timeout=30, message="the handover on the order's timeline")
+    assert entry.step == "exchange_handed_over" and pickup in entry.location_ids
+
+
+async def refused_cancel(stub: rgrpc.ReturnsServiceStub, return_id: str) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CancelReturn(pb.CancelReturnRequest(return_id=return_id, reason="changed plans"))
+    return info.value.code(), info.value.details() or ""

@@ -15,7 +15,14 @@ from services.returns.adapters.postgres import PgReturnsStore
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import MIGRATIONS, SCHEMA
 from services.returns.domain import model as m
-from services.returns.service import CreateExchange, CreateReturn, ReceiveReturn, ReturnsService, TaskWorker
+from services.returns.service import (
+    CreateExchange,
+    CreateReturn,
+    HandOverExchange,
+    ReceiveReturn,
+    ReturnsService,
+    TaskWorker,
+)
 from tests.support import random_id
 
 pytestmark = pytest.mark.integration
@@ -287,6 +294,74 @@ async def test_exchange_without_stock_saves_nothing(
             )
         )
     assert await service.list_returns(order_id) == []
+
+
+def collect_exchange(order_id: str) -> CreateExchange:
+    return CreateExchange(
+        request=create(order_id, ("1", 1)),
+        replacement_sku="SKU-A-L",
+        fulfilment=m.Fulfilment.COLLECT,
+        location_id="STORE-B",
+        shipping_address=None,
+    )
+
+
+async def test_exchange_handover_fulfils_once_and_blocks_cancel(
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    view, _ = await service.create_exchange(collect_exchange(web_order(orders)))
+    assert view.exchange is not None
+    exchange_id = view.exchange.exchange_id
+
+    inventory.down = True
+    with pytest.raises(Unavailable):
+        await service.hand_over_exchange(HandOverExchange(exchange_id, "STORE-B", "scan-1"))
+    inventory.down = False
+    after_outage = await service.get_return(view.ret.return_id)
+    assert after_outage.exchange is not None and after_outage.exchange.handed_over_at is None
+    assert [s.type for s in after_outage.steps][-1] == "tutti.returns.v1.ExchangeCreated"
+
+    handed, _, dup = await service.hand_over_exchange(HandOverExchange(exchange_id, "STORE-B", "scan-1"))
+    assert not dup and handed.handed_over_at is not None and handed.handover_update_id == "scan-1"
+    [fulfil] = inventory.of(m.TaskKind.FULFIL)
+    assert (fulfil.task_id, fulfil.reservation_id, fulfil.sku, fulfil.location_id, fulfil.quantity) == (
+        f"{exchange_id}:handover",
+        view.exchange.reservation_id,
+        "SKU-A-L",
+        "STORE-B",
+        1,
+    )
+    inventory.applied.clear()
+    again, _, dup = await service.hand_over_exchange(HandOverExchange(exchange_id, "STORE-B", "scan-2"))
+    assert dup and again == handed and inventory.applied == {}
+
+    current = await service.get_return(view.ret.return_id)
+    assert current.exchange == handed
+    assert [s.type for s in current.steps].count("tutti.returns.v1.ExchangeHandedOver") == 1
+    with pytest.raises(FailedPrecondition, match="handed over"):
+        await service.cancel_return(view.ret.return_id, "changed plans")
+    assert (await service.get_return(view.ret.return_id)).ret.status is m.ReturnStatus.REQUESTED
+    assert inventory.of(m.TaskKind.RELEASE) == []
+
+
+async def test_exchange_handover_errors(
+    service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    view, _ = await service.create_exchange(collect_exchange(web_order(orders)))
+    assert view.exchange is not None
+    exchange_id = view.exchange.exchange_id
+    with pytest.raises(InvalidArgument, match=r"^exchange_id: required"):
+        await service.hand_over_exchange(HandOverExchange("", "STORE-B"))
+    with pytest.raises(InvalidArgument, match=r"^location_id: 1\.\.128 characters"):
+        await service.hand_over_exchange(HandOverExchange(exchange_id, "no spaces allowed"))
+    with pytest.raises(NotFound, match="EXC-NOPE"):
+        await service.hand_over_exchange(HandOverExchange("EXC-NOPE", "STORE-B"))
+    with pytest.raises(FailedPrecondition, match="reserved at STORE-B, not at STORE-A"):
+        await service.hand_over_exchange(HandOverExchange(exchange_id, "STORE-A"))
+    await service.cancel_return(view.ret.return_id, "changed plans")
+    with pytest.raises(FailedPrecondition, match="cancelled"):
+        await service.hand_over_exchange(HandOverExchange(exchange_id, "STORE-B"))
+    assert inventory.of(m.TaskKind.FULFIL) == []
 
 
 async def test_pos_purchase_returned_in_another_store(

@@ -137,7 +137,9 @@ def exchange_pb(exchange: m.Exchange, address: bytes | None = None) -> pb.Exchan
         location_id=exchange.location_id,
         reservation_id=exchange.reservation_id,
         created_at=timestamp(exchange.created_at),
+        handed_over_at=timestamp(exchange.handed_over_at),
         cancelled=exchange.cancelled,
+        handover_update_id=exchange.handover_update_id,
     )
     if address:
         message.shipping_address.ParseFromString(address)

@@ -120,6 +120,30 @@ def exchange_cancelled(exchange: m.Exchange) -> Event:
     )
 
 
+def exchange_handed_over(exchange: m.Exchange) -> Event:
+    payload = ev.ExchangeHandedOver(
+        order_id=exchange.order_id,
+        return_id=exchange.return_id,
+        location_id=exchange.location_id,
+        exchange_id=exchange.exchange_id,
+        sku=exchange.replacement_sku,
+        quantity=exchange.quantity,
+        fulfilment=codec.FULFILMENTS[exchange.fulfilment],
+        update_id=exchange.handover_update_id,
+    )
+    how = "collected at" if exchange.fulfilment is m.Fulfilment.COLLECT else "handed to the carrier at"
+    assert exchange.handed_over_at is not None
+    return Event(
+        payload,
+        exchange.order_id,
+        exchange.return_id,
+        exchange.location_id,
+        f"exchange {exchange.exchange_id}: replacement {exchange.quantity} x {exchange.replacement_sku} "
+        f"{how} {exchange.location_id}",
+        exchange.handed_over_at,
+    )
+
+
 def receipt_events(ret: m.Return, receipt: m.Receipt) -> Iterator[Event]:
     """ReturnReceived, then per line ReturnLineGraded and its disposition, then RefundIssued."""
     at, loc, rid = receipt.received_at, receipt.location_id, receipt.receipt_id

@@ -3,8 +3,9 @@ the catalogue facts (category, returnable) of ordered SKUs (GetSkus).
 
 restock → ReceiveStock (sellable), quarantine → ReceiveStock (quarantined), incoming supply
 → SetIncomingSupply (quantity 0 withdraws it), exchange replacement → ReserveStock (firm,
-deterministic reservation id) / ReleaseReservation. Every call carries the task id as the
-inventory idempotency key, so a retry never counts twice.
+deterministic reservation id) / ReleaseReservation, replacement handed over →
+FulfilReservation. Every call carries the task id as the inventory idempotency key, so a retry
+never counts twice.
 """
 
 from __future__ import annotations
@@ -156,6 +157,16 @@ class InventoryClient:
             await self._stub.ReleaseReservation(
                 ipb.ReleaseReservationRequest(
                     reservation_id=task.reservation_id, reason="exchange cancelled"
+                ),
+                timeout=t,
+            )
+        elif task.kind is m.TaskKind.FULFIL:
+            # The task id is the fulfilment's request id: a retry answers the first fulfilment.
+            await self._stub.FulfilReservation(
+                ipb.FulfilReservationRequest(
+                    reservation_id=task.reservation_id,
+                    lines=[line],
+                    request_id=movement_id(task.task_id),
                 ),
                 timeout=t,
             )

@@ -203,8 +203,23 @@ class PgTransaction:
             reservation_id=row["reservation_id"],
             created_at=row["created_at"],
             cancelled=row["cancelled"],
+            handed_over_at=row["handed_over_at"],
+            handover_update_id=row["handover_update_id"],
         )
         return exchange, row["shipping_address"]
+
+    async def exchange_return_id(self, exchange_id: str) -> str | None:
+        return await self._conn.fetchval(
+            "SELECT return_id FROM exchanges WHERE exchange_id = $1", exchange_id
+        )
+
+    async def hand_over_exchange(self, exchange: m.Exchange) -> None:
+        await self._conn.execute(
+            "UPDATE exchanges SET handed_over_at = $2, handover_update_id = $3 WHERE exchange_id = $1",
+            exchange.exchange_id,
+            exchange.handed_over_at,
+            exchange.handover_update_id,
+        )
 
     async def insert_exchange(self, exchange: m.Exchange, address: bytes | None) -> None:
         await self._conn.execute(

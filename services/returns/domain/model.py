@@ -89,6 +89,8 @@ class TaskKind(StrEnum):
     QUARANTINE = "quarantine"
     RESERVE = "reserve"
     RELEASE = "release"
+    # The replacement of an exchange handed over: its reservation fulfilled (stock leaves).
+    FULFIL = "fulfil"
 
 
 # --- what was bought ---------------------------------------------------------------------------
@@ -677,6 +679,10 @@ class Exchange:
     reservation_id: str
     created_at: datetime
     cancelled: bool = False
+    # When the replacement was handed over (collected, or given to the carrier); None until then.
+    handed_over_at: datetime | None = None
+    # The caller's id of the handover (shipment or scan id), when one was given.
+    handover_update_id: str = ""
 
 
 def open_exchange(
@@ -727,3 +733,47 @@ def release_task(exchange: Exchange) -> InventoryTask:
         reservation_id=exchange.reservation_id,
         reference=exchange.order_id,
     )
+
+
+def fulfil_task(exchange: Exchange) -> InventoryTask:
+    """Fulfils the replacement's reservation; the task id is inventory's idempotency key, so a
+    retried handover never takes the units out twice."""
+    return InventoryTask(
+        f"{exchange.exchange_id}:handover",
+        TaskKind.FULFIL,
+        exchange.replacement_sku,
+        exchange.location_id,
+        exchange.quantity,
+        reservation_id=exchange.reservation_id,
+        reference=exchange.order_id,
+    )
+
+
+def check_handover(exchange: Exchange, location_id: str) -> None:
+    """A cancelled exchange has nothing to hand over; only the exchange's location hands over."""
+    if exchange.cancelled:
+        raise FailedPrecondition(
+            f"exchange {exchange.exchange_id} was cancelled and its replacement released; "
+            "nothing can be handed over",
+        )
+    if location_id != exchange.location_id:
+        raise FailedPrecondition(
+            f"exchange {exchange.exchange_id}: the replacement is reserved at "
+            f"{exchange.location_id}, not at {location_id}; only {exchange.location_id} can hand it over",
+        )
+
+
+def hand_over(exchange: Exchange, *, location_id: str, update_id: str, now: datetime) -> Exchange:
+    check_handover(exchange, location_id)
+    if exchange.handed_over_at is not None:
+        return exchange
+    return replace(exchange, handed_over_at=now, handover_update_id=update_id)
+
+
+def check_cancellable(exchange: Exchange) -> None:
+    """The replacement handed over to the customer or carrier cannot be released any more."""
+    if exchange.handed_over_at is not None:
+        raise FailedPrecondition(
+            f"exchange {exchange.exchange_id}: the replacement was handed over at "
+            f"{exchange.handed_over_at.isoformat()}; the return can no longer be cancelled",
+        )

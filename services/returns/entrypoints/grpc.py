@@ -11,7 +11,13 @@ from tutti.returns.v1 import returns_pb2_grpc
 from runtime.errors import FieldViolation, InvalidArgument
 from services.returns.adapters import codec
 from services.returns.domain import model as m
-from services.returns.service import CreateExchange, CreateReturn, ReceiveReturn, ReturnsService
+from services.returns.service import (
+    CreateExchange,
+    CreateReturn,
+    HandOverExchange,
+    ReceiveReturn,
+    ReturnsService,
+)
 
 MAX_LINES = 200
 
@@ -162,3 +168,12 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
             rma=codec.return_pb(view),
             duplicate=duplicate,
         )
+
+    async def HandOverExchange(
+        self, request: pb.HandOverExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HandOverExchangeResponse:
+        command = HandOverExchange(
+            exchange_id=request.exchange_id, location_id=request.location_id, update_id=request.update_id
+        )
+        exchange, address, duplicate = await self._service.hand_over_exchange(command)
+        return pb.HandOverExchangeResponse(exchange=codec.exchange_pb(exchange, address), duplicate=duplicate)
