@@ -1,5 +1,6 @@
 """Returns through the gateway, as a store app would call it: a till purchase returned in the
-store, received and graded there, back on sale; another store may not receive for it."""
+store, received and graded there, back on sale; another swapped for another size at the counter;
+another store may not act for it."""
 
 from __future__ import annotations
 
@@ -119,3 +120,59 @@ async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
             metadata=auth,
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_store_swaps_a_till_purchase_for_another_size_through_the_gateway(
+    gateway_for_store: tuple[rgrpc.ReturnsServiceStub, str, str],
+    inv: igrpc.InventoryServiceStub,
+) -> None:
+    """At the counter: the original comes back, the replacement is reserved on the shelf and
+    handed over at once; the store reports it with its own key (the gateway fills its location)."""
+    stub, store_id, key = gateway_for_store
+    auth = [("authorization", f"Bearer {key}")]
+    size_m, size_l = random_id("SKU-M"), random_id("SKU-L")
+    await inv.RegisterSkus(
+        ipb.RegisterSkusRequest(skus=[ipb.Sku(sku=s, name=s, returnable=True) for s in (size_m, size_l)])
+    )
+    await inv.ReceiveStock(
+        ipb.ReceiveStockRequest(
+            movement_id=random_id("seed"),
+            location_id=store_id,
+            lines=[ipb.ReservationLine(sku=size_l, location_id=store_id, quantity=2)],
+        )
+    )
+    created = await stub.CreateExchange(
+        pb.CreateExchangeRequest(
+            request_id=random_id("req"),
+            pos_receipt=receipt(datetime.now(UTC), ("1", size_m, 1, 3000), location_id=store_id),
+            line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
+            replacement_sku=size_l,
+            fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
+            location_id=store_id,
+            method=pb.RETURN_METHOD_IN_STORE,
+            receiving_location_id=store_id,
+            channel=common_pb2.CHANNEL_STORE,
+        ),
+        metadata=auth,
+    )
+    exchange_id = created.exchange.exchange_id
+    assert await available(inv, size_l, store_id) == 1  # one L held for the customer
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.HandOverExchange(
+            pb.HandOverExchangeRequest(exchange_id=exchange_id, location_id=random_id("STORE-other")),
+            metadata=auth,
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    handed = await stub.HandOverExchange(
+        pb.HandOverExchangeRequest(exchange_id=exchange_id, update_id=random_id("scan")), metadata=auth
+    )
+    assert handed.exchange.handed_over_at.seconds > 0 and not handed.duplicate
+    again = await stub.HandOverExchange(pb.HandOverExchangeRequest(exchange_id=exchange_id), metadata=auth)
+    assert again.duplicate and again.exchange.handed_over_at == handed.exchange.handed_over_at
+    # The L left the shop with the customer: held no more, and gone from on hand.
+    (level,) = (
+        await inv.GetStockLevels(ipb.GetStockLevelsRequest(sku=size_l, location_ids=[store_id]))
+    ).levels
+    assert (level.counters.on_hand, level.counters.reserved) == (1, 0)
