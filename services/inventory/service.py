@@ -134,18 +134,23 @@ class InventoryService:
         await self.store.write_meta(hset=hset, events=events)
         return len(skus)
 
-    async def get_skus(self, skus: Sequence[str]) -> list[model.Sku]:
-        """Catalogue entries in request order; NOT_FOUND naming every unknown ``skus[i]``."""
+    async def get_skus(
+        self, skus: Sequence[str], *, allow_missing: bool = False
+    ) -> tuple[list[model.Sku], list[str]]:
+        """Catalogue entries in request order, and the unknown SKUs. Without ``allow_missing`` an
+        unknown SKU is NOT_FOUND naming every unknown ``skus[i]``."""
         if not skus:
             raise InvalidArgument("skus", "at least one SKU is required")
         if len(skus) > model.MAX_BATCH_SKUS:
             raise InvalidArgument("skus", f"at most {model.MAX_BATCH_SKUS} SKUs per call, got {len(skus)}")
         model.raise_if(model.check_id(f"skus[{i}]", s) for i, s in enumerate(skus))
         found = await self.store.skus(_unique(skus))
+        if allow_missing:
+            return [found[s] for s in skus if s in found], [s for s in _unique(skus) if s not in found]
         unknown = [f"skus[{i}]: unknown SKU {s}" for i, s in enumerate(skus) if s not in found]
         if unknown:
             raise NotFound("; ".join(unknown))
-        return [found[s] for s in skus]
+        return [found[s] for s in skus], []
 
     async def set_channel_policy(self, policy: model.ChannelPolicy) -> model.ChannelPolicy:
         if not policy.channel:

@@ -51,6 +51,10 @@ async def test_unknown_skus_are_not_found_naming_each_index(stub):
     details = info.value.details()
     assert f"skus[1]: unknown SKU {first}" in details and f"skus[3]: unknown SKU {second}" in details
     assert "skus[0]" not in details and "skus[2]" not in details
+    # A caller that can do without some entries asks for the known ones and the missing list.
+    reply = await stub.GetSkus(pb.GetSkusRequest(skus=[known, first, known, second], allow_missing=True))
+    assert [s.sku for s in reply.skus] == [known, known]
+    assert list(reply.missing_skus) == [first, second]
 
 
 @pytest.mark.parametrize(

@@ -67,8 +67,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return pb.RegisterSkusResponse(registered=n)
 
     async def GetSkus(self, request: pb.GetSkusRequest, context: Ctx) -> pb.GetSkusResponse:
-        found = await self._svc.get_skus(list(request.skus))
-        return pb.GetSkusResponse(skus=[codec.sku_pb(s) for s in found])
+        found, missing = await self._svc.get_skus(list(request.skus), allow_missing=request.allow_missing)
+        return pb.GetSkusResponse(skus=[codec.sku_pb(s) for s in found], missing_skus=missing)
 
     async def SetChannelPolicy(
         self, request: pb.SetChannelPolicyRequest, context: Ctx

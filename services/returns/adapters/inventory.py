@@ -11,7 +11,6 @@ never counts twice.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 
 import grpc
@@ -28,10 +27,6 @@ LOCATION_TYPES = {
     common_pb2.LOCATION_TYPE_DISTRIBUTION_CENTRE: "distribution_centre",
     common_pb2.LOCATION_TYPE_DROPSHIP_SUPPLIER: "dropship_supplier",
 }
-
-
-# GetSkus answers NOT_FOUND naming every unknown SKU by its index: "skus[3]: unknown SKU X".
-_UNKNOWN_SKU = re.compile(r"skus\[(\d+)\]")
 
 
 def movement_id(task_id: str) -> str:
@@ -70,26 +65,19 @@ class InventoryClient:
 
     async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
         """Category and returnable flag of the SKUs inventory knows; unknown SKUs are left out.
-
-        One GetSkus call; when some SKUs are unknown (NOT_FOUND naming them), one more call for
-        the others. UNAVAILABLE (or any other failure) raises Unavailable."""
+        One GetSkus call (allow_missing); any failure raises Unavailable."""
         wanted = list(dict.fromkeys(skus))
-        for _ in range(2):
-            if not wanted:
-                return {}
-            try:
-                reply = await self._stub.GetSkus(ipb.GetSkusRequest(skus=wanted), timeout=self._timeout)
-            except grpc.aio.AioRpcError as exc:
-                missing = {int(i) for i in _UNKNOWN_SKU.findall(exc.details() or "")}
-                if exc.code() != grpc.StatusCode.NOT_FOUND or not missing:
-                    raise Unavailable(
-                        f"inventory could not be asked for the catalogue of {len(wanted)} SKUs: "
-                        f"{exc.code().name}"
-                    ) from exc
-                wanted = [sku for i, sku in enumerate(wanted) if i not in missing]
-                continue
-            return {s.sku: m.CatalogueEntry(s.sku, s.category, s.returnable) for s in reply.skus}
-        raise Unavailable("inventory kept answering NOT_FOUND for the catalogue; retry")
+        if not wanted:
+            return {}
+        try:
+            reply = await self._stub.GetSkus(
+                ipb.GetSkusRequest(skus=wanted, allow_missing=True), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"inventory could not be asked for the catalogue of {len(wanted)} SKUs: {exc.code().name}"
+            ) from exc
+        return {s.sku: m.CatalogueEntry(s.sku, s.category, s.returnable) for s in reply.skus}
 
     async def sells(self, location_id: str, sku: str) -> bool:
         """A location sells a SKU when inventory holds a stock record of it there."""
