@@ -330,9 +330,7 @@ class ReturnsService:
                 return exchange, address, True
             fulfil = m.fulfil_task(exchange)
             await self._inventory.apply(fulfil)
-            handed = m.hand_over(
-                exchange, location_id=cmd.location_id, update_id=cmd.update_id, now=self._now()
-            )
+            handed = m.hand_over(exchange, update_id=cmd.update_id, now=self._now())
             await tx.hand_over_exchange(handed)
             await tx.add_tasks([fulfil], done=True)
             await tx.emit(events.exchange_handed_over(handed))

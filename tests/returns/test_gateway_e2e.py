@@ -26,7 +26,7 @@ from runtime.settings import CommonSettings
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
-from tests.returns.test_integration import available, receipt, store
+from tests.returns.test_integration import available, in_store_exchange, receipt, store
 from tests.support import RunningService, random_id, running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -72,6 +72,17 @@ async def gateway_for_store(
             yield rgrpc.ReturnsServiceStub(channel), sku_store, key
 
 
+async def stock_new_skus(inv: igrpc.InventoryServiceStub, store_id: str, **units: int) -> None:
+    """Registers the SKUs (returnable) and receives ``units`` of each at the store (0: none)."""
+    await inv.RegisterSkus(
+        ipb.RegisterSkusRequest(skus=[ipb.Sku(sku=sku, name=sku, returnable=True) for sku in units])
+    )
+    received = [ipb.ReservationLine(sku=s, location_id=store_id, quantity=n) for s, n in units.items() if n]
+    await inv.ReceiveStock(
+        ipb.ReceiveStockRequest(movement_id=random_id("seed"), location_id=store_id, lines=received)
+    )
+
+
 async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
     gateway_for_store: tuple[rgrpc.ReturnsServiceStub, str, str],
     inv: igrpc.InventoryServiceStub,
@@ -79,14 +90,7 @@ async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
     stub, store_id, key = gateway_for_store
     auth = [("authorization", f"Bearer {key}")]
     sku = random_id("SKU")
-    await inv.RegisterSkus(ipb.RegisterSkusRequest(skus=[ipb.Sku(sku=sku, name=sku, returnable=True)]))
-    await inv.ReceiveStock(
-        ipb.ReceiveStockRequest(
-            movement_id=random_id("seed"),
-            location_id=store_id,
-            lines=[ipb.ReservationLine(sku=sku, location_id=store_id, quantity=1)],
-        )
-    )
+    await stock_new_skus(inv, store_id, **{sku: 1})
     created = await stub.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
@@ -131,30 +135,9 @@ async def test_a_store_swaps_a_till_purchase_for_another_size_through_the_gatewa
     stub, store_id, key = gateway_for_store
     auth = [("authorization", f"Bearer {key}")]
     size_m, size_l = random_id("SKU-M"), random_id("SKU-L")
-    await inv.RegisterSkus(
-        ipb.RegisterSkusRequest(skus=[ipb.Sku(sku=s, name=s, returnable=True) for s in (size_m, size_l)])
-    )
-    await inv.ReceiveStock(
-        ipb.ReceiveStockRequest(
-            movement_id=random_id("seed"),
-            location_id=store_id,
-            lines=[ipb.ReservationLine(sku=size_l, location_id=store_id, quantity=2)],
-        )
-    )
-    created = await stub.CreateExchange(
-        pb.CreateExchangeRequest(
-            request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", size_m, 1, 3000), location_id=store_id),
-            line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
-            replacement_sku=size_l,
-            fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
-            location_id=store_id,
-            method=pb.RETURN_METHOD_IN_STORE,
-            receiving_location_id=store_id,
-            channel=common_pb2.CHANNEL_STORE,
-        ),
-        metadata=auth,
-    )
+    await stock_new_skus(inv, store_id, **{size_m: 0, size_l: 2})
+    sold = receipt(datetime.now(UTC), ("1", size_m, 1, 3000), location_id=store_id)
+    created = await stub.CreateExchange(in_store_exchange(size_l, store_id, pos_receipt=sold), metadata=auth)
     exchange_id = created.exchange.exchange_id
     assert await available(inv, size_l, store_id) == 1  # one L held for the customer
 

@@ -116,6 +116,22 @@ async def available(inv: igrpc.InventoryServiceStub, sku: str, location_id: str)
     return next((x.available for x in reply.availability.locations if x.location_id == location_id), 0)
 
 
+def in_store_exchange(replacement_sku: str, store_id: str, **purchase: object) -> pb.CreateExchangeRequest:
+    """Line "1" (one unit) swapped at the counter for ``replacement_sku``: the original received
+    and the replacement collected at ``store_id``. ``purchase``: order_id=… or pos_receipt=…"""
+    return pb.CreateExchangeRequest(
+        request_id=random_id("req"),
+        line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
+        replacement_sku=replacement_sku,
+        fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
+        location_id=store_id,
+        method=pb.RETURN_METHOD_IN_STORE,
+        receiving_location_id=store_id,
+        channel=common_pb2.CHANNEL_STORE,
+        **purchase,  # type: ignore[arg-type]
+    )
+
+
 def receipt(sold_at: datetime, *lines: tuple[str, str, int, int], location_id: str = "") -> pb.PosReceipt:
     ts = pb.PosReceipt().sold_at
     ts.FromDatetime(sold_at)
@@ -258,17 +274,7 @@ async def test_exchange_reserves_the_replacement(
     sku_m, sku_l = random_id("SKU-M"), random_id("SKU-L")
     store_id = await store(inv, sku_m, sku_l, stock=2)
     reply = await ret.CreateExchange(
-        pb.CreateExchangeRequest(
-            request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku_m, 1, 3000)),
-            line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
-            replacement_sku=sku_l,
-            fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
-            location_id=store_id,
-            method=pb.RETURN_METHOD_IN_STORE,
-            receiving_location_id=store_id,
-            channel=common_pb2.CHANNEL_STORE,
-        )
+        in_store_exchange(sku_l, store_id, pos_receipt=receipt(datetime.now(UTC), ("1", sku_m, 1, 3000)))
     )
     exchange = reply.exchange
     assert exchange.order_id == reply.rma.order_id and exchange.replacement_sku == sku_l
@@ -698,19 +704,7 @@ async def test_exchange_replacement_collected_in_store_is_fulfilled_once(
     elsewhere = await store(inv)
     order_id = await collected_order(orchestrator, pickup, shirt_m)
     started_ms = int(time.time() * 1000)
-    created = await ret_orders.CreateExchange(
-        pb.CreateExchangeRequest(
-            request_id=random_id("req"),
-            order_id=order_id,
-            line=pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_SIZE),
-            replacement_sku=shirt_l,
-            fulfilment=pb.EXCHANGE_FULFILMENT_COLLECT,
-            location_id=pickup,
-            method=pb.RETURN_METHOD_IN_STORE,
-            receiving_location_id=pickup,
-            channel=common_pb2.CHANNEL_STORE,
-        )
-    )
+    created = await ret_orders.CreateExchange(in_store_exchange(shirt_l, pickup, order_id=order_id))
     exchange = created.exchange
     assert not exchange.HasField("handed_over_at")
     on_hand = (await level(inv, shirt_l, pickup)).counters.on_hand

@@ -11,6 +11,7 @@ import pytest
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from runtime.postgres import apply_migrations, create_pool
 from runtime.settings import CommonSettings
+from services.returns.adapters.codec import ReturnView
 from services.returns.adapters.postgres import PgReturnsStore
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import MIGRATIONS, SCHEMA
@@ -306,12 +307,18 @@ def collect_exchange(order_id: str) -> CreateExchange:
     )
 
 
+async def opened_exchange(service: ReturnsService, orders: FakeOrders) -> tuple[ReturnView, str]:
+    """A web order's line exchanged for collection at STORE-B: its view and exchange id."""
+    view, _ = await service.create_exchange(collect_exchange(web_order(orders)))
+    assert view.exchange is not None
+    return view, view.exchange.exchange_id
+
+
 async def test_exchange_handover_fulfils_once_and_blocks_cancel(
     service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
 ) -> None:
-    view, _ = await service.create_exchange(collect_exchange(web_order(orders)))
+    view, exchange_id = await opened_exchange(service, orders)
     assert view.exchange is not None
-    exchange_id = view.exchange.exchange_id
 
     inventory.down = True
     with pytest.raises(Unavailable):
@@ -347,9 +354,7 @@ async def test_exchange_handover_fulfils_once_and_blocks_cancel(
 async def test_exchange_handover_errors(
     service: ReturnsService, orders: FakeOrders, inventory: FakeInventory
 ) -> None:
-    view, _ = await service.create_exchange(collect_exchange(web_order(orders)))
-    assert view.exchange is not None
-    exchange_id = view.exchange.exchange_id
+    view, exchange_id = await opened_exchange(service, orders)
     with pytest.raises(InvalidArgument, match=r"^exchange_id: required"):
         await service.hand_over_exchange(HandOverExchange("", "STORE-B"))
     with pytest.raises(InvalidArgument, match=r"^location_id: 1\.\.128 characters"):

@@ -711,42 +711,31 @@ def open_exchange(
     )
 
 
-def reserve_task(exchange: Exchange) -> InventoryTask:
+def _replacement_task(exchange: Exchange, step: str, kind: TaskKind) -> InventoryTask:
+    """An inventory task on the replacement's reservation. Its id (the exchange id and the step)
+    is inventory's idempotency key: a retried step never counts twice."""
     return InventoryTask(
-        f"{exchange.exchange_id}:reserve",
-        TaskKind.RESERVE,
+        f"{exchange.exchange_id}:{step}",
+        kind,
         exchange.replacement_sku,
         exchange.location_id,
         exchange.quantity,
         reservation_id=exchange.reservation_id,
         reference=exchange.order_id,
     )
+
+
+def reserve_task(exchange: Exchange) -> InventoryTask:
+    return _replacement_task(exchange, "reserve", TaskKind.RESERVE)
 
 
 def release_task(exchange: Exchange) -> InventoryTask:
-    return InventoryTask(
-        f"{exchange.exchange_id}:release",
-        TaskKind.RELEASE,
-        exchange.replacement_sku,
-        exchange.location_id,
-        exchange.quantity,
-        reservation_id=exchange.reservation_id,
-        reference=exchange.order_id,
-    )
+    return _replacement_task(exchange, "release", TaskKind.RELEASE)
 
 
 def fulfil_task(exchange: Exchange) -> InventoryTask:
-    """Fulfils the replacement's reservation; the task id is inventory's idempotency key, so a
-    retried handover never takes the units out twice."""
-    return InventoryTask(
-        f"{exchange.exchange_id}:handover",
-        TaskKind.FULFIL,
-        exchange.replacement_sku,
-        exchange.location_id,
-        exchange.quantity,
-        reservation_id=exchange.reservation_id,
-        reference=exchange.order_id,
-    )
+    """Fulfils the replacement's reservation: the units leave with the customer or carrier."""
+    return _replacement_task(exchange, "handover", TaskKind.FULFIL)
 
 
 def check_handover(exchange: Exchange, location_id: str) -> None:
@@ -763,10 +752,8 @@ def check_handover(exchange: Exchange, location_id: str) -> None:
         )
 
 
-def hand_over(exchange: Exchange, *, location_id: str, update_id: str, now: datetime) -> Exchange:
-    check_handover(exchange, location_id)
-    if exchange.handed_over_at is not None:
-        return exchange
+def hand_over(exchange: Exchange, *, update_id: str, now: datetime) -> Exchange:
+    """The exchange once handed over (``check_handover`` passed)."""
     return replace(exchange, handed_over_at=now, handover_update_id=update_id)
 
 
