@@ -89,6 +89,23 @@ class Gateway:
             )
             # No serializers: bytes in, bytes out, nothing re-encoded on the hot path.
             self._callables[route.path] = shape(route.path)
+        # Where each order-owned method looks its order up, resolved once: () when it cannot.
+        self._owner_lookups = {
+            path: self._resolve_lookups(route)
+            for path, route in self._routes.items()
+            if route.rule.owner in (Owner.ORDER, Owner.RESPONSE)
+        }
+
+    def _resolve_lookups(self, route: Route) -> tuple[Route, ...]:
+        named = route.rule.lookup
+        paths = [f"/{p}" for p in ((named,) if isinstance(named, str) else named or ())]
+        lookups = [self._routes.get(p) for p in paths or [self._order_lookup]]
+        if any(
+            lookup is None or "order_id" not in lookup.request_type.DESCRIPTOR.fields_by_name
+            for lookup in lookups
+        ):
+            return ()
+        return tuple(lookup for lookup in lookups if lookup is not None)
 
     # --- registration ------------------------------------------------------------------------
 
@@ -298,18 +315,10 @@ class Gateway:
         """Look the order up (with the caller's deadline) and answer NOT_FOUND unless it is the
         caller's. Fails closed when the order cannot be looked up."""
         order_id = getattr(decoded, "order_id", "") if decoded is not None else ""
-        named = route.rule.lookup
-        paths = (named,) if isinstance(named, str) else named or ()
-        lookups = (
-            [self._routes.get(f"/{p}") for p in paths] if paths else [self._routes.get(self._order_lookup)]
-        )
-        if not order_id or not lookups or any(
-            lookup is None or "order_id" not in lookup.request_type.DESCRIPTOR.fields_by_name
-            for lookup in lookups
-        ):
+        lookups = self._owner_lookups.get(route.path, ())
+        if not order_id or not lookups:
             raise errors.PermissionDenied(f"{route.name}: the gateway cannot check who owns this order")
         for i, lookup in enumerate(lookups):
-            assert lookup is not None
             request = lookup.request_type(order_id=order_id)
             try:
                 raw = await self._callables[lookup.path](
