@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("TUTTI_HOME", ROOT / ".tutti"))
 RUN_DIR = HOME / "run"
 LOG_DIR = HOME / "logs"
+
+# Set by Ctrl-C or SIGTERM. The handler only sets it: an exception raised from a signal
+# handler can land inside grpc's Cython code and crash the interpreter (seen: SIGSEGV), so
+# every wait below checks it instead.
+STOPPING = threading.Event()
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while starting."""
 
 # Start order: the gateway last, once what it fronts is up.
 PROCESSES: dict[str, list[str]] = {
@@ -42,6 +52,12 @@ def _pid_file(name: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    # A service `run` started is our child: once it exits it stays a zombie, which
+    # answers kill(0), until it is reaped, so reap it here.
+    with contextlib.suppress(ChildProcessError):
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,6 +92,8 @@ async def wait_serving(
     pending = dict(addresses)
     while pending:
         for name, address in list(pending.items()):
+            if STOPPING.is_set():
+                raise Interrupted
             proc = procs.get(name)
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
@@ -90,23 +108,30 @@ async def wait_serving(
         await asyncio.sleep(0.2)
 
 
-def start_all(settings: CommonSettings) -> dict[str, subprocess.Popen[bytes]]:
+def start_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Start what is not running yet, recording each child in ``procs`` as soon as it exists,
+    so an interrupt half-way still leaves the caller everything it must stop."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, argv in PROCESSES.items():
+        if STOPPING.is_set():
+            raise Interrupted
         if _read_pid(name):
             print(f"  {name:<13} already running")
             continue
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
-        _pid_file(name).write_text(str(proc.pid))
         procs[name] = proc
-    return procs
+        _pid_file(name).write_text(str(proc.pid))
 
 
-def stop_all(timeout: float = 20.0) -> None:
+def stop_all(procs: dict[str, subprocess.Popen[bytes]] | None = None, timeout: float = 20.0) -> None:
+    """Stop every service with a pid file, and every child in ``procs`` even if its pid file
+    was never written: SIGTERM, then SIGKILL after ``timeout``."""
     pids = {name: pid for name in reversed(PROCESSES) if (pid := _read_pid(name))}
+    for name, proc in (procs or {}).items():
+        if proc.poll() is None:
+            pids.setdefault(name, proc.pid)
     for pid in pids.values():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -160,31 +185,54 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<13} {settings.addresses[name]:<18} pid {pid or '-':<8} {state}")
         return 0
 
-    procs = start_all(settings)
+    # Ctrl-C and SIGTERM take the same road, and from here on every road goes through
+    # stop_all: an interrupt at any point must not leave a service running.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        start_all(procs)
         asyncio.run(wait_serving(dict(settings.addresses), args.timeout, procs))
-        if not args.no_demo:
+        if not args.no_demo and not STOPPING.is_set():
             load_demo(settings)
-    except (RuntimeError, KeyboardInterrupt) as exc:
-        print(f"tutti: {exc}", file=sys.stderr)
-        stop_all()
-        return 1
-    banner(settings)
-    if args.command == "up":
-        return 0
-    print("Running in the foreground; Ctrl-C stops every service and the infrastructure.")
-    try:
+        if STOPPING.is_set():
+            raise Interrupted
+        banner(settings)
+        if args.command == "up":
+            return 0
+        print("Running in the foreground; Ctrl-C stops every service and the infrastructure.", flush=True)
         while all(p.poll() is None for p in procs.values()):
-            time.sleep(0.5)
+            if STOPPING.wait(0.5):
+                raise Interrupted
         dead = [n for n, p in procs.items() if p.poll() is not None]
         print(f"tutti: {', '.join(dead)} exited; stopping everything", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("\nstopping…")
-    finally:
-        stop_all()
-        if not args.keep_infra:
-            subprocess.run([str(ROOT / "infra" / "infra.sh"), "down"], check=False)  # noqa: S603
+    except Interrupted:
+        print("\nstopping…", flush=True)
+        if args.command == "up":  # interrupted while starting: the infrastructure stays
+            _stop_uninterrupted(procs, keep_infra=True)
+            return 1
+    except RuntimeError as exc:
+        print(f"tutti: {exc}", file=sys.stderr)
+        _stop_uninterrupted(procs, keep_infra=True)
+        return 1
+    _stop_uninterrupted(procs, keep_infra=args.keep_infra)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Only the first signal counts: a second Ctrl-C while stopping must not cut stop_all
+    # short and leave orphans behind; stop_all has its own deadline.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    STOPPING.set()
+
+
+def _stop_uninterrupted(procs: dict[str, subprocess.Popen[bytes]], *, keep_infra: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_all(procs)
+    if not keep_infra:
+        subprocess.run([str(ROOT / "infra" / "infra.sh"), "down"], check=False)  # noqa: S603
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,37 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _left_behind(home: Path) -> list[int]:
+    """Every live process started under ``home`` (they all inherit TUTTI_HOME), whether or not
+    a pid file ever recorded it."""
+    marker = f"TUTTI_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0") and _alive(int(proc.name)):
+                found.append(int(proc.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+def _foreground_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        # --keep-infra: the suite's shared servers stay up; `make run` stops them too.
+        [sys.executable, "-m", "tools.stack", "run", "--no-demo", "--keep-infra"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -> None:
     assert GRPCURL.exists(), "grpcurl is installed by `make install` into .tutti/bin"
     up = _stack("up", stack_env)
@@ -110,12 +143,9 @@ def test_a_bad_setting_stops_a_service_with_one_line(stack_env: dict[str, str]) 
 
 
 def test_the_foreground_run_stops_everything_on_ctrl_c(stack_env: dict[str, str]) -> None:
-    env = dict(stack_env, TUTTI_HOME=str(Path(stack_env["TUTTI_HOME"]) / "fg"))
-    proc = subprocess.Popen(
-        # --keep-infra: the suite's shared servers stay up; `make run` stops them too.
-        [sys.executable, "-m", "tools.stack", "run", "--no-demo", "--keep-infra"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    home = Path(stack_env["TUTTI_HOME"]) / "fg"
+    env = dict(stack_env, TUTTI_HOME=str(home))
+    proc = _foreground_run(env)
     assert proc.stdout is not None
     output = []
     for line in proc.stdout:
@@ -126,10 +156,62 @@ def test_the_foreground_run_stops_everything_on_ctrl_c(stack_env: dict[str, str]
         proc.wait(timeout=30)
         proc.stdout.close()
         pytest.fail("".join(output))
-    pids = _pids(Path(env["TUTTI_HOME"]))
+    pids = _pids(home)
     assert len(pids) == 5
+    # At once, as a user would: the stack may still be between its banner and its wait.
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    assert not [pid for pid in pids if _alive(pid)], rest
+    assert "stopping" in rest and "Traceback" not in rest, rest
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("started", [1, 3, 5])
+def test_ctrl_c_while_starting_leaves_nothing_behind(stack_env: dict[str, str], started: int) -> None:
+    home = Path(stack_env["TUTTI_HOME"]) / f"starting-{started}"
+    env = dict(stack_env, TUTTI_HOME=str(home))
+    proc = _foreground_run(env)
+    _wait_for(lambda: len(_pids(home)) >= started)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (proc.returncode, out)  # not killed by a crash (it was: SIGSEGV)
+    assert not _left_behind(home), out
+    assert "Traceback" not in out, out
+    assert not list((home / "run").glob("*.pid"))
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_second_ctrl_c_while_stopping_still_stops_everything(stack_env: dict[str, str]) -> None:
+    home = Path(stack_env["TUTTI_HOME"]) / "twice"
+    env = dict(stack_env, TUTTI_HOME=str(home))
+    proc = _foreground_run(env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Ctrl-C" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    for line in proc.stdout:
+        if "stopping" in line:
+            break
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     proc.stdout.close()
-    assert not [pid for pid in pids if _alive(pid)]
-    shutil.rmtree(env["TUTTI_HOME"], ignore_errors=True)
+    assert not _left_behind(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_sigterm_stops_the_foreground_run_like_ctrl_c(stack_env: dict[str, str]) -> None:
+    home = Path(stack_env["TUTTI_HOME"]) / "term"
+    env = dict(stack_env, TUTTI_HOME=str(home))
+    proc = _foreground_run(env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Ctrl-C" in line:
+            break
+    proc.terminate()
+    assert proc.wait(timeout=120) == 0
+    proc.stdout.close()
+    assert not _left_behind(home)
+    shutil.rmtree(home, ignore_errors=True)
