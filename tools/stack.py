@@ -122,7 +122,10 @@ def start_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
         procs[name] = proc
-        _pid_file(name).write_text(str(proc.pid))
+        # Atomically: `status`, `down` and a second `up` may read it at any moment.
+        partial = _pid_file(name).with_suffix(".pid.partial")
+        partial.write_text(str(proc.pid))
+        partial.replace(_pid_file(name))
 
 
 def stop_all(procs: dict[str, subprocess.Popen[bytes]] | None = None, timeout: float = 20.0) -> None:

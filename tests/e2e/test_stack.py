@@ -4,13 +4,14 @@ demo retailer, and leave no process behind when stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,27 @@ def _left_behind(home: Path) -> list[int]:
     return found
 
 
-def _foreground_run(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _foreground_run(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
         # --keep-infra: the suite's shared servers stay up; `make run` stops them too.
         [sys.executable, "-m", "tools.stack", "run", "--no-demo", "--keep-infra"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        # Whatever the test found, nothing it started may outlive it: leftovers would join
+        # the next tests' consumer groups on the shared Kafka.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        for pid in _left_behind(Path(env["TUTTI_HOME"])):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(env["TUTTI_HOME"], ignore_errors=True)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -142,76 +158,64 @@ def test_a_bad_setting_stops_a_service_with_one_line(stack_env: dict[str, str]) 
     ]
 
 
+def _read_until(proc: subprocess.Popen[str], text: str) -> str:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    pytest.fail(f"{text!r} never printed; the stack printed:\n{''.join(seen)}")
+
+
 def test_the_foreground_run_stops_everything_on_ctrl_c(stack_env: dict[str, str]) -> None:
     home = Path(stack_env["TUTTI_HOME"]) / "fg"
     env = dict(stack_env, TUTTI_HOME=str(home))
-    proc = _foreground_run(env)
-    assert proc.stdout is not None
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if "Ctrl-C" in line:
-            break
-    else:
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        pytest.fail("".join(output))
-    pids = _pids(home)
-    assert len(pids) == 5
-    # At once, as a user would: the stack may still be between its banner and its wait.
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
-    rest = proc.stdout.read()
-    proc.stdout.close()
-    assert not [pid for pid in pids if _alive(pid)], rest
-    assert "stopping" in rest and "Traceback" not in rest, rest
-    shutil.rmtree(home, ignore_errors=True)
+    with _foreground_run(env) as proc:
+        _read_until(proc, "Ctrl-C")
+        pids = _pids(home)
+        assert len(pids) == 5
+        # At once, as a user would: the stack may still be between its banner and its wait.
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (proc.returncode, rest)
+        assert not [pid for pid in pids if _alive(pid)], rest
+        assert "stopping" in rest and "Traceback" not in rest, rest
 
 
 @pytest.mark.parametrize("started", [1, 3, 5])
 def test_ctrl_c_while_starting_leaves_nothing_behind(stack_env: dict[str, str], started: int) -> None:
     home = Path(stack_env["TUTTI_HOME"]) / f"starting-{started}"
     env = dict(stack_env, TUTTI_HOME=str(home))
-    proc = _foreground_run(env)
-    _wait_for(lambda: len(_pids(home)) >= started)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, (proc.returncode, out)  # not killed by a crash (it was: SIGSEGV)
-    assert not _left_behind(home), out
-    assert "Traceback" not in out, out
-    assert not list((home / "run").glob("*.pid"))
-    shutil.rmtree(home, ignore_errors=True)
+    with _foreground_run(env) as proc:
+        _wait_for(lambda: len(_pids(home)) >= started)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (proc.returncode, out)  # not killed by a crash (it was: SIGSEGV)
+        assert not _left_behind(home), out
+        assert "Traceback" not in out, out
+        assert not list((home / "run").glob("*.pid"))
 
 
 def test_a_second_ctrl_c_while_stopping_still_stops_everything(stack_env: dict[str, str]) -> None:
     home = Path(stack_env["TUTTI_HOME"]) / "twice"
     env = dict(stack_env, TUTTI_HOME=str(home))
-    proc = _foreground_run(env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Ctrl-C" in line:
-            break
-    os.killpg(proc.pid, signal.SIGINT)
-    for line in proc.stdout:
-        if "stopping" in line:
-            break
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
-    proc.stdout.close()
-    assert not _left_behind(home)
-    shutil.rmtree(home, ignore_errors=True)
+    with _foreground_run(env) as proc:
+        _read_until(proc, "Ctrl-C")
+        os.killpg(proc.pid, signal.SIGINT)
+        _read_until(proc, "stopping")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (proc.returncode, out)
+        assert not _left_behind(home), out
 
 
 def test_sigterm_stops_the_foreground_run_like_ctrl_c(stack_env: dict[str, str]) -> None:
     home = Path(stack_env["TUTTI_HOME"]) / "term"
     env = dict(stack_env, TUTTI_HOME=str(home))
-    proc = _foreground_run(env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Ctrl-C" in line:
-            break
-    proc.terminate()
-    assert proc.wait(timeout=120) == 0
-    proc.stdout.close()
-    assert not _left_behind(home)
-    shutil.rmtree(home, ignore_errors=True)
+    with _foreground_run(env) as proc:
+        _read_until(proc, "Ctrl-C")
+        proc.terminate()
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (proc.returncode, out)
+        assert not _left_behind(home), out
