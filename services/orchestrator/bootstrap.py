@@ -34,6 +34,7 @@ class OrchestratorSettings:
     default_rules: Path
     schema: str = SCHEMA
     consumer_group: str = "tutti-orchestrator"
+    abandoned_placement_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> OrchestratorSettings:
@@ -56,6 +57,9 @@ class OrchestratorSettings:
             default_rules=rules,
             schema=schema,
             consumer_group=env.str("TUTTI_ORCHESTRATOR_CONSUMER_GROUP", "tutti-orchestrator"),
+            abandoned_placement_seconds=env.float(
+                "TUTTI_ORCHESTRATOR_ABANDONED_PLACEMENT_SECONDS", 60.0, minimum=1.0
+            ),
         )
 
 
@@ -92,6 +96,7 @@ async def build(
             accept_timeout_seconds=orchestrator.accept_timeout_seconds,
             sweep_interval_seconds=orchestrator.sweep_interval_seconds,
             quote_ttl_seconds=orchestrator.quote_ttl_seconds,
+            abandoned_placement_seconds=orchestrator.abandoned_placement_seconds,
         ),
     )
     stack.push_async_callback(service.watchers.close)

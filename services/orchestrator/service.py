@@ -121,6 +121,9 @@ class Config:
     sweep_interval_seconds: float = 30.0
     quote_ttl_seconds: float = 900.0
     locations_cache_seconds: float = 5.0
+    # A PlaceOrder still unrecorded this long after it started reserving died on the way (the
+    # advisory lock also tells a live one apart); its stock is given back.
+    abandoned_placement_seconds: float = 60.0
 
 
 Clock = Callable[[], datetime]
@@ -137,6 +140,18 @@ def _digest(*parts: str) -> str:
 def order_id_for(channel: str, channel_order_id: str) -> str:
     """Deterministic: a retried PlaceOrder computes the same order id and reservation id."""
     return "o-" + uuid.uuid5(_NAMESPACE, f"{channel}:{channel_order_id}").hex[:24]
+
+
+def placement_reservation_ids(order_id: str, generation: int) -> tuple[str, str]:
+    """The reservation ids one placement may use: the first, and one to re-source with when
+    stock moved under it. A later generation (after the sweeper gave an abandoned attempt's
+    stock back) gets ids of its own, so it never lands on a spent one."""
+    base = order_id if generation == 1 else f"{order_id}.g{generation}"
+    return base, f"{base}.2"
+
+
+def _placement_lock(order_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(order_id.encode()).digest()[:8], "big", signed=True)
 
 
 def _check_id(value: str, field: str, violations: list[FieldViolation], *, required: bool = True) -> None:
@@ -759,7 +774,7 @@ class OrderService:
             json.dumps(dataclasses.asdict(cmd), sort_keys=True, default=str).encode()
         ).hexdigest()
         order_id = order_id_for(cmd.channel, cmd.channel_order_id)
-        lock = int.from_bytes(hashlib.sha256(order_id.encode()).digest()[:8], "big", signed=True)
+        lock = _placement_lock(order_id)
         async with self._pool.acquire() as conn:
             # Serialise concurrent retries of one order: only one of them sources and reserves.
             await conn.execute("SELECT pg_advisory_lock($1)", lock)
@@ -786,20 +801,29 @@ class OrderService:
         if cmd.quote_id:
             promised_by, price = await self._kept_quote(conn, cmd, now)
         lines = [LineRequest(li.line_id, li.sku, li.quantity) for li in cmd.lines]
-        s = await self._source(
-            conn,
-            order_id=order_id,
-            channel=cmd.channel,
-            method=cmd.method,
-            lines=lines,
-            destination=cmd.address.point,
-            pickup_location_id=cmd.pickup_location_id,
-            promised_by=promised_by,
-            excluded={},
-            reservation_ids=(order_id, f"{order_id}.2"),
-            now=now,
-        )
+        # Committed before anything is reserved: if this process dies before the order is
+        # recorded, the row is how the sweeper finds the stock it held.
+        generation = await pg.begin_placement(conn, order_id, now)
+        try:
+            s = await self._source(
+                conn,
+                order_id=order_id,
+                channel=cmd.channel,
+                method=cmd.method,
+                lines=lines,
+                destination=cmd.address.point,
+                pickup_location_id=cmd.pickup_location_id,
+                promised_by=promised_by,
+                excluded={},
+                reservation_ids=placement_reservation_ids(order_id, generation),
+                now=now,
+            )
+        except (FailedPrecondition, NotFound, InvalidArgument):
+            # Refused: nothing is held (a conflicting orphan was released on the way).
+            await pg.end_placement(conn, order_id)
+            raise
         if not s.decision.sourced:
+            await pg.end_placement(conn, order_id)
             prefix = "the quoted promise can no longer be kept: " if cmd.quote_id else ""
             raise FailedPrecondition(
                 prefix + s.decision.explanation,
@@ -807,6 +831,7 @@ class OrderService:
             )
         try:
             async with conn.transaction():
+                await pg.end_placement(conn, order_id)
                 order = Order(
                     order_id=order_id,
                     channel=cmd.channel,
@@ -1308,9 +1333,48 @@ class OrderService:
             done += 1 if result is not None and result.reallocated else 0
         return done
 
+    async def release_abandoned_placements(self) -> int:
+        """Gives back the stock of PlaceOrder calls that reserved and then died before recording
+        the order (process killed, node lost, inventory unreachable for the release). Without
+        this, a channel that never retries would leave those units held for ever."""
+        grace = self._config.abandoned_placement_seconds
+        now = self._clock()
+        released = 0
+        async with self._pool.acquire() as conn:
+            abandoned = await pg.abandoned_placements(conn, now - timedelta(seconds=grace), 100)
+            for order_id, generation in abandoned:
+                lock = _placement_lock(order_id)
+                # Held by a PlaceOrder of this order that is still running, here or on a replica.
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
+                    continue
+                try:
+                    if await pg.order_exists(conn, order_id):
+                        await pg.end_placement(conn, order_id)
+                        continue
+                    for reservation_id in placement_reservation_ids(order_id, generation):
+                        await self._inventory.release(
+                            reservation_id, [], "", "placement interrupted before the order was recorded"
+                        )
+                    await pg.placement_released(conn, order_id, generation, now)
+                    released += 1
+                    log.warning(
+                        "released the stock of an abandoned placement",
+                        extra={"order_id": order_id, "generation": generation},
+                    )
+                except Exception:
+                    log.exception("releasing abandoned placement %s failed; retried next sweep", order_id)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+        return released
+
     async def sweep_forever(self) -> None:
         while True:
-            moved = await self.reallocate_overdue()
-            if moved:
-                log.info("re-sourced orders not accepted in time", extra={"orders": moved})
+            try:
+                moved = await self.reallocate_overdue()
+                if moved:
+                    log.info("re-sourced orders not accepted in time", extra={"orders": moved})
+                await self.release_abandoned_placements()
+            except Exception:
+                # The sweeper outlives a database blip; the next pass picks up where this one failed.
+                log.exception("sweep failed; retried in %g s", self._config.sweep_interval_seconds)
             await asyncio.sleep(self._config.sweep_interval_seconds)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ from runtime.settings import CommonSettings
 from services.inventory.bootstrap import build as build_inventory
 from services.orchestrator.bootstrap import DEFAULT_RULES, OrchestratorSettings
 from services.orchestrator.bootstrap import build as build_orchestrator
+from services.orchestrator.service import order_id_for, placement_reservation_ids
 from tests.support import RunningService, random_id, read_events, running_service, wait_for
 
 pytestmark = pytest.mark.integration
@@ -216,6 +218,7 @@ async def test_place_order_reserves_persists_and_publishes(orders, stock, db, se
     assert await available(stock, a, ids["near"]) == 3
     # PostgreSQL holds the order, its lines and the explained decision.
     row = await db.fetchrow("SELECT status, customer_id FROM orders WHERE order_id = $1", order.order_id)
+    assert await db.fetchval("SELECT count(*) FROM placements WHERE order_id = $1", order.order_id) == 0
     assert row["status"] == "sourced" and row["customer_id"] == request.customer_id
     assert await db.fetchval("SELECT count(*) FROM order_lines WHERE order_id = $1", order.order_id) == 2
     decision = json.loads(
@@ -267,8 +270,6 @@ async def test_place_order_reserves_persists_and_publishes(orders, stock, db, se
 async def test_a_retry_after_an_attempt_gave_its_stock_back_reserves_again(orders, stock) -> None:  # type: ignore[no-untyped-def]
     """An attempt that reserved and then released (its caller's deadline cancelled it) leaves a
     spent reservation under the order's id: the retry must hold real stock, not that one."""
-    from services.orchestrator.service import order_id_for
-
     a = random_id("SKU")
     ids = await network(stock, {"near": (2, {a: 5})})
     request = order_request({a: 2})
@@ -304,6 +305,9 @@ async def test_unsourceable_order_refused_and_holds_nothing(orders, stock, db) -
         await db.fetchval("SELECT count(*) FROM orders WHERE channel_order_id = $1", request.channel_order_id)
         == 0
     )
+    # Refused, it holds nothing, so it leaves nothing for the sweeper either.
+    order_id = order_id_for("web", request.channel_order_id)
+    assert await db.fetchval("SELECT count(*) FROM placements WHERE order_id = $1", order_id) == 0
 
 
 async def test_bad_input_names_the_field(orders) -> None:  # type: ignore[no-untyped-def]
@@ -714,3 +718,96 @@ async def test_concurrent_orders_never_oversell_and_re_source(orders, stock) -> 
         loc: 0 for loc in ids.values() if loc not in served
     }
     assert sum(reserved.values()) == 6
+
+
+async def test_stock_held_by_a_placement_that_died_before_recording_its_order_is_given_back(  # type: ignore[no-untyped-def]
+    settings, inventory, stock
+) -> None:
+    """A PlaceOrder killed between its reservation and its commit leaves units held with no
+    order. The sweeper gives them back once the placement is abandoned — not while another
+    process is still placing that order — and the channel's retry then holds fresh stock."""
+    from services.orchestrator.adapters import postgres as pg
+    from services.orchestrator.service import _placement_lock
+
+    a = random_id("SKU")
+    ids = await network(stock, {"near": (2, {a: 5})})
+    schema = f"orchestrator_test_{random_id('t').split('-')[1]}"
+    config = OrchestratorSettings(
+        accept_timeout_seconds=3600,
+        sweep_interval_seconds=0.2,
+        quote_ttl_seconds=600,
+        pool_size=4,
+        default_rules=DEFAULT_RULES,
+        schema=schema,
+        consumer_group=random_id("orchestrator-test"),
+        abandoned_placement_seconds=1,
+    )
+
+    async def build(common: CommonSettings, stack: Any) -> Any:
+        return await build_orchestrator(common, stack, config)
+
+    dead, live = order_request({a: 2}), order_request({a: 1})
+    s = dataclasses.replace(settings, addresses={**settings.addresses, "inventory": inventory.address})
+    try:
+        async with running_service(s, build) as svc, grpc.aio.insecure_channel(svc.address) as ch:
+            conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": schema})
+            try:
+                # The second one is still being placed somewhere: its lock is held.
+                live_lock = _placement_lock(order_id_for("web", live.channel_order_id))
+                await conn.execute("SELECT pg_advisory_lock($1)", live_lock)
+                # What each leaves behind, exactly as PlaceOrder writes it: the placement row,
+                # committed, then the reservation under the placement's first id. The live one
+                # starts first, so any sweep that releases the dead one has passed over it.
+                for request in (live, dead):
+                    order_id = order_id_for("web", request.channel_order_id)
+                    generation = await pg.begin_placement(conn, order_id, datetime.now(UTC))
+                    await stock.ReserveStock(
+                        inv.ReserveStockRequest(
+                            reservation_id=placement_reservation_ids(order_id, generation)[0],
+                            order_id=order_id,
+                            channel=WEB,
+                            lines=[
+                                inv.ReservationLine(sku=a, location_id=ids["near"], quantity=li.quantity)
+                                for li in request.lines
+                            ],
+                        )
+                    )
+                assert await available(stock, a, ids["near"]) == 2
+
+                async def given_back() -> bool:
+                    return await available(stock, a, ids["near"]) >= 4
+
+                await wait_for(given_back, timeout=15, message="the dead placement's 2 units given back")
+                released_at = await conn.fetchval(
+                    "SELECT released_at FROM placements WHERE order_id = $1",
+                    order_id_for("web", dead.channel_order_id),
+                )
+                assert released_at is not None
+                assert await available(stock, a, ids["near"]) == 4  # the live one still holds its unit
+
+                # The channel retries the dead order: it is placed on fresh reservation ids.
+                stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
+                order = (await stub.PlaceOrder(dead)).order
+                (reservation_id,) = {li.reservation_id for li in order.lines}
+                assert reservation_id == placement_reservation_ids(order.order_id, 2)[0]
+                assert await available(stock, a, ids["near"]) == 2
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM placements WHERE order_id = $1", order.order_id
+                )
+                assert left == 0
+
+                # The other process dies too: its lock goes, and so does the unit it held.
+                await conn.execute("SELECT pg_advisory_unlock($1)", live_lock)
+
+                async def live_given_back() -> bool:
+                    return await available(stock, a, ids["near"]) == 3
+
+                await wait_for(live_given_back, timeout=15, message="the second placement's unit given back")
+            finally:
+                await conn.close()
+    finally:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()

@@ -444,3 +444,49 @@ async def list_rule_versions(
             )
         )
     return list(await conn.fetch("SELECT * FROM rule_versions ORDER BY version DESC LIMIT $1", limit))
+
+
+# --- placements between reservation and commit ---
+
+
+async def begin_placement(conn: asyncpg.Connection, order_id: str, now: datetime) -> int:
+    """Records that ``order_id`` is about to reserve stock; returns the generation of reservation
+    ids to use (the next one once the sweeper has given an earlier attempt's stock back)."""
+    return await conn.fetchval(
+        "INSERT INTO placements (order_id, started_at) VALUES ($1, $2)"
+        " ON CONFLICT (order_id) DO UPDATE SET started_at = EXCLUDED.started_at,"
+        "   generation = placements.generation + (placements.released_at IS NOT NULL)::int,"
+        "   released_at = NULL"
+        " RETURNING generation",
+        order_id,
+        now,
+    )
+
+
+async def end_placement(conn: asyncpg.Connection, order_id: str) -> None:
+    await conn.execute("DELETE FROM placements WHERE order_id = $1", order_id)
+
+
+async def abandoned_placements(
+    conn: asyncpg.Connection, started_before: datetime, limit: int
+) -> list[tuple[str, int]]:
+    rows = await conn.fetch(
+        "SELECT order_id, generation FROM placements WHERE released_at IS NULL AND started_at < $1"
+        " ORDER BY started_at LIMIT $2",
+        started_before,
+        limit,
+    )
+    return [(r["order_id"], r["generation"]) for r in rows]
+
+
+async def placement_released(conn: asyncpg.Connection, order_id: str, generation: int, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE placements SET released_at = $3 WHERE order_id = $1 AND generation = $2",
+        order_id,
+        generation,
+        now,
+    )
+
+
+async def order_exists(conn: asyncpg.Connection, order_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = $1)", order_id))
