@@ -774,15 +774,14 @@ async def test_stock_held_by_a_placement_that_died_before_recording_its_order_is
                     )
                 assert await available(stock, a, ids["near"]) == 2
 
-                async def given_back() -> bool:
-                    return await available(stock, a, ids["near"]) >= 4
+                async def released() -> bool:
+                    # Marked once its reservations are given back.
+                    return await conn.fetchval(
+                        "SELECT released_at IS NOT NULL FROM placements WHERE order_id = $1",
+                        order_id_for("web", dead.channel_order_id),
+                    )
 
-                await wait_for(given_back, timeout=15, message="the dead placement's 2 units given back")
-                released_at = await conn.fetchval(
-                    "SELECT released_at FROM placements WHERE order_id = $1",
-                    order_id_for("web", dead.channel_order_id),
-                )
-                assert released_at is not None
+                await wait_for(released, timeout=15, message="the dead placement released")
                 assert await available(stock, a, ids["near"]) == 4  # the live one still holds its unit
 
                 # The channel retries the dead order: it is placed on fresh reservation ids.
