@@ -22,7 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from runtime import errors, telemetry
+from runtime import deadlines, errors, telemetry
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class Wiring:
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns every exception escaping a handler into a precise status, never UNKNOWN."""
+    """Turns every exception escaping a handler into a precise status, never UNKNOWN, and
+    records a unary call's deadline for the calls its handler makes downstream."""
 
     def __init__(self) -> None:
         # Handlers are fixed once registered: wrap each once, not on every call.
@@ -128,7 +129,8 @@ def _passthrough(exc: BaseException) -> bool:
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behavior(request, context)
+            with deadlines.caller_deadline(context.time_remaining()):
+                return await behavior(request, context)
         except BaseException as exc:
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise

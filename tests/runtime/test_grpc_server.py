@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from runtime import errors
+from runtime import deadlines, errors
 from runtime.grpc_server import Wiring
 from runtime.settings import CommonSettings
 from tests.support import running_service, wait_for
@@ -33,6 +33,10 @@ def _probe_handler(behaviours: dict[str, object], release: asyncio.Event) -> grp
         await release.wait()
         return b"done"
 
+    async def budget(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # What a downstream call made from this handler would get, for a 5 s budget.
+        return str(deadlines.timeout(5.0)).encode()
+
     async def stream_fail(request: bytes, context: grpc.aio.ServicerContext):
         yield b"first"
         raise behaviours[request.decode()]  # type: ignore[misc]
@@ -43,6 +47,7 @@ def _probe_handler(behaviours: dict[str, object], release: asyncio.Event) -> grp
         {
             "Fail": grpc.unary_unary_rpc_method_handler(fail, identity, identity),
             "Slow": grpc.unary_unary_rpc_method_handler(slow, identity, identity),
+            "Budget": grpc.unary_unary_rpc_method_handler(budget, identity, identity),
             "StreamFail": grpc.unary_stream_rpc_method_handler(stream_fail, identity, identity),
         },
     )
@@ -109,6 +114,15 @@ async def test_errors_map_to_precise_status_codes(
     assert error.code() == code
     assert error.details() == message
     assert "Traceback" not in (error.debug_error_string() or "")
+
+
+async def test_downstream_calls_end_with_the_callers_deadline(probe) -> None:
+    _, channel, _, _ = probe
+    budget = channel.unary_unary(f"/{SERVICE}/Budget")
+    assert 0 < float(await budget(b"", timeout=1.5)) < 1.5  # what the caller has left
+    assert float(await budget(b"", timeout=60)) == 5.0  # never more than the call's own budget
+    assert float(await budget(b"")) == 5.0  # no deadline: the budget
+    assert deadlines.timeout(5.0) == 5.0  # outside a call: the budget
 
 
 async def test_validation_errors_carry_bad_request_details(probe) -> None:

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
+from runtime import deadlines
 from runtime.errors import FailedPrecondition, Unavailable
 from services.orchestrator.adapters.enums import channel_value, location_type_name, to_name
 from services.orchestrator.domain.model import Candidate, OpeningWindow, Point
@@ -77,7 +78,9 @@ class GrpcInventory:
 
     async def locations(self) -> list[Candidate]:
         try:
-            reply = await self._stub.ListLocations(inventory_pb2.ListLocationsRequest(), timeout=_TIMEOUT)
+            reply = await self._stub.ListLocations(
+                inventory_pb2.ListLocationsRequest(), timeout=deadlines.timeout(_TIMEOUT)
+            )
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc) from exc
         return [_location(loc) for loc in reply.locations]
@@ -86,7 +89,7 @@ class GrpcInventory:
         """Units the channel may promise, per location then SKU (locations without any omitted)."""
         request = inventory_pb2.BatchGetAvailabilityRequest(skus=list(skus), channel=channel_value(channel))
         try:
-            reply = await self._stub.BatchGetAvailability(request, timeout=_TIMEOUT)
+            reply = await self._stub.BatchGetAvailability(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc) from exc
         out: dict[str, dict[str, int]] = {}
@@ -106,7 +109,7 @@ class GrpcInventory:
             order_id=order_id,
         )
         try:
-            reply = await self._stub.ReserveStock(request, timeout=_TIMEOUT)
+            reply = await self._stub.ReserveStock(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise StockShortage(exc.details() or "not enough stock") from exc
@@ -131,7 +134,7 @@ class GrpcInventory:
             reason=reason,
         )
         try:
-            await self._stub.ReleaseReservation(request, timeout=_TIMEOUT)
+            await self._stub.ReleaseReservation(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return
@@ -142,7 +145,7 @@ class GrpcInventory:
             reservation_id=reservation_id, lines=_lines(lines), request_id=request_id
         )
         try:
-            await self._stub.FulfilReservation(request, timeout=_TIMEOUT)
+            await self._stub.FulfilReservation(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc) from exc
 
@@ -155,7 +158,7 @@ class GrpcInventory:
             reason=reason,
         )
         try:
-            await self._stub.QuarantineStock(request, timeout=_TIMEOUT)
+            await self._stub.QuarantineStock(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 return False

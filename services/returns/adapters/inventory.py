@@ -18,6 +18,7 @@ from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as ipb
 from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
 
+from runtime import deadlines
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, TuttiError, Unavailable
 from services.returns.adapters import codec
 from services.returns.domain import model as m
@@ -55,7 +56,7 @@ class InventoryClient:
     async def location_type(self, location_id: str) -> str | None:
         try:
             reply = await self._stub.GetLocation(
-                ipb.GetLocationRequest(location_id=location_id), timeout=self._timeout
+                ipb.GetLocationRequest(location_id=location_id), timeout=deadlines.timeout(self._timeout)
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
@@ -71,7 +72,7 @@ class InventoryClient:
             return {}
         try:
             reply = await self._stub.GetSkus(
-                ipb.GetSkusRequest(skus=wanted, allow_missing=True), timeout=self._timeout
+                ipb.GetSkusRequest(skus=wanted, allow_missing=True), timeout=deadlines.timeout(self._timeout)
             )
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(
@@ -83,7 +84,8 @@ class InventoryClient:
         """A location sells a SKU when inventory holds a stock record of it there."""
         try:
             reply = await self._stub.GetStockLevels(
-                ipb.GetStockLevelsRequest(sku=sku, location_ids=[location_id]), timeout=self._timeout
+                ipb.GetStockLevelsRequest(sku=sku, location_ids=[location_id]),
+                timeout=deadlines.timeout(self._timeout),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -101,7 +103,7 @@ class InventoryClient:
             raise _translate(exc, what) from exc
 
     async def _apply(self, task: m.InventoryTask) -> None:
-        t = self._timeout
+        t = deadlines.timeout(self._timeout)
         line = ipb.ReservationLine(sku=task.sku, location_id=task.location_id, quantity=task.quantity)
         reason = f"return {task.reference}"
         if task.kind in (m.TaskKind.RESTOCK, m.TaskKind.QUARANTINE):

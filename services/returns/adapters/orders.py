@@ -12,6 +12,7 @@ import grpc
 from tutti.orchestrator.v1 import orchestrator_pb2 as opb
 from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
 
+from runtime import deadlines
 from runtime.errors import Unavailable
 from services.returns.adapters import codec
 from services.returns.domain import model as m
@@ -66,7 +67,9 @@ class OrchestratorOrders:
 
     async def get_purchase(self, order_id: str) -> m.Purchase | None:
         try:
-            reply = await self._stub.GetOrder(opb.GetOrderRequest(order_id=order_id), timeout=self._timeout)
+            reply = await self._stub.GetOrder(
+                opb.GetOrderRequest(order_id=order_id), timeout=deadlines.timeout(self._timeout)
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None
