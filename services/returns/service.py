@@ -50,6 +50,9 @@ class InventoryPort(Protocol):
     async def apply(self, task: m.InventoryTask) -> None:
         """Apply one effect; idempotent by task id. Raises TuttiError for a refusal."""
 
+    async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
+        """The entries of the SKUs the catalogue knows (unknown ones are left out)."""
+
 
 class Transaction(Protocol):
     async def lock_order(self, order_id: str) -> None: ...
@@ -189,11 +192,23 @@ class ReturnsService:
 
     async def _purchase(self, cmd: CreateReturn) -> m.Purchase:
         if cmd.pos_purchase is not None:
-            return cmd.pos_purchase
+            return await self._with_catalogue(cmd.pos_purchase)
         purchase = await self._orders.get_purchase(cmd.order_id)
         if purchase is None:
             raise NotFound(f"order {cmd.order_id} not found")
         return purchase
+
+    async def _with_catalogue(self, purchase: m.Purchase) -> m.Purchase:
+        """A till receipt says what was sold, not whether it may come back: the catalogue decides
+        that, as it does for orders. A SKU it does not know keeps the receipt's category."""
+        entries = await self._inventory.catalogue(list(dict.fromkeys(li.sku for li in purchase.lines)))
+        lines = tuple(
+            replace(li, category=entry.category or li.category, returnable=entry.returnable)
+            if (entry := entries.get(li.sku)) is not None
+            else li
+            for li in purchase.lines
+        )
+        return replace(purchase, lines=lines)
 
     async def _known_location(self, field: str, location_id: str) -> str:
         location_type = await self._inventory.location_type(location_id)

@@ -3,7 +3,7 @@ services' ports (orders, inventory): idempotency, effects decided once, errors, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -44,6 +44,7 @@ class FakeInventory:
         self.carried: set[tuple[str, str]] = set()
         self.down = False
         self.refuse_reserve = False
+        self.skus: dict[str, m.CatalogueEntry] = {}
 
     async def location_type(self, location_id: str) -> str | None:
         return self.locations.get(location_id)
@@ -57,6 +58,9 @@ class FakeInventory:
         if task.kind is m.TaskKind.RESERVE and self.refuse_reserve:
             raise FailedPrecondition(f"not enough {task.sku} at {task.location_id}")
         self.applied[task.task_id] = task
+
+    async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
+        return {sku: self.skus[sku] for sku in skus if sku in self.skus}
 
     def of(self, kind: m.TaskKind) -> list[m.InventoryTask]:
         return [t for t in self.applied.values() if t.kind is kind]
@@ -394,3 +398,44 @@ async def test_pos_purchase_returned_in_another_store(
     view, _ = await service.create_return(cmd)
     assert view.ret.source is m.PurchaseSource.POS and view.ret.order_id == f"pos:{terminal}:{sale}"
     assert view.estimated_refund_minor == 900
+
+
+async def test_a_till_purchase_follows_the_catalogue_not_the_receipt(
+    service: ReturnsService, inventory: FakeInventory
+) -> None:
+    """The receipt carries no returnable flag and maybe a stale category: a SKU the catalogue
+    marks non-returnable (or files under a non-returnable category) cannot come back."""
+    inventory.skus["SKU-FINAL"] = m.CatalogueEntry("SKU-FINAL", "apparel", returnable=False)
+    inventory.skus["SKU-FOOD"] = m.CatalogueEntry("SKU-FOOD", "food", returnable=True)
+    terminal, sale = random_id("T"), random_id("S")
+    purchase = m.Purchase(
+        order_id=m.pos_order_id(terminal, sale),
+        source=m.PurchaseSource.POS,
+        channel="store",
+        purchased_at=datetime.now(UTC) - timedelta(days=1),
+        currency="EUR",
+        lines=(
+            m.PurchasedLine("1", "SKU-FINAL", 1, 1000, "apparel"),
+            m.PurchasedLine("2", "SKU-FOOD", 1, 500, "apparel"),
+            m.PurchasedLine("3", "SKU-UNKNOWN", 1, 700, "apparel"),
+        ),
+        location_id="STORE-B",
+    )
+
+    def returning(line_id: str, request_id: str) -> CreateReturn:
+        return CreateReturn(
+            request_id=request_id,
+            order_id=purchase.order_id,
+            pos_purchase=purchase,
+            lines=(m.RequestedLine(line_id, 1, m.Reason.CHANGED_MIND),),
+            method=m.ReturnMethod.DROP_OFF_POINT,
+            receiving_location_id="STORE-A",
+            channel="store",
+        )
+
+    with pytest.raises(FailedPrecondition, match="marked non-returnable"):
+        await service.create_return(returning("1", "r-final"))
+    with pytest.raises(FailedPrecondition, match="category 'food' is not returnable"):
+        await service.create_return(returning("2", "r-food"))
+    view, _ = await service.create_return(returning("3", "r-unknown"))  # unknown SKU: the receipt's word
+    assert view.ret.lines[0].category == "apparel"
