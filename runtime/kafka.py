@@ -23,6 +23,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from tutti.events.v1 import envelope_pb2
 
 from runtime import telemetry
@@ -276,7 +277,25 @@ class EventConsumer:
 
     async def _handle_batch(self, batch_handler: BatchHandler, records: Sequence[ConsumerRecord]) -> None:
         parsed = [(envelope, record) for record in records if (envelope := self._parse(record)) is not None]
-        if parsed:
+        if not parsed:
+            return
+        if not telemetry.tracing_enabled():
+            await batch_handler(parsed)
+            return
+        first = parsed[0][1]
+        with telemetry.tracer(__name__).start_as_current_span(
+            f"{first.topic} process",
+            kind=trace.SpanKind.CONSUMER,
+            links=telemetry.kafka_links(record.headers for _, record in parsed),
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation": "process",
+                "messaging.destination.name": first.topic,
+                "messaging.destination.partition.id": str(first.partition),
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.batch.message_count": len(parsed),
+            },
+        ):
             await batch_handler(parsed)
 
     async def _handle(self, record: ConsumerRecord) -> None:

@@ -10,7 +10,7 @@ forwards a caller's W3C trace headers untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -87,6 +87,17 @@ def inject_kafka_headers(headers: list[tuple[str, bytes]] | None = None) -> list
 def extract_kafka_context(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
     carrier = {key: value.decode(errors="replace") for key, value in headers or ()}
     return propagate.extract(carrier)
+
+
+def kafka_links(headers_of_records: Iterable[Sequence[tuple[str, bytes]] | None]) -> list[trace.Link]:
+    """Links to the spans that produced a batch's records: a batch handled at once has many
+    parents, so (as OpenTelemetry's messaging conventions say) its span links to each instead."""
+    links = []
+    for headers in headers_of_records:
+        context = trace.get_current_span(extract_kafka_context(headers)).get_span_context()
+        if context.is_valid:
+            links.append(trace.Link(context))
+    return links
 
 
 def tracer(name: str) -> trace.Tracer:
