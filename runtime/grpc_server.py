@@ -238,6 +238,15 @@ async def serve(
         await server.stop(settings.shutdown_grace_seconds)
         for task in tasks:
             task.cancel()
+        # A cancellation landing at the wrong moment inside a library can be swallowed (redis-py's
+        # blocking reads: redis/redis-py#2028, seen here with the relay's XREAD BLOCK), and the
+        # loop then runs on: ask again until every loop has stopped.
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+            for task in pending:
+                log.warning("background job %s ignored its cancellation; cancelling again", task.get_name())
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped")
 

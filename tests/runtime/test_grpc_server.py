@@ -195,3 +195,27 @@ async def test_shutdown_drains_in_flight_calls_and_reports_not_serving(settings:
         release.set()
         assert await in_flight == b"done"
         await channel.close()
+
+
+async def test_shutdown_stops_a_background_loop_that_swallowed_its_cancellation(settings) -> None:
+    """redis-py can swallow a cancellation that lands inside a blocking read (the inventory relay's
+    XREAD BLOCK did, and SIGTERM then never finished): shutdown asks again until the loop stops."""
+    cancellations: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancellations.append(1)
+                if len(cancellations) > 1:
+                    raise
+                # Swallowed, as the library did: the loop goes on.
+
+    async def build(settings: CommonSettings, stack: AsyncExitStack) -> Wiring:
+        return Wiring(register=lambda server: None, service_names=[SERVICE], background=(stubborn,))
+
+    async with running_service(settings, build) as svc:
+        pass
+    assert svc.task.done() and not svc.task.cancelled()
+    assert len(cancellations) == 2
