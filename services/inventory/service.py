@@ -245,21 +245,8 @@ class InventoryService:
             seen: dict[tuple[str, str], int] = {}
             shown: dict[str, dict[str, model.LocationAvailability]] = {}
             if skus:
-                result = await self.store.read(channel, _unique(location_ids), _unique(skus))
-                for i, x in enumerate(location_ids):
-                    if result.location_state.get(x, "missing") == "missing":
-                        raise NotFound(f"location_ids[{i}]: unknown location {x}")
-                policy = result.policy
-                active = {loc: state == "1" for loc, state in result.location_state.items()}
-                views = []
-                for i, (sku, known, levels) in enumerate(result.skus):
-                    if not known:
-                        raise NotFound(f"skus[{i}]: unknown SKU {sku}")
-                    for level in levels:
-                        seen[(sku, level.location_id)] = level.sequence
-                    view = model.availability_view(sku, levels, policy, active)
-                    shown[sku] = {a.level.location_id: a for a in view.locations}
-                    views.append(view)
+                policy, active, views = await self._watched_views(skus, location_ids, channel, seen)
+                shown = {v.sku: {a.level.location_id: a for a in v.locations} for v in views}
                 for i, view in enumerate(views):
                     yield WatchUpdate(True, view, snapshot_complete=i == len(views) - 1)
             else:
@@ -267,6 +254,21 @@ class InventoryService:
                 active = {}
                 yield WatchUpdate(True, model.SkuAvailability("", channel, ()), snapshot_complete=True)
             async for change in sub.changes():
+                if "views" in change:
+                    # A location or the channel's policy changed: what every SKU shows may have.
+                    # Re-read, and send each watched SKU whose view moved as a snapshot of it
+                    # (it replaces what the watcher holds, so a location gone from it goes).
+                    if not skus:
+                        policy = (await self.store.read(channel, [], [])).policy
+                        active = {}
+                        continue
+                    policy, active, views = await self._watched_views(skus, location_ids, channel, seen)
+                    for view in views:
+                        fresh = {a.level.location_id: a for a in view.locations}
+                        if fresh != shown.get(view.sku):
+                            shown[view.sku] = fresh
+                            yield WatchUpdate(True, view)
+                    continue
                 sku, loc, seq = change["s"], change["l"], int(change["seq"])
                 if seq <= seen.get((sku, loc), 0):
                     continue
@@ -295,6 +297,30 @@ class InventoryService:
                 per_sku[loc] = entry
                 network = sum(a.available for a in per_sku.values())
                 yield WatchUpdate(False, _ChangedView(sku, channel, (entry,), network))
+
+    async def _watched_views(
+        self,
+        skus: Sequence[str],
+        location_ids: Sequence[str],
+        channel: str,
+        seen: dict[tuple[str, str], int],
+    ) -> tuple[model.ChannelPolicy, dict[str, bool], list[model.SkuAvailability]]:
+        """The channel's policy, the locations' states and each SKU's view, read together; ``seen``
+        learns each SKU x location's sequence so older changes are dropped."""
+        result = await self.store.read(channel, _unique(location_ids), _unique(skus))
+        for i, x in enumerate(location_ids):
+            if result.location_state.get(x, "missing") == "missing":
+                raise NotFound(f"location_ids[{i}]: unknown location {x}")
+        active = {loc: state == "1" for loc, state in result.location_state.items()}
+        views = []
+        for i, (sku, known, levels) in enumerate(result.skus):
+            if not known:
+                raise NotFound(f"skus[{i}]: unknown SKU {sku}")
+            for level in levels:
+                key = (sku, level.location_id)
+                seen[key] = max(seen.get(key, 0), level.sequence)
+            views.append(model.availability_view(sku, levels, result.policy, active))
+        return result.policy, active, views
 
     # --- reservations -------------------------------------------------------------------------
 

@@ -188,3 +188,53 @@ async def test_watch_started_during_writes_misses_nothing_and_never_goes_backwar
     assert sequences == sorted(set(sequences)), "a change was repeated or went backwards"
     # Every change after the snapshot is there: one unit per sequence step.
     assert [q - seen[0][1] for _, q in seen] == [s - seen[0][0] for s, _ in seen]
+
+
+async def test_an_open_watch_follows_policy_and_location_changes(stub):
+    """A channel's view changes without any stock moving when its policy or a location does:
+    an open watch gets a fresh snapshot of each SKU whose view moved, and nothing for others."""
+    from tests.inventory.conftest import location
+
+    (sku,), (store, dc) = await seed(stub, locations=2, on_hand=10)
+    channel = common_pb2.CHANNEL_CALL_CENTRE  # reset below, like the policy test does
+    watch = stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[sku], channel=channel))
+
+    async def next_message() -> pb.WatchAvailabilityResponse:
+        return await asyncio.wait_for(watch.read(), timeout=5)
+
+    def shown(message: pb.WatchAvailabilityResponse) -> dict[str, int]:
+        return {x.location_id: x.available for x in message.availability.locations}
+
+    try:
+        first = await next_message()
+        assert first.snapshot and shown(first) == {store: 10, dc: 10}
+
+        await stub.SetChannelPolicy(
+            pb.SetChannelPolicyRequest(
+                policy=pb.ChannelPolicy(channel=channel, buffer_units=3, excluded_location_ids=[store])
+            )
+        )
+        update = await next_message()
+        assert update.snapshot and shown(update) == {dc: 7}  # the store is gone from the view
+        assert update.availability.network_available == 7
+
+        # Another channel's policy leaves this view as it is: nothing is sent for it.
+        await stub.SetChannelPolicy(
+            pb.SetChannelPolicyRequest(policy=pb.ChannelPolicy(channel=common_pb2.CHANNEL_APP))
+        )
+        await stub.UpsertLocations(pb.UpsertLocationsRequest(locations=[location(dc, active=False)]))
+        update = await next_message()
+        assert update.snapshot and shown(update) == {}  # the DC closed: nothing left to sell
+        await stub.UpsertLocations(pb.UpsertLocationsRequest(locations=[location(dc)]))
+        update = await next_message()
+        assert update.snapshot and shown(update) == {dc: 7}
+
+        # And stock changes still arrive as changes, in the channel's current view.
+        await stub.AdjustStock(
+            pb.AdjustStockRequest(movement_id=random_id("adj"), sku=sku, location_id=dc, delta=1)
+        )
+        change = await next_message()
+        assert not change.snapshot and shown(change) == {dc: 8}
+    finally:
+        watch.cancel()
+        await stub.SetChannelPolicy(pb.SetChannelPolicyRequest(policy=pb.ChannelPolicy(channel=channel)))

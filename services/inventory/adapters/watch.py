@@ -31,6 +31,8 @@ class Subscription:
         self.error: str | None = None
 
     def wants(self, change: dict[str, Any]) -> bool:
+        if "views" in change:  # a location or a channel policy changed: every watch re-reads
+            return True
         return (not self.skus or change["s"] in self.skus) and (
             not self.locations or change["l"] in self.locations
         )

@@ -105,6 +105,8 @@ end
 -- Master-data events (already serialized protobuf, relayed as is).
 function Batch:meta(event_type, key, payload_b64)
   table.insert(self.moves, {meta = event_type, key = key, p = payload_b64, ts = self.ts})
+  -- A location or a channel policy changes what every open watch shows: tell them to re-read.
+  if event_type ~= 'tutti.inventory.v1.SkuRegistered' then self.views_changed = true end
 end
 
 -- Writes the outbox entry and the change notice; returns the outbox entry id ('' if nothing moved)
@@ -119,9 +121,10 @@ function Batch:flush(receipt, idem)
   else
     xid = redis.call('XADD', OUTBOX, '*', 'm', encoded)
   end
-  if #self.order > 0 then
+  if #self.order > 0 or self.views_changed then
     local out = {}
     for _, key in ipairs(self.order) do table.insert(out, self.changed[key]) end
+    if self.views_changed then table.insert(out, {views = 1, ts = self.ts}) end
     redis.call('PUBLISH', AVAIL_CHANNEL, cjson.encode(out))
   end
   return xid, encoded
