@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -449,6 +450,67 @@ def cmd_timeline(client: Client, out: Output, args: argparse.Namespace) -> None:
     out.message(reply, render)
 
 
+def _percent(rate: float) -> str:
+    return f"{rate * 100:.1f}%"
+
+
+def _duration(value: Any) -> str:
+    seconds = value.seconds + value.nanos / 1e9
+    if not seconds:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}" if hours else f"{minutes}m{secs:02d}s"
+
+
+def cmd_kpis(client: Client, out: Output, args: argparse.Namespace) -> None:
+    """The dashboard's figures per channel; with --every, refreshed in place until Ctrl-C."""
+    request = tracking_pb2.GetKpisRequest(
+        start_time=timestamp(args.since),
+        end_time=timestamp(args.until),
+        channel=parse_enum(common_pb2.Channel, "CHANNEL_", args.channel) if args.channel else 0,
+    )
+
+    def render(r: Any) -> None:
+        if args.every and out.stream.isatty():
+            out.stream.write("\x1b[H\x1b[2J")  # redraw in place, like top
+        out.line(f"KPIs {_plain(r.start_time)} → {_plain(r.end_time)}")
+        out.line()
+        rows = []
+        for k in [*r.channels, r.total]:
+            rows.append(
+                (
+                    "all channels" if k.channel_name == "*"
+                    else _channel(k.channel) if k.channel
+                    else (k.channel_name or "unknown"),
+                    k.orders_placed,
+                    k.orders_cancelled,
+                    _percent(k.refusal_rate),
+                    k.orders_prepared,
+                    _duration(k.average_preparation_time),
+                    _percent(k.on_time_rate) if k.orders_on_time + k.orders_late else "-",
+                    k.orders_returned,
+                    ", ".join(_plain(m) for m in k.average_cost_per_order) or "-",
+                )
+            )
+        out.table(
+            ["channel", "placed", "cancelled", "stock-outs", "prepared", "avg prep", "on time",
+             "returned", "cost/order"],
+            rows,
+        )
+
+    shown = 0
+    try:
+        while True:
+            out.message(client.call(client.tracking.GetKpis, request), render)
+            shown += 1
+            if not args.every or (args.count is not None and shown >= args.count):
+                return
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        pass
+
+
 def _rules_document(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -629,6 +691,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("timeline", help="the timestamped trail of an order")
     p.add_argument("order_id")
     p.set_defaults(run=cmd_timeline)
+
+    p = commands.add_parser(
+        "kpis", help="live figures per channel: orders, stock-outs, preparation, on time, cost (admin key)"
+    )
+    p.add_argument("--channel", help="only this channel (web, app, marketplace, store, call-centre)")
+    p.add_argument("--since", help="start of the window, ISO 8601 with a zone (default: 24 h ago)")
+    p.add_argument("--until", help="end of the window, ISO 8601 with a zone (default: now)")
+    p.add_argument("--every", type=float, help="refresh every this many seconds until Ctrl-C")
+    p.add_argument("--count", type=int, help="with --every: stop after this many refreshes")
+    p.set_defaults(run=cmd_kpis)
 
     rules = commands.add_parser("rules", help="sourcing rules (admin key)").add_subparsers(
         dest="action", required=True

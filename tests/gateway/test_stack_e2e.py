@@ -258,6 +258,40 @@ async def test_quote_watch_and_cancel_from_the_cli(full_stack: str, shop: tuple[
     assert "cancel" in out.lower()
 
 
+async def test_the_dashboard_figures_follow_orders_from_the_cli(
+    full_stack: str, shop: tuple[str, list[str]]
+) -> None:
+    """`tutti kpis`: per channel, from tracking's sums, for back-office eyes only."""
+
+    async def app_kpis() -> dict:
+        code, out, err = await tutti(full_stack, "--json", "kpis", "--channel", "app", key=KEYS["admin"])
+        assert code == 0, err
+        reply = json.loads(out)
+        return next((c for c in reply.get("channels", []) if c.get("channel") == "CHANNEL_APP"), {})
+
+    before = int((await app_kpis()).get("orders_placed", 0))
+    location_id, sku = shop[0], shop[1][1]
+    code, _, err = await tutti(
+        full_stack, "order", "place", "--customer", random_id("customer"), "--line", f"{sku}:1",
+        "--method", "click_and_collect", "--pickup", location_id, key=KEYS["app"],
+    )
+    assert code == 0, err
+
+    async def counted() -> bool:
+        return int((await app_kpis()).get("orders_placed", 0)) > before
+
+    await wait_for(counted, timeout=30, message="the app's order counted in its KPIs")
+    code, out, err = await tutti(full_stack, "kpis", key=KEYS["admin"])
+    assert code == 0, err
+    header = out.splitlines()[2].split()
+    assert header[:4] == ["channel", "placed", "cancelled", "stock-outs"], out
+    assert any(line.split()[0] == "app" for line in out.splitlines()[4:]), out
+    assert "all channels" in out
+
+    code, _, err = await tutti(full_stack, "kpis", key=KEYS["app"])
+    assert code == 1 and "PERMISSION_DENIED" in err, err
+
+
 async def test_rules_administration_needs_an_admin_key(full_stack: str) -> None:
     rules = Path(orchestrator_bootstrap.__file__).parent / "rules" / "default.yaml"
     code, out, err = await tutti(full_stack, "rules", "validate", str(rules))
