@@ -36,6 +36,7 @@ class InventorySettings:
     relay_enabled: bool
     pos_ack_after_ledger_s: float
     snapshot_max_future_s: float
+    pos_sale_retention_s: int
 
     @classmethod
     def from_env(cls, common: CommonSettings, environ: dict[str, str] | None = None) -> InventorySettings:
@@ -55,6 +56,8 @@ class InventorySettings:
             snapshot_max_future_s=env.float(
                 "TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS", 300.0, minimum=0.0
             ),
+            pos_sale_retention_s=86400
+            * env.int("TUTTI_INVENTORY_POS_SALE_RETENTION_DAYS", 60, minimum=1, maximum=3660),
         )
 
 
@@ -73,6 +76,7 @@ async def build(
         hub,
         pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s,
         snapshot_max_future_s=cfg.snapshot_max_future_s,
+        pos_sale_retention_s=cfg.pos_sale_retention_s,
     )
 
     producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")

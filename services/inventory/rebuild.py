@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Collection
@@ -35,11 +36,19 @@ from tutti.inventory.v1 import inventory_pb2 as pb
 from runtime.kafka import INVENTORY_MOVEMENTS
 from runtime.settings import CommonSettings
 from services.inventory.adapters import codec
-from services.inventory.adapters.redis_store import OUTBOX, location_to_json, policy_fields, sku_to_json
+from services.inventory.adapters.redis_store import (
+    OUTBOX,
+    location_to_json,
+    policy_fields,
+    pos_sale_key,
+    sku_to_json,
+)
 from services.inventory.domain import model
 
 MV_RETENTION_MS = 7 * 24 * 3600 * 1000
 IDEM_TTL_S = 7 * 86400
+# Till sales stay readable this long (GetPosSale), as the service keeps them.
+POS_SALE_RETENTION_S = 86400 * int(os.environ.get("TUTTI_INVENTORY_POS_SALE_RETENTION_DAYS", "60"))
 CLOSED_TTL_S = 7 * 86400
 
 
@@ -69,6 +78,8 @@ class LedgerState:
         default_factory=dict
     )
     idempotency: dict[str, int] = field(default_factory=dict)
+    # "pos:<terminal>:<sale>" → the sale as GetPosSale shows it: location, return?, time, lines.
+    pos_sales: dict[str, dict[str, Any]] = field(default_factory=dict)
     skus: dict[str, model.Sku] = field(default_factory=dict)
     locations: dict[str, tuple[tuple[int, int, int], model.Location]] = field(default_factory=dict)
     policies: dict[str, tuple[tuple[int, int, int], model.ChannelPolicy]] = field(default_factory=dict)
@@ -131,6 +142,16 @@ class LedgerState:
             res_prev = self.reservations.get(m.reservation_id)
             if res_prev is None or res_prev[0] < order:
                 self.reservations[m.reservation_id] = (order, m)
+        if kind in {"POS_SOLD", "POS_RETURNED"} and m.reference.startswith("pos:"):
+            sale = self.pos_sales.setdefault(
+                m.reference,
+                {"loc": m.location_id, "ret": kind == "POS_RETURNED", "at": 0, "lines": {}},
+            )
+            sale["at"] = max(sale["at"], m.occurred_at.ToMilliseconds())
+            if kind == "POS_SOLD":  # what on_hand could not give is the shortfall: sold all the same
+                sale["lines"][m.sku] = (-m.on_hand_delta + m.shortfall, False)
+            else:
+                sale["lines"][m.sku] = (m.on_hand_delta + m.quarantined_delta, m.quarantined_delta > 0)
         idem = _idempotency_key(kind, m.reference)
         if idem:
             self.idempotency[idem] = max(self.idempotency.get(idem, 0), m.occurred_at.ToMilliseconds())
@@ -301,6 +322,12 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         ttl = IDEM_TTL_S - (now - at) // 1000
         if ttl > 0:
             pipe.set(key, marker, ex=ttl)
+    for reference, sale in state.pos_sales.items():
+        ttl = POS_SALE_RETENTION_S - (now - sale["at"]) // 1000
+        if ttl > 0:
+            _, terminal_id, sale_id = reference.split(":", 2)
+            record = {**sale, "lines": [[sku, q, d] for sku, (q, d) in sale["lines"].items()]}
+            pipe.set(pos_sale_key(terminal_id, sale_id), json.dumps(record), ex=ttl)
     await pipe.execute()
     await _outbox_after(redis, state.last_entry)
     return {
@@ -309,6 +336,7 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         "skus": len(state.skus),
         "locations": len(state.locations),
         "idempotency_records": len(state.idempotency),
+        "pos_sales": len(state.pos_sales),
     }
 
 

@@ -20,6 +20,7 @@ from services.inventory.adapters.redis_store import (
     RedisStore,
     location_to_json,
     policy_fields,
+    pos_sale_key,
     sku_to_json,
 )
 from services.inventory.adapters.watch import AvailabilityHub
@@ -61,9 +62,13 @@ class InventoryService:
         *,
         pos_ack_after_ledger_s: float = 0.0,
         snapshot_max_future_s: float = 300.0,
+        pos_sale_retention_s: int = 60 * 86400,
     ) -> None:
         self.store = store
         self.hub = hub
+        # How long a till sale stays readable (GetPosSale) for returns to check receipts against:
+        # at least the longest return window.
+        self.pos_sale_retention_s = pos_sale_retention_s
         # A snapshot dated further ahead than this (ERP/WMS clock skew) is refused: applied, it
         # would make every real count until then look older and be skipped.
         self.snapshot_max_future_s = snapshot_max_future_s
@@ -768,13 +773,30 @@ class InventoryService:
         ref = f"pos:{terminal_id}:{sale_id}"
         fp = model.fingerprint(location_id, is_return, list(lines))
         idem_key, receipt_key = f"inv:idem:{ref}", f"inv:onledger:{ref}"
+        record = {"loc": location_id, "ret": is_return, "lines": [list(line) for line in lines]}
         result = await self.store.apply(
-            ops, idem_key=idem_key, fp=fp, reference=ref, reason="POS", receipt_key=receipt_key
+            ops,
+            idem_key=idem_key,
+            fp=fp,
+            reference=ref,
+            reason="POS",
+            receipt_key=receipt_key,
+            record=(pos_sale_key(terminal_id, sale_id), record, self.pos_sale_retention_s),
         )
         if self.pos_ack_after_ledger_s > 0 and self.hub is not None:
             await self._wait_on_ledger(idem_key, receipt_key)
         shortfall = {op["s"]: int(op["sf"]) for op in result.ops if int(op.get("sf") or 0) > 0}
         return PosResult(result.duplicate, shortfall)
+
+    async def get_pos_sale(self, terminal_id: str, sale_id: str) -> model.PosSale:
+        model.raise_if([model.check_id("terminal_id", terminal_id), model.check_id("sale_id", sale_id)])
+        sale = await self.store.pos_sale(terminal_id, sale_id)
+        if sale is None:
+            raise NotFound(
+                f"no till sale {sale_id} of terminal {terminal_id} is on record (never recorded, or "
+                f"older than {self.pos_sale_retention_s // 86400} days)"
+            )
+        return sale
 
     async def _wait_on_ledger(self, idem_key: str, receipt_key: str) -> None:
         """Returns once the relay's receipt proves the sale is on the Kafka ledger; raises

@@ -238,3 +238,26 @@ async def test_an_open_watch_follows_policy_and_location_changes(stub):
     finally:
         watch.cancel()
         await stub.SetChannelPolicy(pb.SetChannelPolicyRequest(policy=pb.ChannelPolicy(channel=channel)))
+
+
+async def test_a_till_sale_is_kept_as_recorded_for_returns_to_check(stub):
+    (sku,), (store,) = await seed(stub, on_hand=10)
+    terminal = random_id("T")
+    call = stub.StreamPosSales()
+    await call.write(sale(terminal, "S-1", store, sku, qty=2))
+    await call.write(sale(terminal, "S-1", store, sku, qty=2))  # a resend changes nothing
+    await call.done_writing()
+    assert [a.status async for a in call] == [pb.POS_ACK_STATUS_ACCEPTED] * 2
+
+    recorded = (await stub.GetPosSale(pb.GetPosSaleRequest(terminal_id=terminal, sale_id="S-1"))).sale
+    assert (recorded.location_id, recorded.kind) == (store, pb.POS_SALE_KIND_SALE)
+    assert [(x.sku, x.quantity) for x in recorded.lines] == [(sku, 2)]
+    assert abs(recorded.recorded_at.ToMilliseconds() - time.time() * 1000) < 60_000
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetPosSale(pb.GetPosSaleRequest(terminal_id=terminal, sale_id="S-never"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no till sale S-never" in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetPosSale(pb.GetPosSaleRequest(terminal_id="", sale_id="S-1"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -153,8 +153,13 @@ async def test_rebuild_from_the_ledger_equals_the_state_before_the_loss(stub, se
         after = await dump_state(target, skus, [store, dc])
         assert after == before
 
-        # Retries after the rebuild never count twice.
+        # Till sales are readable again for returns, as they were recorded.
         svc = InventoryService(RedisStore(target))
+        original = InventoryService(RedisStore(service_redis))
+        for sale_id in ("S-1", "S-2"):
+            assert await svc.get_pos_sale(terminal, sale_id) == await original.get_pos_sale(terminal, sale_id)
+
+        # Retries after the rebuild never count twice.
         result = await svc.pos_sale(terminal, "S-1", store, False, [(b, 2, False)])
         assert result.duplicate
         _, dup = await svc.reserve(

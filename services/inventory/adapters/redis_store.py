@@ -266,12 +266,20 @@ class RedisStore:
         reason: str = "",
         field_of: FieldOf = _lines_field,
         receipt_key: str = "",
+        record: tuple[str, dict[str, Any], int] | None = None,
     ) -> ApplyResult:
         """``receipt_key`` (with ``idem_key``): the relay writes it once the movements are on Kafka
-        (see :meth:`ledger_state`)."""
+        (see :meth:`ledger_state`). ``record`` (key, JSON-able value, TTL s) is written with the
+        movements, atomically, and only when they apply (not on a duplicate)."""
+        record_args: list[Any] = (
+            [record[0], json.dumps(record[1]), record[2]] if record is not None else ["", "", 0]
+        )
         raw = await self._call(
             "apply",
-            [idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops)), receipt_key],
+            [
+                idem_key, self.idempotency_ttl_s, fp, reference, reason, json.dumps(list(ops)), receipt_key,
+                *record_args,
+            ],
         )
         out = _decode(raw, field_of)
         levels = {}
@@ -289,8 +297,26 @@ class RedisStore:
         raw = await self._call("pos_ack", [idem_key, receipt_key])
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
+    async def pos_sale(self, terminal_id: str, sale_id: str) -> model.PosSale | None:
+        raw = await self.redis.get(pos_sale_key(terminal_id, sale_id))
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return model.PosSale(
+            terminal_id=terminal_id,
+            sale_id=sale_id,
+            location_id=d["loc"],
+            is_return=bool(d["ret"]),
+            lines=tuple((str(s), int(q), bool(dmg)) for s, q, dmg in d["lines"]),
+            recorded_at_ms=int(d["at"]),
+        )
+
     async def ping(self) -> None:
         await self.redis.ping()
+
+
+def pos_sale_key(terminal_id: str, sale_id: str) -> str:
+    return f"inv:possale:{terminal_id}:{sale_id}"
 
 
 # --- master data stored as JSON -----------------------------------------------------------------

@@ -154,6 +154,18 @@ class LocationAvailability:
 
 
 @dataclass(frozen=True, slots=True)
+class PosSale:
+    """A till sale or return as recorded: what returns checks a receipt against."""
+
+    terminal_id: str
+    sale_id: str
+    location_id: str
+    is_return: bool
+    lines: tuple[tuple[str, int, bool], ...]  # (sku, units, damaged)
+    recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SkuAvailability:
     sku: str
     channel: str

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import timestamp_pb2
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
 from tutti.inventory.v1 import inventory_pb2_grpc
@@ -259,6 +260,21 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return pb.ImportStockCsvResponse(applied=applied, skipped=skipped)
 
     # --- POS ----------------------------------------------------------------------------------
+
+    async def GetPosSale(self, request: pb.GetPosSaleRequest, context: Ctx) -> pb.GetPosSaleResponse:
+        sale = await self._svc.get_pos_sale(request.terminal_id, request.sale_id)
+        recorded_at = timestamp_pb2.Timestamp()
+        recorded_at.FromMilliseconds(sale.recorded_at_ms)
+        return pb.GetPosSaleResponse(
+            sale=pb.PosSale(
+                terminal_id=sale.terminal_id,
+                sale_id=sale.sale_id,
+                location_id=sale.location_id,
+                kind=pb.POS_SALE_KIND_RETURN if sale.is_return else pb.POS_SALE_KIND_SALE,
+                lines=[pb.PosLine(sku=sku, quantity=q, damaged=d) for sku, q, d in sale.lines],
+                recorded_at=recorded_at,
+            )
+        )
 
     async def StreamPosSales(
         self, request_iterator: AsyncIterator[pb.StreamPosSalesRequest], context: Ctx

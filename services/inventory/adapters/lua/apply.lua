@@ -2,12 +2,15 @@
 -- sales and returns, quarantine, safety stock, incoming supply, snapshots.
 -- ARGV: idem_key ('' = none), idem_ttl_s, fingerprint, reference, reason, ops (cjson list),
 --       receipt key ('' = none; POS sales: the relay writes it once the movements are on Kafka, and
---       the idempotency record keeps the encoded movements so a lost outbox entry can be re-queued)
+--       the idempotency record keeps the encoded movements so a lost outbox entry can be re-queued),
+--       record key, record (JSON), record TTL s ('' = none; POS sales: the sale as recorded, kept
+--       for returns to check receipts against, written with the sale or not at all)
 -- op: {op='delta', s, l, k, doh, dqt, mode='strict'|'clamp', sup?, cp?}
 --     {op='safety', s, l, ss} | {op='incoming', s, l, sid, q, at, src} | {op='snap', s, l, abs, asof}
 local idem, idem_ttl, fp, ref, why = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local ops = cjson.decode(ARGV[6])
 local receipt = ARGV[7] or ''
+local record_key, record, record_ttl = ARGV[8] or '', ARGV[9] or '', tonumber(ARGV[10] or '0')
 if idem ~= '' then
   local prev = redis.call('GET', idem)
   if prev then
@@ -168,6 +171,12 @@ for key, c in pairs(touched) do
   levels[key] = {oh = c.oh, rs = c.rs, ss = c.ss, qt = c.qt, inc = c.inc, seq = c.seq, asof = c.asof, sup = list}
 end
 local xid, moves = batch:flush(receipt, idem)
+if record_key ~= '' then
+  -- The clock of the script, so the record's time is the movement's.
+  local rec = cjson.decode(record)
+  rec.at = batch.ts
+  redis.call('SET', record_key, cjson.encode(rec), 'EX', record_ttl)
+end
 local out = {fp = fp, ops = results, levels = levels, xid = xid}
 if idem ~= '' then
   if receipt ~= '' then out.mj = moves end
