@@ -35,6 +35,7 @@ class ReturnsSettings:
     # gRPC services whose channel must be connected for the service to report SERVING.
     ready_dependencies: tuple[str, ...]
     task_retry_seconds: float
+    check_till_receipts: bool = True
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ReturnsSettings:
@@ -50,6 +51,7 @@ class ReturnsSettings:
             pool_size=env.int("TUTTI_RETURNS_DB_POOL_SIZE", 10, minimum=2, maximum=200),
             ready_dependencies=deps,
             task_retry_seconds=env.float("TUTTI_RETURNS_TASK_RETRY_SECONDS", 1.0, minimum=0.05),
+            check_till_receipts=env.bool("TUTTI_RETURNS_CHECK_TILL_RECEIPTS", True),
         )
 
 
@@ -80,7 +82,9 @@ async def build(
     store = PgReturnsStore(pool)
     inventory = InventoryClient(channels["inventory"])
     orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
-    service = ReturnsService(store, orders, inventory, returns.rules)
+    service = ReturnsService(
+        store, orders, inventory, returns.rules, check_till_receipts=returns.check_till_receipts
+    )
     relay = OutboxRelay(pool, producer, SCHEMA)
     worker = TaskWorker(store, inventory, poll_seconds=returns.task_retry_seconds)
 

@@ -53,6 +53,9 @@ class InventoryPort(Protocol):
     async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
         """The entries of the SKUs the catalogue knows (unknown ones are left out)."""
 
+    async def till_sale(self, terminal_id: str, sale_id: str) -> m.RecordedTillSale | None:
+        """The till sale as inventory recorded it; None when it has no record of it."""
+
 
 class Transaction(Protocol):
     async def lock_order(self, order_id: str) -> None: ...
@@ -94,6 +97,8 @@ class CreateReturn:
     method: m.ReturnMethod
     receiving_location_id: str
     channel: str
+    # (terminal_id, sale_id) of a till purchase: the record its receipt is checked against.
+    pos_sale: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +151,17 @@ class ReturnsService:
         inventory: InventoryPort,
         rules: ReturnRules,
         clock: type[datetime] = datetime,
+        *,
+        check_till_receipts: bool = True,
     ) -> None:
         self._store = store
         self._orders = orders
         self._inventory = inventory
         self._rules = rules
         self._clock = clock
+        # A receipt is a claim; the till's own record in inventory is the proof. Off only for
+        # retailers whose tills do not stream their sales to Tutti.
+        self._check_till_receipts = check_till_receipts
 
     def _now(self) -> datetime:
         return self._clock.now(UTC)
@@ -192,11 +202,25 @@ class ReturnsService:
 
     async def _purchase(self, cmd: CreateReturn) -> m.Purchase:
         if cmd.pos_purchase is not None:
-            return await self._with_catalogue(cmd.pos_purchase)
+            purchase = cmd.pos_purchase
+            if self._check_till_receipts:
+                purchase = await self._recorded(purchase, cmd.pos_sale)
+            return await self._with_catalogue(purchase)
         purchase = await self._orders.get_purchase(cmd.order_id)
         if purchase is None:
             raise NotFound(f"order {cmd.order_id} not found")
         return purchase
+
+    async def _recorded(self, purchase: m.Purchase, ids: tuple[str, str] | None) -> m.Purchase:
+        if ids is None:
+            raise InvalidArgument("pos_receipt", "terminal_id and sale_id are required")
+        sale = await self._inventory.till_sale(*ids)
+        if sale is None:
+            raise NotFound(
+                f"till sale {ids[1]} of terminal {ids[0]} is not on record in inventory (never "
+                "streamed by the till, or older than its retention)"
+            )
+        return m.check_receipt(purchase, sale)
 
     async def _with_catalogue(self, purchase: m.Purchase) -> m.Purchase:
         """A till receipt says what was sold, not whether it may come back: the catalogue decides

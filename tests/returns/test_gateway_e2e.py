@@ -26,7 +26,7 @@ from runtime.settings import CommonSettings
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
-from tests.returns.test_integration import available, in_store_exchange, receipt, store
+from tests.returns.test_integration import available, in_store_exchange, sold, store
 from tests.support import RunningService, random_id, running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -94,7 +94,7 @@ async def test_a_store_takes_back_a_till_purchase_through_the_gateway(
     created = await stub.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 2000), location_id=store_id),
+            pos_receipt=await sold(inv, datetime.now(UTC), ("1", sku, 1, 2000), location_id=store_id),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_CHANGED_MIND)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=store_id,
@@ -136,8 +136,10 @@ async def test_a_store_swaps_a_till_purchase_for_another_size_through_the_gatewa
     auth = [("authorization", f"Bearer {key}")]
     size_m, size_l = random_id("SKU-M"), random_id("SKU-L")
     await stock_new_skus(inv, store_id, **{size_m: 0, size_l: 2})
-    sold = receipt(datetime.now(UTC), ("1", size_m, 1, 3000), location_id=store_id)
-    created = await stub.CreateExchange(in_store_exchange(size_l, store_id, pos_receipt=sold), metadata=auth)
+    ticket = await sold(inv, datetime.now(UTC), ("1", size_m, 1, 3000), location_id=store_id)
+    created = await stub.CreateExchange(
+        in_store_exchange(size_l, store_id, pos_receipt=ticket), metadata=auth
+    )
     exchange_id = created.exchange.exchange_id
     assert await available(inv, size_l, store_id) == 1  # one L held for the customer
 

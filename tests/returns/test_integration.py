@@ -152,6 +152,32 @@ def receipt(sold_at: datetime, *lines: tuple[str, str, int, int], location_id: s
     )
 
 
+async def sold(
+    inv: igrpc.InventoryServiceStub,
+    sold_at: datetime,
+    *lines: tuple[str, str, int, int],
+    location_id: str = "",
+) -> pb.PosReceipt:
+    """A till sale streamed to inventory as a terminal does it (at ``location_id``, or at a store
+    of its own), and the receipt the customer brings back: returns checks one against the other."""
+    location_id = location_id or await store(inv)
+    ticket = receipt(sold_at, *lines, location_id=location_id)
+    call = inv.StreamPosSales()
+    await call.write(
+        ipb.StreamPosSalesRequest(
+            terminal_id=ticket.terminal_id,
+            sale_id=ticket.sale_id,
+            location_id=location_id,
+            kind=ipb.POS_SALE_KIND_SALE,
+            lines=[ipb.PosLine(sku=line.sku, quantity=line.quantity) for line in ticket.lines],
+        )
+    )
+    await call.done_writing()
+    acks = [ack async for ack in call]
+    assert [a.status for a in acks] == [ipb.POS_ACK_STATUS_ACCEPTED], acks
+    return ticket
+
+
 async def test_returned_goods_restock_the_receiving_store_once(
     inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub, settings: CommonSettings
 ) -> None:
@@ -162,7 +188,7 @@ async def test_returned_goods_restock_the_receiving_store_once(
     created = await ret.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC) - timedelta(days=2), ("1", sku, 2, 1999)),
+            pos_receipt=await sold(inv, datetime.now(UTC) - timedelta(days=2), ("1", sku, 2, 1999)),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_WRONG_SIZE)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=store_id,
@@ -217,7 +243,7 @@ async def test_damaged_item_goes_to_quarantine_not_available_stock(
     created = await ret.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 5000)),
+            pos_receipt=await sold(inv, datetime.now(UTC), ("1", sku, 1, 5000)),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_DEFECTIVE)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=store_id,
@@ -245,7 +271,7 @@ async def test_return_in_transit_counts_as_incoming_supply_until_received(
     created = await ret.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 3, 1000)),
+            pos_receipt=await sold(inv, datetime.now(UTC), ("1", sku, 3, 1000)),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=3, reason=pb.RETURN_REASON_CHANGED_MIND)],
             method=pb.RETURN_METHOD_CARRIER_LABEL,
             receiving_location_id=store_id,
@@ -273,9 +299,8 @@ async def test_exchange_reserves_the_replacement(
 ) -> None:
     sku_m, sku_l = random_id("SKU-M"), random_id("SKU-L")
     store_id = await store(inv, sku_m, sku_l, stock=2)
-    reply = await ret.CreateExchange(
-        in_store_exchange(sku_l, store_id, pos_receipt=receipt(datetime.now(UTC), ("1", sku_m, 1, 3000)))
-    )
+    ticket = await sold(inv, datetime.now(UTC), ("1", sku_m, 1, 3000))
+    reply = await ret.CreateExchange(in_store_exchange(sku_l, store_id, pos_receipt=ticket))
     exchange = reply.exchange
     assert exchange.order_id == reply.rma.order_id and exchange.replacement_sku == sku_l
     reservation = await inv.GetReservation(ipb.GetReservationRequest(reservation_id=exchange.reservation_id))
@@ -302,14 +327,14 @@ async def test_bad_input_gets_precise_statuses(
 
     too_many = pb.CreateReturnRequest()
     too_many.CopyFrom(base)
-    too_many.pos_receipt.CopyFrom(receipt(datetime.now(UTC), ("1", sku, 1, 100)))
+    too_many.pos_receipt.CopyFrom(await sold(inv, datetime.now(UTC), ("1", sku, 1, 100)))
     too_many.lines.append(pb.ReturnLineRequest(line_id="1", quantity=2, reason=pb.RETURN_REASON_OTHER))
     code, details = await code_of(too_many)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "2 requested but 1 bought" in details
 
     expired = pb.CreateReturnRequest()
     expired.CopyFrom(too_many)
-    expired.pos_receipt.CopyFrom(receipt(datetime.now(UTC) - timedelta(days=90), ("1", sku, 1, 100)))
+    expired.pos_receipt.CopyFrom(await sold(inv, datetime.now(UTC) - timedelta(days=90), ("1", sku, 1, 100)))
     del expired.lines[:]
     expired.lines.append(pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_OTHER))
     code, details = await code_of(expired)
@@ -317,7 +342,7 @@ async def test_bad_input_gets_precise_statuses(
 
     unknown_line = pb.CreateReturnRequest()
     unknown_line.CopyFrom(expired)
-    unknown_line.pos_receipt.CopyFrom(receipt(datetime.now(UTC), ("1", sku, 1, 100)))
+    unknown_line.pos_receipt.CopyFrom(await sold(inv, datetime.now(UTC), ("1", sku, 1, 100)))
     unknown_line.lines[0].line_id = "7"
     code, details = await code_of(unknown_line)
     assert code == grpc.StatusCode.NOT_FOUND and "no line '7'" in details
@@ -334,6 +359,40 @@ async def test_bad_input_gets_precise_statuses(
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_receipt_the_till_never_recorded_or_inflated_is_refused(
+    inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub
+) -> None:
+    sku = random_id("SKU")
+    store_id = await store(inv, sku)
+
+    def returning(ticket: pb.PosReceipt, quantity: int = 1) -> pb.CreateReturnRequest:
+        return pb.CreateReturnRequest(
+            request_id=random_id("req"),
+            pos_receipt=ticket,
+            lines=[pb.ReturnLineRequest(line_id="1", quantity=quantity, reason=pb.RETURN_REASON_OTHER)],
+            method=pb.RETURN_METHOD_IN_STORE,
+            receiving_location_id=store_id,
+            channel=common_pb2.CHANNEL_STORE,
+        )
+
+    forged = receipt(datetime.now(UTC), ("1", sku, 1, 100), location_id=store_id)  # never at a till
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret.CreateReturn(returning(forged))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "is not on record in inventory" in (info.value.details() or "")
+
+    real = await sold(inv, datetime.now(UTC), ("1", sku, 1, 100), location_id=store_id)
+    inflated = pb.PosReceipt()
+    inflated.CopyFrom(real)
+    inflated.lines[0].quantity = 5
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ret.CreateReturn(returning(inflated, quantity=5))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "5 on the receipt but 1 in the recorded sale" in (info.value.details() or "")
+    created = await ret.CreateReturn(returning(real))
+    assert created.rma.return_id
+
+
 async def test_history_lists_every_step_with_time(
     inv: igrpc.InventoryServiceStub, ret: rgrpc.ReturnsServiceStub
 ) -> None:
@@ -342,7 +401,7 @@ async def test_history_lists_every_step_with_time(
     created = await ret.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 1000)),
+            pos_receipt=await sold(inv, datetime.now(UTC), ("1", sku, 1, 1000)),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_WRONG_ITEM)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=store_id,
@@ -388,7 +447,7 @@ async def test_order_timeline_shows_the_return_steps(
     created = await ret.CreateReturn(
         pb.CreateReturnRequest(
             request_id=random_id("req"),
-            pos_receipt=receipt(datetime.now(UTC), ("1", sku, 1, 1000)),
+            pos_receipt=await sold(inv, datetime.now(UTC), ("1", sku, 1, 1000)),
             lines=[pb.ReturnLineRequest(line_id="1", quantity=1, reason=pb.RETURN_REASON_CHANGED_MIND)],
             method=pb.RETURN_METHOD_IN_STORE,
             receiving_location_id=store_id,

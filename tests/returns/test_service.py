@@ -45,6 +45,7 @@ class FakeInventory:
         self.down = False
         self.refuse_reserve = False
         self.skus: dict[str, m.CatalogueEntry] = {}
+        self.till_sales: dict[tuple[str, str], m.RecordedTillSale] = {}
 
     async def location_type(self, location_id: str) -> str | None:
         return self.locations.get(location_id)
@@ -61,6 +62,21 @@ class FakeInventory:
 
     async def catalogue(self, skus: Sequence[str]) -> dict[str, m.CatalogueEntry]:
         return {sku: self.skus[sku] for sku in skus if sku in self.skus}
+
+    async def till_sale(self, terminal_id: str, sale_id: str) -> m.RecordedTillSale | None:
+        return self.till_sales.get((terminal_id, sale_id))
+
+    def record_till_sale(self, terminal: str, sale: str, purchase: m.Purchase, **overrides: object) -> None:
+        """What inventory keeps of the till's sale behind ``purchase``'s receipt."""
+        units: dict[str, int] = {}
+        for line in purchase.lines:
+            units[line.sku] = units.get(line.sku, 0) + line.quantity
+        fields: dict[str, object] = {
+            "location_id": purchase.location_id, "is_return": False, "units": units,
+            "recorded_at": purchase.purchased_at,
+        }
+        fields.update(overrides)
+        self.till_sales[(terminal, sale)] = m.RecordedTillSale(terminal, sale, **fields)  # type: ignore[arg-type]
 
     def of(self, kind: m.TaskKind) -> list[m.InventoryTask]:
         return [t for t in self.applied.values() if t.kind is kind]
@@ -386,6 +402,7 @@ async def test_pos_purchase_returned_in_another_store(
         lines=(m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"),),
         location_id="STORE-B",
     )
+    inventory.record_till_sale(terminal, sale, purchase)
     cmd = CreateReturn(
         request_id="r1",
         order_id=purchase.order_id,
@@ -394,6 +411,7 @@ async def test_pos_purchase_returned_in_another_store(
         method=m.ReturnMethod.DROP_OFF_POINT,
         receiving_location_id="STORE-A",
         channel="web",
+        pos_sale=(terminal, sale),
     )
     view, _ = await service.create_return(cmd)
     assert view.ret.source is m.PurchaseSource.POS and view.ret.order_id == f"pos:{terminal}:{sale}"
@@ -422,6 +440,8 @@ async def test_a_till_purchase_follows_the_catalogue_not_the_receipt(
         location_id="STORE-B",
     )
 
+    inventory.record_till_sale(terminal, sale, purchase)
+
     def returning(line_id: str, request_id: str) -> CreateReturn:
         return CreateReturn(
             request_id=request_id,
@@ -431,6 +451,7 @@ async def test_a_till_purchase_follows_the_catalogue_not_the_receipt(
             method=m.ReturnMethod.DROP_OFF_POINT,
             receiving_location_id="STORE-A",
             channel="store",
+            pos_sale=(terminal, sale),
         )
 
     with pytest.raises(FailedPrecondition, match="marked non-returnable"):
@@ -439,3 +460,67 @@ async def test_a_till_purchase_follows_the_catalogue_not_the_receipt(
         await service.create_return(returning("2", "r-food"))
     view, _ = await service.create_return(returning("3", "r-unknown"))  # unknown SKU: the receipt's word
     assert view.ret.lines[0].category == "apparel"
+
+
+async def test_a_till_receipt_is_checked_against_the_tills_own_record(
+    service: ReturnsService, inventory: FakeInventory
+) -> None:
+    """A receipt is a claim: returns takes back what the recorded sale backs, and nothing else."""
+    terminal = random_id("T")
+    sold_at = datetime.now(UTC) - timedelta(days=3)
+
+    def receipt(sale: str, *lines: tuple[str, str, int]) -> m.Purchase:
+        return m.Purchase(
+            order_id=m.pos_order_id(terminal, sale),
+            source=m.PurchaseSource.POS,
+            channel="store",
+            purchased_at=sold_at,
+            currency="EUR",
+            lines=tuple(m.PurchasedLine(lid, sku, q, 1000, "apparel") for lid, sku, q in lines),
+            location_id="STORE-B",
+        )
+
+    def returning(sale: str, purchase: m.Purchase) -> CreateReturn:
+        return CreateReturn(
+            request_id=random_id("r"),
+            order_id=purchase.order_id,
+            pos_purchase=purchase,
+            lines=(m.RequestedLine("1", 1, m.Reason.CHANGED_MIND),),
+            method=m.ReturnMethod.IN_STORE,
+            receiving_location_id="STORE-A",
+            channel="store",
+            pos_sale=(terminal, sale),
+        )
+
+    honest = receipt("S-1", ("1", "SKU-A", 1))
+    inventory.record_till_sale(terminal, "S-1", honest)
+    with pytest.raises(NotFound, match=r"till sale S-never of terminal .* is not on record"):
+        await service.create_return(returning("S-never", receipt("S-never", ("1", "SKU-A", 1))))
+    # More units than the till sold, or a SKU it did not sell.
+    inflated = receipt("S-1", ("1", "SKU-A", 3))
+    with pytest.raises(FailedPrecondition, match="SKU-A: 3 on the receipt but 1 in the recorded sale"):
+        await service.create_return(returning("S-1", inflated))
+    with pytest.raises(FailedPrecondition, match="SKU-Z: 1 on the receipt but 0"):
+        await service.create_return(returning("S-1", receipt("S-1", ("1", "SKU-Z", 1))))
+    # Another store's sale, and a till return passed off as a sale.
+    inventory.record_till_sale(terminal, "S-2", receipt("S-2", ("1", "SKU-A", 1)), location_id="STORE-A")
+    with pytest.raises(FailedPrecondition, match="names store STORE-B but the sale was recorded at STORE-A"):
+        await service.create_return(returning("S-2", receipt("S-2", ("1", "SKU-A", 1))))
+    inventory.record_till_sale(terminal, "S-3", receipt("S-3", ("1", "SKU-A", 1)), is_return=True)
+    with pytest.raises(FailedPrecondition, match="is a till return, not a sale"):
+        await service.create_return(returning("S-3", receipt("S-3", ("1", "SKU-A", 1))))
+    # A receipt dated after its record does not stretch the window: the record's time counts.
+    window = service_rules_window_days()
+    late = receipt("S-4", ("1", "SKU-A", 1))
+    inventory.record_till_sale(
+        terminal, "S-4", late, recorded_at=datetime.now(UTC) - timedelta(days=window + 1)
+    )
+    with pytest.raises(FailedPrecondition, match="return window"):
+        await service.create_return(returning("S-4", late))
+
+    view, _ = await service.create_return(returning("S-1", honest))
+    assert view.ret.order_id == f"pos:{terminal}:S-1"
+
+
+def service_rules_window_days() -> int:
+    return load_rules().window_days("store", m.Reason.CHANGED_MIND)

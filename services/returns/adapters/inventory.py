@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC
 
 import grpc
 from tutti.common.v1 import common_pb2
@@ -79,6 +80,30 @@ class InventoryClient:
                 f"inventory could not be asked for the catalogue of {len(wanted)} SKUs: {exc.code().name}"
             ) from exc
         return {s.sku: m.CatalogueEntry(s.sku, s.category, s.returnable) for s in reply.skus}
+
+    async def till_sale(self, terminal_id: str, sale_id: str) -> m.RecordedTillSale | None:
+        """The sale as inventory recorded it; None when it has no record of it."""
+        try:
+            reply = await self._stub.GetPosSale(
+                ipb.GetPosSaleRequest(terminal_id=terminal_id, sale_id=sale_id),
+                timeout=deadlines.timeout(self._timeout),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _translate(exc, f"till sale {terminal_id}/{sale_id}") from exc
+        sale = reply.sale
+        units: dict[str, int] = {}
+        for line in sale.lines:
+            units[line.sku] = units.get(line.sku, 0) + line.quantity
+        return m.RecordedTillSale(
+            terminal_id=sale.terminal_id,
+            sale_id=sale.sale_id,
+            location_id=sale.location_id,
+            is_return=sale.kind == ipb.POS_SALE_KIND_RETURN,
+            units=units,
+            recorded_at=sale.recorded_at.ToDatetime(tzinfo=UTC),
+        )
 
     async def sells(self, location_id: str, sku: str) -> bool:
         """A location sells a SKU when inventory holds a stock record of it there."""

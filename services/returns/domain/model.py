@@ -140,6 +140,51 @@ def pos_order_id(terminal_id: str, sale_id: str) -> str:
     return f"pos:{terminal_id}:{sale_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedTillSale:
+    """A till sale as inventory recorded it (GetPosSale): what a receipt is checked against."""
+
+    terminal_id: str
+    sale_id: str
+    location_id: str
+    is_return: bool
+    units: Mapping[str, int]  # SKU → units sold
+    recorded_at: datetime
+
+
+def check_receipt(purchase: Purchase, sale: RecordedTillSale) -> Purchase:
+    """The receipt as far as the till's own record backs it. Refused: a return ticket, another
+    store, a SKU the sale did not have, more units than it had. The window runs from the earlier
+    of the receipt's time and the record's (an offline till streams its sales late; a receipt
+    dated after its record would stretch the window)."""
+    subject = f"receipt {sale.terminal_id}/{sale.sale_id}"
+    if sale.is_return:
+        raise FailedPrecondition(f"{subject} is a till return, not a sale", [(subject, "not a sale")])
+    if purchase.location_id and purchase.location_id != sale.location_id:
+        raise FailedPrecondition(
+            f"{subject} names store {purchase.location_id} but the sale was recorded at {sale.location_id}",
+            [(subject, f"sold at {sale.location_id}")],
+        )
+    claimed: dict[str, int] = {}
+    for line in purchase.lines:
+        claimed[line.sku] = claimed.get(line.sku, 0) + line.quantity
+    mismatches = [
+        (sku, f"{units} on the receipt but {sale.units.get(sku, 0)} in the recorded sale")
+        for sku, units in claimed.items()
+        if units > sale.units.get(sku, 0)
+    ]
+    if mismatches:
+        raise FailedPrecondition(
+            f"{subject} does not match the recorded sale: " + "; ".join(f"{k}: {d}" for k, d in mismatches),
+            [(f"{subject} {sku}", why) for sku, why in mismatches],
+        )
+    return replace(
+        purchase,
+        location_id=sale.location_id,
+        purchased_at=min(purchase.purchased_at, sale.recorded_at),
+    )
+
+
 # --- a return ----------------------------------------------------------------------------------
 
 

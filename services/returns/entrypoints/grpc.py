@@ -88,6 +88,7 @@ def _create_command(
         method=codec.METHOD_OF[request.method],
         receiving_location_id=request.receiving_location_id,
         channel=codec.channel_name(request.channel),
+        pos_sale=(request.pos_receipt.terminal_id, request.pos_receipt.sale_id) if pos else None,
     )
 
 
