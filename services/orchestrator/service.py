@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -549,6 +549,7 @@ class OrderService:
         excluded: dict[str, str],
         reservation_ids: Sequence[str],
         now: datetime,
+        before_reserving: Callable[[], Awaitable[None]] | None = None,
     ) -> _Sourced:
         """Source and reserve, all or nothing. A reservation refused for a concurrency reason is
         retried once against fresh availability; an orphan reservation of an interrupted
@@ -571,6 +572,8 @@ class OrderService:
             reserve = [
                 ReserveLine(li.sku, decision.location_of(li.line_id) or "", li.quantity) for li in lines
             ]
+            if before_reserving is not None:
+                await before_reserving()
             try:
                 await self._inventory.reserve(reservation_id, order_id, channel, reserve)
                 return sourced
@@ -801,9 +804,18 @@ class OrderService:
         if cmd.quote_id:
             promised_by, price = await self._kept_quote(conn, cmd, now)
         lines = [LineRequest(li.line_id, li.sku, li.quantity) for li in cmd.lines]
-        # Committed before anything is reserved: if this process dies before the order is
-        # recorded, the row is how the sweeper finds the stock it held.
-        generation = await pg.begin_placement(conn, order_id, now)
+        generation = await pg.placement_generation(conn, order_id)
+        begun = False
+
+        async def begin() -> None:
+            # Committed before anything is reserved: if this process dies before the order is
+            # recorded, the row is how the sweeper finds the stock it held. Only then: an order
+            # refused from availability alone (sold out) writes nothing.
+            nonlocal begun
+            if not begun:
+                await pg.begin_placement(conn, order_id, generation, now)
+                begun = True
+
         try:
             s = await self._source(
                 conn,
@@ -817,13 +829,16 @@ class OrderService:
                 excluded={},
                 reservation_ids=placement_reservation_ids(order_id, generation),
                 now=now,
+                before_reserving=begin,
             )
         except (FailedPrecondition, NotFound, InvalidArgument):
             # Refused: nothing is held (a conflicting orphan was released on the way).
-            await pg.end_placement(conn, order_id)
+            if begun:
+                await pg.end_placement(conn, order_id)
             raise
         if not s.decision.sourced:
-            await pg.end_placement(conn, order_id)
+            if begun:
+                await pg.end_placement(conn, order_id)
             prefix = "the quoted promise can no longer be kept: " if cmd.quote_id else ""
             raise FailedPrecondition(
                 prefix + s.decision.explanation,

@@ -760,7 +760,8 @@ async def test_stock_held_by_a_placement_that_died_before_recording_its_order_is
                 # starts first, so any sweep that releases the dead one has passed over it.
                 for request in (live, dead):
                     order_id = order_id_for("web", request.channel_order_id)
-                    generation = await pg.begin_placement(conn, order_id, datetime.now(UTC))
+                    generation = await pg.placement_generation(conn, order_id)
+                    await pg.begin_placement(conn, order_id, generation, datetime.now(UTC))
                     await stock.ReserveStock(
                         inv.ReserveStockRequest(
                             reservation_id=placement_reservation_ids(order_id, generation)[0],

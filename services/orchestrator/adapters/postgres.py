@@ -449,16 +449,24 @@ async def list_rule_versions(
 # --- placements between reservation and commit ---
 
 
-async def begin_placement(conn: asyncpg.Connection, order_id: str, now: datetime) -> int:
-    """Records that ``order_id`` is about to reserve stock; returns the generation of reservation
-    ids to use (the next one once the sweeper has given an earlier attempt's stock back)."""
-    return await conn.fetchval(
-        "INSERT INTO placements (order_id, started_at) VALUES ($1, $2)"
+async def placement_generation(conn: asyncpg.Connection, order_id: str) -> int:
+    """The generation of reservation ids a new placement of ``order_id`` uses: the next one once
+    the sweeper has given an earlier attempt's stock back, else the current one (a retry of a
+    placement still open reuses its ids, and so its reservation)."""
+    row = await conn.fetchrow("SELECT generation, released_at FROM placements WHERE order_id = $1", order_id)
+    if row is None:
+        return 1
+    return row["generation"] + (1 if row["released_at"] is not None else 0)
+
+
+async def begin_placement(conn: asyncpg.Connection, order_id: str, generation: int, now: datetime) -> None:
+    """Records that ``order_id`` is about to reserve stock under ``generation``'s ids."""
+    await conn.execute(
+        "INSERT INTO placements (order_id, generation, started_at) VALUES ($1, $2, $3)"
         " ON CONFLICT (order_id) DO UPDATE SET started_at = EXCLUDED.started_at,"
-        "   generation = placements.generation + (placements.released_at IS NOT NULL)::int,"
-        "   released_at = NULL"
-        " RETURNING generation",
+        "   generation = EXCLUDED.generation, released_at = NULL",
         order_id,
+        generation,
         now,
     )
 
