@@ -758,6 +758,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe_error(error):
             print(line, file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Piped into `head` and the reader has gone: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"tutti: {exc}", file=sys.stderr)
         return 2

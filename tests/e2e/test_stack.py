@@ -132,6 +132,8 @@ def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -
         status = _stack("status", stack_env, timeout=60)
         assert status.stdout.count("serving") == 5, status.stdout
 
+        _readme_quick_start_works(stack_env)
+
         for name, port in PORTS.items():
             listed = subprocess.run(
                 [str(GRPCURL), "-plaintext", f"127.0.0.1:{port}", "list"],
@@ -144,6 +146,24 @@ def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -
         down = _stack("down", stack_env, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not [pid for pid in pids if _alive(pid)]
+
+
+def _readme_quick_start_works(env: dict[str, str]) -> None:
+    """The `tutti` lines the README opens with, against the demo retailer, as a newcomer types them."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```sh")[1:] if "\ntutti " in b)
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines() if line.startswith("tutti ")]
+    assert len(commands) >= 4, block
+    tutti = [str(Path(sys.executable).parent / "tutti"), "--gateway", f"127.0.0.1:{PORTS['gateway']}"]
+    order_id = ""
+    for words in commands:
+        words = [order_id if w == "<ORDER_ID>" else w for w in words[1:]]
+        if "--every" in words:
+            words += ["--count", "1"]
+        done = subprocess.run([*tutti, *words], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (words, done.stdout, done.stderr)
+        if words[2:4] == ["order", "place"]:
+            order_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("order "))
 
 
 def test_a_bad_setting_stops_a_service_with_one_line(stack_env: dict[str, str]) -> None:
