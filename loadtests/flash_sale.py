@@ -2,8 +2,9 @@
 
 test_start registers a fresh SKU and receives exactly N units at the distribution centre.
 Every user is a crowd of customers: each tries to order one unit (home delivery) until they
-get one, then the next customer steps in, until the test ends. After the sell-out the answer
-is FAILED_PRECONDITION, which is a correct answer, not a failure.
+get one, then the next customer steps in. After the sell-out the answer is FAILED_PRECONDITION,
+which is a correct answer, not a failure; the run stops at the sell-out (or at its duration,
+which is then reported: a sale that did not sell out proves nothing about "exactly N").
 At the end, checked against the orders and against inventory's own counters:
 
 * exactly N orders succeeded (distinct order ids acknowledged to the users);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 
+import gevent
 import grpc
 from locust import between, events, task
 from locust.env import Environment
@@ -96,7 +98,12 @@ def check_no_oversell(environment: Environment, **_kwargs: object) -> None:
     reserved = sum(level.counters.reserved for level in levels.levels)
     atp = sum(level.counters.available_to_promise for level in levels.levels)
     summary = f"{len(orders)} orders, on_hand {on_hand}, reserved {reserved}, available {atp} (N={UNITS})"
-    if len(orders) != UNITS:
+    if len(orders) < UNITS and atp > 0:
+        checks.violation(
+            f"flash sale: the run ended before the sell-out, so 'exactly N' cannot be checked; give "
+            f"it more users or a longer duration (the run stops by itself once sold out); {summary}"
+        )
+    elif len(orders) != UNITS:
         checks.violation(f"flash sale: expected exactly {UNITS} successful orders; {summary}")
     if reserved > on_hand:
         checks.violation(f"flash sale OVERSOLD: reserved {reserved} > on hand {on_hand}; {summary}")
@@ -144,6 +151,13 @@ class FlashSaleShopper(GrpcUser):
             except grpc.RpcError as exc:
                 if exc.code() in RETRIABLE:  # type: ignore[attr-defined]
                     continue
+                sold_out = exc.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+                if sold_out and len(STATE["orders"]) >= UNITS and not STATE.get("over"):  # type: ignore[arg-type]
+                    # Sold out and every unit's order acknowledged: the sale is over, and with no
+                    # call left that could still take a unit, the checks see the final state.
+                    # Quit from a greenlet of its own: quitting stops every user, this one too.
+                    STATE["over"] = True
+                    gevent.spawn(self.environment.runner.quit)
                 return  # sold out (expected) or a failure, already reported
             STATE["orders"].add((self.channel_name, reply.order.order_id))  # type: ignore[union-attr]
             # This customer got one; the next one takes their place in the crowd.
