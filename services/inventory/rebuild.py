@@ -41,6 +41,7 @@ from services.inventory.adapters.redis_store import (
     location_to_json,
     policy_fields,
     pos_sale_key,
+    pos_sale_record,
     sku_to_json,
 )
 from services.inventory.domain import model
@@ -326,7 +327,8 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         ttl = POS_SALE_RETENTION_S - (now - sale["at"]) // 1000
         if ttl > 0:
             _, terminal_id, sale_id = reference.split(":", 2)
-            record = {**sale, "lines": [[sku, q, d] for sku, (q, d) in sale["lines"].items()]}
+            lines = [(sku, q, d) for sku, (q, d) in sale["lines"].items()]
+            record = pos_sale_record(sale["loc"], sale["ret"], lines, sale["at"])
             pipe.set(pos_sale_key(terminal_id, sale_id), json.dumps(record), ex=ttl)
     await pipe.execute()
     await _outbox_after(redis, state.last_entry)

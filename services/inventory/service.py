@@ -21,6 +21,7 @@ from services.inventory.adapters.redis_store import (
     location_to_json,
     policy_fields,
     pos_sale_key,
+    pos_sale_record,
     sku_to_json,
 )
 from services.inventory.adapters.watch import AvailabilityHub
@@ -773,7 +774,7 @@ class InventoryService:
         ref = f"pos:{terminal_id}:{sale_id}"
         fp = model.fingerprint(location_id, is_return, list(lines))
         idem_key, receipt_key = f"inv:idem:{ref}", f"inv:onledger:{ref}"
-        record = {"loc": location_id, "ret": is_return, "lines": [list(line) for line in lines]}
+        record = pos_sale_record(location_id, is_return, lines)
         result = await self.store.apply(
             ops,
             idem_key=idem_key,

@@ -1363,6 +1363,8 @@ class OrderService:
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
                     continue
                 try:
+                    # The order's transaction deletes its row, so this should never hold; if it
+                    # did, releasing would take the stock from under a live order.
                     if await pg.order_exists(conn, order_id):
                         await pg.end_placement(conn, order_id)
                         continue
@@ -1383,13 +1385,11 @@ class OrderService:
         return released
 
     async def sweep_forever(self) -> None:
+        # A failed pass (a database blip) ends the loop; the runtime's supervisor logs it and
+        # starts it again with backoff.
         while True:
-            try:
-                moved = await self.reallocate_overdue()
-                if moved:
-                    log.info("re-sourced orders not accepted in time", extra={"orders": moved})
-                await self.release_abandoned_placements()
-            except Exception:
-                # The sweeper outlives a database blip; the next pass picks up where this one failed.
-                log.exception("sweep failed; retried in %g s", self._config.sweep_interval_seconds)
+            moved = await self.reallocate_overdue()
+            if moved:
+                log.info("re-sourced orders not accepted in time", extra={"orders": moved})
+            await self.release_abandoned_placements()
             await asyncio.sleep(self._config.sweep_interval_seconds)

@@ -1,17 +1,24 @@
-"""Builders shared by the orchestrator's unit tests."""
+"""Builders shared by the orchestrator's unit tests, and the real inventory its integration
+tests run against."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from runtime.settings import CommonSettings
+from services.inventory.bootstrap import build as build_inventory
 from services.orchestrator.domain.model import Candidate, LineRequest, Point
 from services.orchestrator.domain.rules import RuleSet, parse_rules
 from services.orchestrator.domain.sourcing import SourcingRequest
+from tests.support import RunningService, running_service
 
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "services" / "orchestrator" / "rules" / "default.yaml"
 # A Wednesday morning: stores open, before the warehouse cutoff.
@@ -51,3 +58,15 @@ def request(
         destination=kw.pop("destination", PARIS),
         **kw,
     )
+
+
+INVENTORY_REDIS_DB = 8
+
+
+@pytest.fixture(scope="module")
+async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
+    """The REAL inventory service in-process on Redis (its own db index), one per module."""
+    base = settings.redis_url.rsplit("/", 1)[0]
+    s = dataclasses.replace(settings, redis_url=f"{base}/{INVENTORY_REDIS_DB}")
+    async with running_service(s, build_inventory) as svc:
+        yield svc

@@ -5,11 +5,9 @@ stock back, and the channel's retry places the order on fresh stock."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,24 +18,15 @@ from tutti.inventory.v1 import inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2_grpc
 
 from runtime.settings import CommonSettings
-from services.inventory.bootstrap import build as build_inventory
 from services.orchestrator.service import order_id_for, placement_reservation_ids
-from tests.orchestrator.test_integration import INVENTORY_REDIS_DB, available, network, order_request
-from tests.support import RunningService, random_id, running_service, wait_for
+from tests.orchestrator.test_integration import available, network, order_request
+from tests.support import RunningService, random_id, wait_for
 from tests.support.proxy import FreezableProxy
 from tools.stack import health
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
-    base = settings.redis_url.rsplit("/", 1)[0]
-    s = dataclasses.replace(settings, redis_url=f"{base}/{INVENTORY_REDIS_DB}")
-    async with running_service(s, build_inventory) as svc:
-        yield svc
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,6 @@ from tutti.orchestrator.v1 import orchestrator_pb2 as pb
 
 from runtime.kafka import ORDER_EVENTS
 from runtime.settings import CommonSettings
-from services.inventory.bootstrap import build as build_inventory
 from services.orchestrator.bootstrap import DEFAULT_RULES, OrchestratorSettings
 from services.orchestrator.bootstrap import build as build_orchestrator
 from services.orchestrator.service import order_id_for, placement_reservation_ids
@@ -32,7 +32,6 @@ from tests.support import RunningService, random_id, read_events, running_servic
 
 pytestmark = pytest.mark.integration
 
-INVENTORY_REDIS_DB = 8
 PARIS = common_pb2.GeoPoint(latitude=48.8566, longitude=2.3522)
 WEB = common_pb2.CHANNEL_WEB
 HOME = common_pb2.DELIVERY_METHOD_HOME_STANDARD
@@ -41,14 +40,6 @@ COLLECT = common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT
 
 def east(km: float) -> common_pb2.GeoPoint:
     return common_pb2.GeoPoint(latitude=PARIS.latitude, longitude=PARIS.longitude + km / 73.0)
-
-
-@pytest.fixture(scope="module")
-async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
-    base = settings.redis_url.rsplit("/", 1)[0]
-    s = dataclasses.replace(settings, redis_url=f"{base}/{INVENTORY_REDIS_DB}")
-    async with running_service(s, build_inventory) as svc:
-        yield svc
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +74,41 @@ async def orchestrator(
 
     async with running_service(s, build) as svc:
         yield svc
+
+
+@asynccontextmanager
+async def own_orchestrator(
+    settings: CommonSettings, inventory: RunningService, **overrides: Any
+) -> AsyncIterator[tuple[RunningService, str]]:
+    """An orchestrator of the test's own (its schema, group and sweeper settings) in front of the
+    module's inventory; yields it and its schema, which is dropped afterwards."""
+    schema = f"orchestrator_test_{random_id('t').split('-')[1]}"
+    config = OrchestratorSettings(
+        **{
+            "accept_timeout_seconds": 3600,
+            "sweep_interval_seconds": 3600,
+            "quote_ttl_seconds": 600,
+            "pool_size": 4,
+            "default_rules": DEFAULT_RULES,
+            "schema": schema,
+            "consumer_group": random_id("orchestrator-test"),
+            **overrides,
+        }
+    )
+
+    async def build(common: CommonSettings, stack: Any) -> Any:
+        return await build_orchestrator(common, stack, config)
+
+    s = dataclasses.replace(settings, addresses={**settings.addresses, "inventory": inventory.address})
+    try:
+        async with running_service(s, build) as svc:
+            yield svc, schema
+    finally:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -639,50 +665,29 @@ async def test_concurrent_retries_place_one_order(orders, stock) -> None:  # typ
 async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, stock) -> None:  # type: ignore[no-untyped-def]
     a = random_id("SKU")
     ids = await network(stock, {"slow": (1, {a: 5}), "quick": (6, {a: 5})})
-    schema = f"orchestrator_test_{random_id('t').split('-')[1]}"
-    config = OrchestratorSettings(
-        accept_timeout_seconds=1,
-        sweep_interval_seconds=0.2,
-        quote_ttl_seconds=600,
-        pool_size=4,
-        default_rules=DEFAULT_RULES,
-        schema=schema,
-        consumer_group=random_id("orchestrator-test"),
-    )
+    own = own_orchestrator(settings, inventory, accept_timeout_seconds=1, sweep_interval_seconds=0.2)
+    async with own as (svc, _), grpc.aio.insecure_channel(svc.address) as ch:
+        stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
+        placed = (await stub.PlaceOrder(order_request({a: 1}))).order
+        assert placed.lines[0].location_id == ids["slow"]
 
-    async def build(common: CommonSettings, stack: Any) -> Any:
-        return await build_orchestrator(common, stack, config)
+        async def moved() -> pb.Order | None:
+            order = (await stub.GetOrder(pb.GetOrderRequest(order_id=placed.order_id))).order
+            return order if order.lines[0].location_id == ids["quick"] else None
 
-    s = dataclasses.replace(settings, addresses={**settings.addresses, "inventory": inventory.address})
-    try:
-        async with running_service(s, build) as svc, grpc.aio.insecure_channel(svc.address) as ch:
-            stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
-            placed = (await stub.PlaceOrder(order_request({a: 1}))).order
-            assert placed.lines[0].location_id == ids["slow"]
-
-            async def moved() -> pb.Order | None:
-                order = (await stub.GetOrder(pb.GetOrderRequest(order_id=placed.order_id))).order
-                return order if order.lines[0].location_id == ids["quick"] else None
-
-            order = await wait_for(moved, timeout=15, message="line re-sourced after the accept timeout")
-            assert "did not accept within 1 s" in order.lines[0].reason
-            assert await available(stock, a, ids["slow"]) == 5
-            # The new store accepts in time: the line stays.
-            await stub.UpdateFulfilment(
-                pb.UpdateFulfilmentRequest(
-                    order_id=placed.order_id, location_id=ids["quick"], event=pb.FULFILMENT_EVENT_ACCEPTED
-                )
+        order = await wait_for(moved, timeout=15, message="line re-sourced after the accept timeout")
+        assert "did not accept within 1 s" in order.lines[0].reason
+        assert await available(stock, a, ids["slow"]) == 5
+        # The new store accepts in time: the line stays.
+        await stub.UpdateFulfilment(
+            pb.UpdateFulfilmentRequest(
+                order_id=placed.order_id, location_id=ids["quick"], event=pb.FULFILMENT_EVENT_ACCEPTED
             )
-            decisions = (
-                await stub.GetSourcingDecision(pb.GetSourcingDecisionRequest(order_id=placed.order_id))
-            ).decisions
-            assert decisions[-1].trigger == pb.SOURCING_TRIGGER_ACCEPT_TIMEOUT
-    finally:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        )
+        decisions = (
+            await stub.GetSourcingDecision(pb.GetSourcingDecisionRequest(order_id=placed.order_id))
+        ).decisions
+        assert decisions[-1].trigger == pb.SOURCING_TRIGGER_ACCEPT_TIMEOUT
 
 
 async def test_location_deactivated_in_inventory_moves_open_lines(orders, stock) -> None:  # type: ignore[no-untyped-def]
@@ -731,83 +736,61 @@ async def test_stock_held_by_a_placement_that_died_before_recording_its_order_is
 
     a = random_id("SKU")
     ids = await network(stock, {"near": (2, {a: 5})})
-    schema = f"orchestrator_test_{random_id('t').split('-')[1]}"
-    config = OrchestratorSettings(
-        accept_timeout_seconds=3600,
-        sweep_interval_seconds=0.2,
-        quote_ttl_seconds=600,
-        pool_size=4,
-        default_rules=DEFAULT_RULES,
-        schema=schema,
-        consumer_group=random_id("orchestrator-test"),
-        abandoned_placement_seconds=1,
-    )
-
-    async def build(common: CommonSettings, stack: Any) -> Any:
-        return await build_orchestrator(common, stack, config)
-
     dead, live = order_request({a: 2}), order_request({a: 1})
-    s = dataclasses.replace(settings, addresses={**settings.addresses, "inventory": inventory.address})
-    try:
-        async with running_service(s, build) as svc, grpc.aio.insecure_channel(svc.address) as ch:
-            conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": schema})
-            try:
-                # The second one is still being placed somewhere: its lock is held.
-                live_lock = _placement_lock(order_id_for("web", live.channel_order_id))
-                await conn.execute("SELECT pg_advisory_lock($1)", live_lock)
-                # What each leaves behind, exactly as PlaceOrder writes it: the placement row,
-                # committed, then the reservation under the placement's first id. The live one
-                # starts first, so any sweep that releases the dead one has passed over it.
-                for request in (live, dead):
-                    order_id = order_id_for("web", request.channel_order_id)
-                    generation = await pg.placement_generation(conn, order_id)
-                    await pg.begin_placement(conn, order_id, generation, datetime.now(UTC))
-                    await stock.ReserveStock(
-                        inv.ReserveStockRequest(
-                            reservation_id=placement_reservation_ids(order_id, generation)[0],
-                            order_id=order_id,
-                            channel=WEB,
-                            lines=[
-                                inv.ReservationLine(sku=a, location_id=ids["near"], quantity=li.quantity)
-                                for li in request.lines
-                            ],
-                        )
-                    )
-                assert await available(stock, a, ids["near"]) == 2
-
-                async def released() -> bool:
-                    # Marked once its reservations are given back.
-                    return await conn.fetchval(
-                        "SELECT released_at IS NOT NULL FROM placements WHERE order_id = $1",
-                        order_id_for("web", dead.channel_order_id),
-                    )
-
-                await wait_for(released, timeout=15, message="the dead placement released")
-                assert await available(stock, a, ids["near"]) == 4  # the live one still holds its unit
-
-                # The channel retries the dead order: it is placed on fresh reservation ids.
-                stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
-                order = (await stub.PlaceOrder(dead)).order
-                (reservation_id,) = {li.reservation_id for li in order.lines}
-                assert reservation_id == placement_reservation_ids(order.order_id, 2)[0]
-                assert await available(stock, a, ids["near"]) == 2
-                left = await conn.fetchval(
-                    "SELECT count(*) FROM placements WHERE order_id = $1", order.order_id
-                )
-                assert left == 0
-
-                # The other process dies too: its lock goes, and so does the unit it held.
-                await conn.execute("SELECT pg_advisory_unlock($1)", live_lock)
-
-                async def live_given_back() -> bool:
-                    return await available(stock, a, ids["near"]) == 3
-
-                await wait_for(live_given_back, timeout=15, message="the second placement's unit given back")
-            finally:
-                await conn.close()
-    finally:
-        conn = await asyncpg.connect(settings.database_url)
+    own = own_orchestrator(settings, inventory, sweep_interval_seconds=0.2, abandoned_placement_seconds=1)
+    async with own as (svc, schema), grpc.aio.insecure_channel(svc.address) as ch:
+        conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": schema})
         try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            # The second one is still being placed somewhere: its lock is held.
+            live_lock = _placement_lock(order_id_for("web", live.channel_order_id))
+            await conn.execute("SELECT pg_advisory_lock($1)", live_lock)
+            # What each leaves behind, exactly as PlaceOrder writes it: the placement row,
+            # committed, then the reservation under the placement's first id. The live one
+            # starts first, so any sweep that releases the dead one has passed over it.
+            for request in (live, dead):
+                order_id = order_id_for("web", request.channel_order_id)
+                generation = await pg.placement_generation(conn, order_id)
+                await pg.begin_placement(conn, order_id, generation, datetime.now(UTC))
+                await stock.ReserveStock(
+                    inv.ReserveStockRequest(
+                        reservation_id=placement_reservation_ids(order_id, generation)[0],
+                        order_id=order_id,
+                        channel=WEB,
+                        lines=[
+                            inv.ReservationLine(sku=a, location_id=ids["near"], quantity=li.quantity)
+                            for li in request.lines
+                        ],
+                    )
+                )
+            assert await available(stock, a, ids["near"]) == 2
+
+            async def released() -> bool:
+                # Marked once its reservations are given back.
+                return await conn.fetchval(
+                    "SELECT released_at IS NOT NULL FROM placements WHERE order_id = $1",
+                    order_id_for("web", dead.channel_order_id),
+                )
+
+            await wait_for(released, timeout=15, message="the dead placement released")
+            assert await available(stock, a, ids["near"]) == 4  # the live one still holds its unit
+
+            # The channel retries the dead order: it is placed on fresh reservation ids.
+            stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
+            order = (await stub.PlaceOrder(dead)).order
+            (reservation_id,) = {li.reservation_id for li in order.lines}
+            assert reservation_id == placement_reservation_ids(order.order_id, 2)[0]
+            assert await available(stock, a, ids["near"]) == 2
+            left = await conn.fetchval(
+                "SELECT count(*) FROM placements WHERE order_id = $1", order.order_id
+            )
+            assert left == 0
+
+            # The other process dies too: its lock goes, and so does the unit it held.
+            await conn.execute("SELECT pg_advisory_unlock($1)", live_lock)
+
+            async def live_given_back() -> bool:
+                return await available(stock, a, ids["near"]) == 3
+
+            await wait_for(live_given_back, timeout=15, message="the second placement's unit given back")
         finally:
             await conn.close()

@@ -389,19 +389,26 @@ async def test_exchange_handover_errors(
     assert inventory.of(m.TaskKind.FULFIL) == []
 
 
+def till_purchase(
+    terminal: str, sale: str, *lines: m.PurchasedLine, sold_at: datetime | None = None
+) -> m.Purchase:
+    """A receipt from a till at STORE-B, as the store app sends it."""
+    return m.Purchase(
+        order_id=m.pos_order_id(terminal, sale),
+        source=m.PurchaseSource.POS,
+        channel="store",
+        purchased_at=sold_at or datetime.now(UTC) - timedelta(days=1),
+        currency="EUR",
+        lines=lines,
+        location_id="STORE-B",
+    )
+
+
 async def test_pos_purchase_returned_in_another_store(
     service: ReturnsService, inventory: FakeInventory
 ) -> None:
     terminal, sale = random_id("T"), random_id("S")
-    purchase = m.Purchase(
-        order_id=m.pos_order_id(terminal, sale),
-        source=m.PurchaseSource.POS,
-        channel="store",
-        purchased_at=datetime.now(UTC) - timedelta(days=1),
-        currency="EUR",
-        lines=(m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"),),
-        location_id="STORE-B",
-    )
+    purchase = till_purchase(terminal, sale, m.PurchasedLine("1", "SKU-A", 1, 1000, "apparel"))
     inventory.record_till_sale(terminal, sale, purchase)
     cmd = CreateReturn(
         request_id="r1",
@@ -426,18 +433,12 @@ async def test_a_till_purchase_follows_the_catalogue_not_the_receipt(
     inventory.skus["SKU-FINAL"] = m.CatalogueEntry("SKU-FINAL", "apparel", returnable=False)
     inventory.skus["SKU-FOOD"] = m.CatalogueEntry("SKU-FOOD", "food", returnable=True)
     terminal, sale = random_id("T"), random_id("S")
-    purchase = m.Purchase(
-        order_id=m.pos_order_id(terminal, sale),
-        source=m.PurchaseSource.POS,
-        channel="store",
-        purchased_at=datetime.now(UTC) - timedelta(days=1),
-        currency="EUR",
-        lines=(
-            m.PurchasedLine("1", "SKU-FINAL", 1, 1000, "apparel"),
-            m.PurchasedLine("2", "SKU-FOOD", 1, 500, "apparel"),
-            m.PurchasedLine("3", "SKU-UNKNOWN", 1, 700, "apparel"),
-        ),
-        location_id="STORE-B",
+    purchase = till_purchase(
+        terminal,
+        sale,
+        m.PurchasedLine("1", "SKU-FINAL", 1, 1000, "apparel"),
+        m.PurchasedLine("2", "SKU-FOOD", 1, 500, "apparel"),
+        m.PurchasedLine("3", "SKU-UNKNOWN", 1, 700, "apparel"),
     )
 
     inventory.record_till_sale(terminal, sale, purchase)
@@ -470,15 +471,8 @@ async def test_a_till_receipt_is_checked_against_the_tills_own_record(
     sold_at = datetime.now(UTC) - timedelta(days=3)
 
     def receipt(sale: str, *lines: tuple[str, str, int]) -> m.Purchase:
-        return m.Purchase(
-            order_id=m.pos_order_id(terminal, sale),
-            source=m.PurchaseSource.POS,
-            channel="store",
-            purchased_at=sold_at,
-            currency="EUR",
-            lines=tuple(m.PurchasedLine(lid, sku, q, 1000, "apparel") for lid, sku, q in lines),
-            location_id="STORE-B",
-        )
+        purchased = (m.PurchasedLine(lid, sku, q, 1000, "apparel") for lid, sku, q in lines)
+        return till_purchase(terminal, sale, *purchased, sold_at=sold_at)
 
     def returning(sale: str, purchase: m.Purchase) -> CreateReturn:
         return CreateReturn(

@@ -319,6 +319,17 @@ def pos_sale_key(terminal_id: str, sale_id: str) -> str:
     return f"inv:possale:{terminal_id}:{sale_id}"
 
 
+def pos_sale_record(
+    location_id: str, is_return: bool, lines: Sequence[tuple[str, int, bool]], at_ms: int | None = None
+) -> dict[str, Any]:
+    """The stored form of a till sale (``at`` is added by the script that records it, in
+    Redis time; a rebuild gives the ledger's)."""
+    record: dict[str, Any] = {"loc": location_id, "ret": is_return, "lines": [list(line) for line in lines]}
+    if at_ms is not None:
+        record["at"] = at_ms
+    return record
+
+
 # --- master data stored as JSON -----------------------------------------------------------------
 
 
