@@ -10,7 +10,9 @@ from contextlib import AsyncExitStack
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from tutti.gateway.v1 import gateway_pb2_grpc
 
+from gateway import identity
 from gateway.credentials import CredentialStore
 from gateway.policy import ORDER_LOOKUP_METHOD, Rule
 from gateway.proxy import Gateway
@@ -71,6 +73,7 @@ async def build_gateway(
         routes, credentials, RateLimiter(), channels, gateway_settings.default_timeout_seconds, order_lookup
     )
     names = [service.full_name for descriptors in services.values() for service in descriptors]
+    names.append(identity.SERVICE_NAME)
     log.info(
         "gateway routes",
         extra={
@@ -83,6 +86,9 @@ async def build_gateway(
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers([gateway.handler()])
+        gateway_pb2_grpc.add_IdentityServiceServicer_to_server(
+            identity.IdentityServicer(gateway.authenticate), server
+        )
 
     return Wiring(
         register=register,

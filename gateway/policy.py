@@ -106,8 +106,9 @@ POLICIES: dict[str, Rule] = {
         C, scope_channel=True, required=("channel_order_id", "customer_id", "lines")
     ),
     ORDERS + "GetOrder": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
-    # A customer's orders, as far as the calling channel placed them.
-    ORDERS + "ListOrders": _rule(C, SVC, owner=Owner.FILTER, required=("customer_id",)),
+    # A customer's orders (or the one placed under a channel order id), as far as the calling
+    # channel placed them; the orchestrator requires customer_id or channel_order_id.
+    ORDERS + "ListOrders": _rule(C, SVC, scope_channel=True, owner=Owner.FILTER),
     ORDERS + "CancelOrder": _rule(C, owner=Owner.ORDER, required=("order_id",)),
     ORDERS + "WatchOrder": _rule(C, S, SVC, owner=Owner.ORDER, required=("order_id",)),
     # Fulfilment updates come from the store or warehouse doing the work, for its own location.
@@ -140,6 +141,8 @@ POLICIES: dict[str, Rule] = {
     ),
     TRACKING + "SearchOrders": _rule(C, S, SVC, scope_channel=True, scope_location=True),
     # KPIs span every channel: back-office only (GetKpis has no row).
+    # --- the gateway itself: any valid key may ask whose it is -----------------------------
+    "tutti.gateway.v1.IdentityService/GetCaller": _rule(C, S, T, SVC),
 }
 
 

@@ -246,6 +246,13 @@ class Gateway:
 
     async def _admit(self, route: Route, context: grpc.aio.ServicerContext) -> Principal:
         """Authenticate, rate-limit, then check the method's policy."""
+        principal = await self.authenticate(context)
+        if not route.rule.allows(principal.kind):
+            raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
+        return principal
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller's principal, once its key is known and its bucket has a token."""
         key = _bearer(context.invocation_metadata() or ())
         if key is None:
             raise errors.Unauthenticated(
@@ -267,8 +274,6 @@ class Gateway:
                 status.details,
                 (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
             )
-        if not route.rule.allows(principal.kind):
-            raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
         return principal
 
     def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message | None]:

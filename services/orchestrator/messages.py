@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -79,7 +79,8 @@ def lines_from_proto(lines: Any) -> tuple[LineInput, ...]:
     )
 
 
-def order_to_proto(order: Order) -> pb.Order:
+def order_to_proto(order: Order, accept_timeout: timedelta | None = None) -> pb.Order:
+    """``accept_timeout``: the orchestrator's, to tell each line awaiting acceptance its deadline."""
     return pb.Order(
         order_id=order.order_id,
         channel=channel_value(order.channel),
@@ -99,6 +100,7 @@ def order_to_proto(order: Order) -> pb.Order:
                 status=line_status_value(li.status),
                 reservation_id=li.reservation_id,
                 reason=li.reason,
+                accept_by=ts(li.accept_by(accept_timeout)) if accept_timeout is not None else None,
             )
             for li in order.lines
         ],

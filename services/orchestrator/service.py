@@ -603,9 +603,30 @@ class OrderService:
             raise NotFound(f"order {order_id} not found")
         return order
 
-    async def list(self, customer_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
+    @property
+    def accept_timeout(self) -> timedelta:
+        return timedelta(seconds=self._config.accept_timeout_seconds)
+
+    async def list(
+        self,
+        customer_id: str,
+        page_size: int,
+        page_token: str,
+        *,
+        channel: str = "",
+        channel_order_id: str = "",
+    ) -> tuple[list[Order], str]:
+        if channel_order_id:
+            # The order a channel placed under its own id: at most one.
+            if not channel:
+                raise InvalidArgument("channel", "is required with channel_order_id")
+            async with self._pool.acquire() as conn:
+                found = await pg.find_by_channel_id(conn, channel, channel_order_id)
+            if found is None or (customer_id and found[0].customer_id != customer_id):
+                return [], ""
+            return [found[0]], ""
         if not customer_id:
-            raise InvalidArgument("customer_id", "is required")
+            raise InvalidArgument("customer_id", "is required (or channel_order_id with channel)")
         size = page_size or 50
         if not 1 <= size <= 200:
             raise InvalidArgument("page_size", f"must be 1..200, got {size}")

@@ -50,6 +50,7 @@ def _line(r: asyncpg.Record) -> Line:
         reservation_id=r["reservation_id"],
         reason=r["reason"],
         excluded=json.loads(excluded) if isinstance(excluded, str) else dict(excluded),
+        sourced_at=r["sourced_at"],
     )
 
 

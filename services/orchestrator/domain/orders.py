@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from services.orchestrator.domain.lifecycle import order_status
 from services.orchestrator.domain.model import Point
@@ -72,6 +72,14 @@ class Line:
     reservation_id: str
     reason: str = ""
     excluded: dict[str, str] = field(default_factory=dict)
+    # When the line was last sourced at its location: the accept deadline runs from here.
+    sourced_at: datetime | None = None
+
+    def accept_by(self, accept_timeout: timedelta) -> datetime | None:
+        """When the line is re-sourced if its location has not accepted it (None once accepted)."""
+        if self.status != "sourced" or self.sourced_at is None:
+            return None
+        return self.sourced_at + accept_timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from tutti.orchestrator.v1 import orchestrator_pb2_grpc
 from runtime.errors import InvalidArgument
 from services.orchestrator import messages
 from services.orchestrator.adapters.enums import channel_name, method_name, to_name, to_value
-from services.orchestrator.domain.orders import PlaceOrder, QuoteDelivery, UpdateFulfilment
+from services.orchestrator.domain.orders import Order, PlaceOrder, QuoteDelivery, UpdateFulfilment
 from services.orchestrator.domain.simulation import Outcome
 from services.orchestrator.service import OrderService, RulesBook
 
@@ -20,6 +20,9 @@ from services.orchestrator.service import OrderService, RulesBook
 class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
     def __init__(self, service: OrderService) -> None:
         self._service = service
+
+    def _order(self, order: Order) -> pb.Order:
+        return messages.order_to_proto(order, self._service.accept_timeout)
 
     async def QuoteDelivery(
         self, request: pb.QuoteDeliveryRequest, context: grpc.aio.ServicerContext
@@ -68,26 +71,32 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
                 quote_id=request.quote_id or None,
             )
         )
-        return pb.PlaceOrderResponse(order=messages.order_to_proto(order), duplicate=duplicate)
+        return pb.PlaceOrderResponse(order=self._order(order), duplicate=duplicate)
 
     async def GetOrder(
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOrderResponse:
-        return pb.GetOrderResponse(order=messages.order_to_proto(await self._service.get(request.order_id)))
+        return pb.GetOrderResponse(order=self._order(await self._service.get(request.order_id)))
 
     async def ListOrders(
         self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListOrdersResponse:
-        orders, token = await self._service.list(request.customer_id, request.page_size, request.page_token)
+        orders, token = await self._service.list(
+            request.customer_id,
+            request.page_size,
+            request.page_token,
+            channel=channel_name(request.channel) if request.channel else "",
+            channel_order_id=request.channel_order_id,
+        )
         return pb.ListOrdersResponse(
-            orders=[messages.order_to_proto(o) for o in orders], next_page_token=token
+            orders=[self._order(o) for o in orders], next_page_token=token
         )
 
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
         order = await self._service.cancel(request.order_id, list(request.line_ids), request.reason)
-        return pb.CancelOrderResponse(order=messages.order_to_proto(order))
+        return pb.CancelOrderResponse(order=self._order(order))
 
     async def UpdateFulfilment(
         self, request: pb.UpdateFulfilmentRequest, context: grpc.aio.ServicerContext
@@ -103,7 +112,7 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
             )
         )
         return pb.UpdateFulfilmentResponse(
-            order=messages.order_to_proto(result.order),
+            order=self._order(result.order),
             reallocated_line_ids=result.reallocated,
             cancelled_line_ids=result.cancelled,
         )
@@ -118,7 +127,7 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
         self, request: pb.WatchOrderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchOrderResponse]:
         async for order in self._service.watch(request.order_id):
-            yield pb.WatchOrderResponse(order=messages.order_to_proto(order))
+            yield pb.WatchOrderResponse(order=self._order(order))
 
     async def GetSourcingDecision(
         self, request: pb.GetSourcingDecisionRequest, context: grpc.aio.ServicerContext
