@@ -44,7 +44,41 @@ PROCESSES: dict[str, list[str]] = {
     "returns": [sys.executable, "-m", "services.returns"],
     "tracking": [sys.executable, "-m", "services.tracking"],
     "gateway": [sys.executable, "-m", "gateway"],
+    # The web console is a client of the gateway, like any channel: started once it is up.
+    "console": [sys.executable, "-m", "console"],
 }
+# Parts that speak HTTP, not gRPC: ready when GET /readyz answers 200.
+HTTP_PROCESSES = frozenset({"console"})
+
+
+def addresses_of(settings: CommonSettings) -> dict[str, str]:
+    """Where every process listens (the gRPC services from the settings, the console its own)."""
+    from console.settings import ConsoleSettings
+
+    return {**settings.addresses, "console": ConsoleSettings.from_env().listen_address}
+
+
+async def http_ready(address: str, timeout: float = 1.0) -> str:  # noqa: ASYNC109 - per-probe deadline
+    """The console's readiness, as its /readyz says."""
+    host, _, port = address.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (OSError, TimeoutError):
+        return "down (unreachable)"
+    try:
+        writer.write(f"GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return "down (no answer)"
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return "serving" if len(parts) >= 2 and parts[1] == b"200" else "not_serving"
+
+
+async def probe(name: str, address: str) -> str:
+    return await (http_ready(address) if name in HTTP_PROCESSES else health(address))
 
 
 def _pid_file(name: str) -> Path:
@@ -99,7 +133,7 @@ async def wait_serving(
                 raise RuntimeError(
                     f"{name} exited with code {proc.returncode}; see {LOG_DIR / (name + '.log')}"
                 )
-            if await health(address) == "serving":
+            if await probe(name, address) == "serving":
                 del pending[name]
         if pending and time.monotonic() > deadline:
             raise RuntimeError(
@@ -159,11 +193,16 @@ def load_demo(settings: CommonSettings) -> None:
 
 
 def banner(settings: CommonSettings) -> None:
+    from console.settings import ConsoleSettings
+
+    addresses = addresses_of(settings)
     print("\nTutti is up.")
     for name in PROCESSES:
-        print(f"  {name:<13} {settings.addresses[name]}")
+        print(f"  {name:<13} {addresses[name]}")
     gw = settings.addresses["gateway"]
-    print(f"\n  public API     {gw}  (grpcurl -plaintext {gw} list)")
+    console = ConsoleSettings.from_env().url
+    print(f"\n  console        {console}  (sign in with demo-admin-key, demo-store-paris-key…)")
+    print(f"  public API     {gw}  (grpcurl -plaintext {gw} list)")
     print(f"  logs           {LOG_DIR}/")
     print("  stop           make down\n")
 
@@ -182,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         stop_all()
         return 0
     if args.command == "status":
+        addresses = addresses_of(settings)
         for name in PROCESSES:
             pid = _read_pid(name)
-            state = asyncio.run(health(settings.addresses[name]))
-            print(f"  {name:<13} {settings.addresses[name]:<18} pid {pid or '-':<8} {state}")
+            state = asyncio.run(probe(name, addresses[name]))
+            print(f"  {name:<13} {addresses[name]:<18} pid {pid or '-':<8} {state}")
         return 0
 
     # Ctrl-C and SIGTERM take the same road, and from here on every road goes through
@@ -195,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         start_all(procs)
-        asyncio.run(wait_serving(dict(settings.addresses), args.timeout, procs))
+        asyncio.run(wait_serving(addresses_of(settings), args.timeout, procs))
         if not args.no_demo and not STOPPING.is_set():
             load_demo(settings)
         if STOPPING.is_set():

@@ -1,0 +1,1 @@
+"""One module per page: its routes, its gateway calls, its templates."""
