@@ -44,8 +44,25 @@ GHZ := .tutti/bin/ghz
 $(GHZ):
 	GOBIN=$(CURDIR)/.tutti/bin go install github.com/bojand/ghz/cmd/ghz@v0.93.0
 
+# The console's front-end libraries (htmx, its SSE extension, Chart.js; axe-core for the browser
+# tests), exactly as console/package-lock.json pins them, from the npm registry.
+CONSOLE_ASSETS := console/node_modules/.stamp
+
+$(CONSOLE_ASSETS): console/package.json console/package-lock.json
+	npm ci --prefix console --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The browser the console's tests drive: Debian's chromium (Playwright downloads nothing).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: browser
+browser: ## Install Debian's chromium for the console's browser tests (when missing)
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
+	  { echo "chromium missing: apt-get install chromium (as root)"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 .PHONY: install
-install: $(VENV)/.stamp gen/.stamp $(GRPCURL) $(GHZ) ## Install everything missing: virtualenv, Python deps, Debian packages, Kafka jars, grpcurl, ghz
+install: $(VENV)/.stamp gen/.stamp $(CONSOLE_ASSETS) $(GRPCURL) $(GHZ) ## Install everything missing: virtualenv, Python deps, console assets, Debian packages, Kafka jars, grpcurl, ghz
 	infra/install.sh
 
 .PHONY: proto
@@ -129,7 +146,7 @@ docs-api: gen/.stamp ## Regenerate docs/api.md (the API reference) from the prot
 # --- quality -------------------------------------------------------------------------------
 
 .PHONY: test
-test: contracts infra-up ## Run the whole suite: contracts, unit, integration on real servers, end-to-end; starts the infrastructure
+test: contracts infra-up browser ## Run the whole suite: contracts, unit, integration on real servers, end-to-end; starts the infrastructure
 	$(WITH_INFRA) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 .PHONY: contracts

@@ -179,8 +179,10 @@ async def check_forgery(request: Request) -> None:
         if origin != expected:
             raise HTTPException(403, "This request came from another site and was refused.")
     session = current_session(request)
-    if session is None:
-        return  # signing in: no session to forge a request for yet; the origin check applies
+    if session is None or request.url.path == "/login":
+        # Signing in (again): no session to forge a request for; the origin check applies, and
+        # a new session replaces any old one.
+        return
     token = request.headers.get("x-csrf-token")
     if token is None:
         form = await request.form()

@@ -25,7 +25,7 @@ def words(enum: EnumTypeWrapper, value: int) -> str:
 
 
 def _prefixes(enum: EnumTypeWrapper) -> list[str]:
-    unspecified = [n for n in enum if n.endswith("_UNSPECIFIED")]
+    unspecified = [v.name for v in enum.DESCRIPTOR.values if v.name.endswith("_UNSPECIFIED")]
     return [unspecified[0].removesuffix("UNSPECIFIED")] if unspecified else []
 
 

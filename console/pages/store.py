@@ -284,7 +284,11 @@ async def receive_return(request: Request) -> Response:
             "returns",
             "CreateReturn",
             rpb.CreateReturnRequest(
-                request_id=request_id, order_id=order_id, lines=lines, method=rpb.RETURN_METHOD_IN_STORE
+                request_id=request_id,
+                order_id=order_id,
+                lines=lines,
+                method=rpb.RETURN_METHOD_IN_STORE,
+                receiving_location_id=session.caller.location_id,
             ),
         )
         receipt = await gw.call(

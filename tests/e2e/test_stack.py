@@ -1,16 +1,19 @@
-"""`make up` / `make down` as a platform team sees them: five real processes that answer the
-health check SERVING, list their services through reflection to a real client (grpcurl), load the
-demo retailer, and leave no process behind when stopped."""
+"""`make up` / `make down` as a platform team sees them: five real gRPC processes that answer the
+health check SERVING (and list their services through reflection to a real client, grpcurl), the
+web console that answers its readiness probe, the demo retailer loaded, and no process left
+behind when stopped."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = ROOT / ".tutti" / "bin" / "grpcurl"
 # Ports apart from the defaults, so a developer's running stack is left alone.
 PORTS = {"gateway": 61051, "inventory": 61052, "orchestrator": 61053, "returns": 61054, "tracking": 61055}
+CONSOLE = "127.0.0.1:61080"
 EXPECTED = {
     "gateway": "tutti.orchestrator.v1.OrderService",
     "inventory": "tutti.inventory.v1.InventoryService",
@@ -39,6 +43,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env["TUTTI_HOME"] = str(tmp_path_factory.mktemp("stack"))
     for name, port in PORTS.items():
         env[f"TUTTI_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+    env["TUTTI_CONSOLE_ADDR"] = CONSOLE
     return env
 
 
@@ -126,11 +131,14 @@ def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -
         assert up.returncode == 0, up.stdout + up.stderr
         assert "demo retailer loaded" in up.stdout
         assert "127.0.0.1:61051" in up.stdout  # says where to look
+        assert f"console        http://{CONSOLE}" in up.stdout
         pids = _pids(home)
-        assert len(pids) == 5
+        assert len(pids) == len(PROCESSES) == 6
 
         status = _stack("status", stack_env, timeout=60)
-        assert status.stdout.count("serving") == 5, status.stdout
+        assert len(re.findall(r" serving$", status.stdout, re.MULTILINE)) == 6, status.stdout
+        with urllib.request.urlopen(f"http://{CONSOLE}/login", timeout=10) as page:
+            assert page.status == 200 and b"Sign in to Tutti" in page.read()
 
         _readme_quick_start_works(stack_env)
 
@@ -199,7 +207,7 @@ def test_the_foreground_run_stops_everything_on_ctrl_c(stack_env: dict[str, str]
     with _foreground_run(env) as proc:
         _read_until(proc, "Ctrl-C")
         pids = _pids(home)
-        assert len(pids) == 5
+        assert len(pids) == len(PROCESSES)
         # At once, as a user would: the stack may still be between its banner and its wait.
         os.killpg(proc.pid, signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
