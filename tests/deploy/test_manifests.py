@@ -38,6 +38,8 @@ SERVERS = {
     "returns": ("services.returns", 50054),
     "tracking": ("services.tracking", 50055),
 }
+# The web console: an HTTP server, a client of the gateway.
+WEB = {"console": ("console", 8080)}
 AUTOSCALED = ("gateway", "inventory")
 PREPARE = ("python", "-m", "tools.prepare")
 UID = 10001
@@ -114,7 +116,7 @@ def names_read_by_code() -> set[str]:
     address variables runtime.settings builds from DEFAULT_ADDRESSES."""
     names = {f"TUTTI_{name.upper()}_ADDR" for name in DEFAULT_ADDRESSES}
     literal = re.compile(r"""["'](TUTTI_[A-Z0-9_]+|OTEL_[A-Z0-9_]+)["']""")
-    for package in ("runtime", "services", "gateway", "tools"):
+    for package in ("runtime", "services", "gateway", "console", "tools"):
         for path in (ROOT / package).rglob("*.py"):
             names.update(literal.findall(path.read_text()))
     return names
@@ -160,7 +162,7 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
 ) -> None:
     docs = rendered[rendering]
     deployments, services, accounts = (_kind(docs, k) for k in ("Deployment", "Service", "ServiceAccount"))
-    assert set(deployments) == set(SERVERS)
+    assert set(deployments) == set(SERVERS) | set(WEB)
     for name, (module, port) in SERVERS.items():
         pod = deployments[name]["spec"]["template"]
         assert pod["spec"]["serviceAccountName"] == name and name in accounts
@@ -177,10 +179,46 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
         assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
 
 
-def test_every_service_port_is_named_grpc(rendered: dict[str, list[Doc]]) -> None:
+def test_every_service_port_is_named_by_its_protocol(rendered: dict[str, list[Doc]]) -> None:
     for rendering, docs in rendered.items():
         for name, service in _kind(docs, "Service").items():
-            assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"], f"{rendering}: Service/{name}"
+            expected = ["http"] if name in WEB else ["grpc"]
+            assert [p["name"] for p in service["spec"]["ports"]] == expected, f"{rendering}: Service/{name}"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_console_serves_http_probed_on_its_own_paths_and_dials_the_gateway(
+    rendered: dict[str, list[Doc]], rendering: str
+) -> None:
+    docs = rendered[rendering]
+    ((module, port),) = WEB.values()
+    container = _server(docs, "console")
+    assert container["command"] == ["python", "-m", module]
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    env = _env(container)
+    assert env["TUTTI_CONSOLE_ADDR"]["value"] == f"0.0.0.0:{port}"
+    assert env["TUTTI_CONSOLE_SECURE_COOKIES"]["value"] == "true"
+    assert "TUTTI_GATEWAY_ADDR" not in env  # it dials the gateway's Service, from tutti-config
+    paths = {
+        probe: container[probe]["httpGet"]["path"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert paths == {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    service = _kind(docs, "Service")["console"]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"}
+    ]
+    ingresses = _kind(docs, "Ingress")
+    if rendering.startswith("production"):
+        rule = ingresses["console"]["spec"]
+        assert rule["tls"] and rule["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "console"
+        # Sessions are held per pod: the Ingress keeps a browser on one.
+        assert (
+            ingresses["console"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/affinity"]
+            == "cookie"
+        )
+    else:
+        assert not ingresses
 
 
 def test_every_command_runs_a_module_of_the_repository(rendered: dict[str, list[Doc]]) -> None:
@@ -388,7 +426,16 @@ def test_the_image_is_built_the_way_the_manifests_expect() -> None:
     assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', dockerfile, re.M)
     # The build context keeps only what the image needs; everything it copies is let in.
     ignore = (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().split()
-    for path in ("pyproject.toml", "README.md", "proto", "runtime", "services", "gateway", "tools"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "proto",
+        "runtime",
+        "services",
+        "gateway",
+        "console",
+        "tools",
+    ):
         assert f"!{path}" in ignore, path
 
 
@@ -397,7 +444,7 @@ OPTIONAL_IMPORTS = {
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "OTLP exporter: --build-arg EXTRA_PACKAGES",
 }
 # What the image runs: the five parts, and the tools the Dockerfile and the Job call.
-IMAGE_CODE = ("runtime", "services", "gateway", "tools/prepare.py", "tools/gen_protos.py")
+IMAGE_CODE = ("runtime", "services", "gateway", "console", "tools/prepare.py", "tools/gen_protos.py")
 
 
 def _canonical(name: str) -> str:
@@ -427,7 +474,7 @@ def _declared_closure() -> set[str]:
 
 def _imported_modules() -> dict[str, str]:
     """Absolute imports of the image's code that are neither local nor standard library."""
-    local = {"runtime", "services", "gateway", "tools", "tutti"}
+    local = {"runtime", "services", "gateway", "console", "tools", "tutti"}
     found: dict[str, str] = {}
     for entry in IMAGE_CODE:
         base = ROOT / entry
