@@ -67,8 +67,10 @@ async def series(gw: UserGateway, window: str, now: datetime | None = None) -> d
         name: [next((c.orders_placed for c in a.channels if c.channel_name == name), 0) for a in answers]
         for name in channels
     }
+    placed_total = [a.total.orders_placed for a in answers]
     return {
         "labels": labels,
+        "placed_total": placed_total,
         "placed": {
             present.channel(_channel_value(n)) if _channel_value(n) else n: v for n, v in placed.items()
         },

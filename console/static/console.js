@@ -13,6 +13,8 @@
       return { label: name, data: data.placed[name], borderColor: palette[i % palette.length],
                backgroundColor: palette[i % palette.length], tension: 0.2 };
     });
+    placed.unshift({ label: "all channels", data: data.placed_total, borderColor: "#14213d",
+                     backgroundColor: "#14213d", borderDash: [4, 3] });
     var sets = {
       "chart-placed": { labels: data.labels, datasets: placed },
       "chart-rates": { labels: data.labels, datasets: [
@@ -86,6 +88,21 @@
     if (target && target.id === "charts") drawCharts();
     if (target && target.id === "arrivals") { beep(); flagTitle(); }
     countdowns();
+  });
+
+  // A problem found in a rules draft: clicking it puts the cursor on its line in the editor.
+  document.addEventListener("click", function (event) {
+    var item = event.target.closest("li.has-problem[data-line]");
+    var editor = document.getElementById("document");
+    if (!item || !editor) return;
+    var line = parseInt(item.getAttribute("data-line"), 10);
+    if (!line) return;
+    var lines = editor.value.split("\n");
+    var start = lines.slice(0, line - 1).join("\n").length + (line > 1 ? 1 : 0);
+    editor.focus();
+    editor.setSelectionRange(start, start + lines[line - 1].length);
+    var lineHeight = editor.scrollHeight / Math.max(lines.length, 1);
+    editor.scrollTop = Math.max(0, (line - 5) * lineHeight);
   });
 
   document.addEventListener("click", function (event) {
