@@ -94,6 +94,7 @@ class Api:
     """The public gateway, as a channel, a store or an admin calls it."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
         self.orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
         self.rules = orchestrator_pb2_grpc.RulesServiceStub(channel)
         self.inventory = inventory_pb2_grpc.InventoryServiceStub(channel)

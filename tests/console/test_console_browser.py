@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from playwright.async_api import Locator, Page, expect
+from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2
 from tutti.orchestrator.v1 import orchestrator_pb2
 from tutti.tracking.v1 import tracking_pb2
 
@@ -239,3 +242,134 @@ async def test_sign_in_works_from_the_keyboard_and_mistakes_read_as_sentences(co
     await expect(page.get_by_role("alert")).to_have_text("Tutti does not know this key.")
     await shoot(page, "login")
     await no_serious_violations(page)
+
+
+async def test_an_order_line_is_cancelled_with_a_reason_and_the_page_follows(
+    api: Api, console: Console
+) -> None:
+    await api.stock_up(PARIS_KEY, PARIS, "SKU-00002")
+    order = await api.collect_order(PARIS)
+    page = await console.signed_in("demo-web-key")  # the channel that placed it
+    await page.get_by_label("Search by").select_option(label="Channel order id")
+    await page.get_by_label("Id").fill(order.channel_order_id)
+    await page.get_by_role("button", name="Find").click()
+    await expect(page.get_by_role("heading", name=f"Order {order.order_id}")).to_be_visible()
+    cancel = page.get_by_role("button", name="Cancel line")
+    await cancel.click()  # no reason: refused in words, nothing cancelled
+    await expect(page.get_by_test_id("order-status")).to_have_text("sourced")
+    await page.get_by_label("Reason to cancel line 1").fill("customer changed their mind")
+    await cancel.click()
+    await expect(page.get_by_test_id("order-status")).to_have_text("cancelled")
+    await expect(page.get_by_test_id("timeline").locator('[data-step="cancelled"]').first).to_be_visible()
+    await shoot(page, "order-cancelled")
+
+
+async def test_a_store_rejects_an_order_with_a_reason_and_it_leaves_its_queue(
+    api: Api, console: Console
+) -> None:
+    await api.stock_up(PARIS_KEY, PARIS, "SKU-00002")
+    order = await api.collect_order(PARIS)
+    store = await console.signed_in(PARIS_KEY)
+    ticket = lane(store, "accept", order.order_id)
+    await ticket.get_by_label(f"Why can the store not serve {order.order_id}?").fill("not found on the shelf")
+    await ticket.get_by_role("button", name="Reject").click()
+    await expect(lane(store, "accept", order.order_id)).to_have_count(0)
+    reply = await api.orders.GetOrder(
+        orchestrator_pb2.GetOrderRequest(order_id=order.order_id),
+        metadata=api.auth("demo-admin-key"),
+        timeout=10,
+    )
+    assert all(
+        line.location_id != PARIS or line.status == orchestrator_pb2.LINE_STATUS_CANCELLED
+        for line in reply.order.lines
+    )
+    # A handover of an exchange the store does not know reads as a sentence.
+    await store.get_by_label("Exchange id").fill("EXC-UNKNOWN")
+    await store.get_by_role("button", name="Hand over the replacement").click()
+    await expect(store.locator("#exchange-result")).to_contain_text("Not found")
+
+
+async def test_admin_sets_a_channel_buffer_and_rolls_rules_back(api: Api, console: Console) -> None:
+    page = await console.signed_in("demo-admin-key")
+    await page.goto(f"{console.url}/stock")
+    await page.get_by_label("Buffer units for app").fill("1")
+    await page.get_by_label("Locations excluded from app, comma separated").fill("STORE-TOULON")
+    await page.get_by_role("row", name="app").get_by_role("button", name="Save").click()
+    await expect(page.locator("#policy-saved")).to_contain_text("app channel now holds back 1 unit(s)")
+    policies = await api.inventory.ListChannelPolicies(
+        inventory_pb2.ListChannelPoliciesRequest(), metadata=api.auth("demo-admin-key"), timeout=10
+    )
+    (app,) = [p for p in policies.policies if p.channel == common_pb2.CHANNEL_APP]
+    assert app.buffer_units == 1 and list(app.excluded_location_ids) == ["STORE-TOULON"]
+    await page.get_by_label("Buffer units for app").fill("0")
+    await page.get_by_label("Locations excluded from app, comma separated").fill("")
+    await page.get_by_role("row", name="app").get_by_role("button", name="Save").click()
+    await expect(page.locator("#policy-saved")).to_contain_text("app channel now holds back 0 unit(s)")
+
+    # Roll back to the version live before: confirmed, then live again. (A version is published
+    # through the API first, so there is one to go back to whatever ran before.)
+    admin = api.auth("demo-admin-key")
+    current = await api.rules.GetRules(orchestrator_pb2.GetRulesRequest(), metadata=admin, timeout=10)
+    draft = await api.rules.CreateDraftRules(
+        orchestrator_pb2.CreateDraftRulesRequest(
+            document=current.version.document, author="e2e", comment="same rules, new version"
+        ),
+        metadata=admin,
+        timeout=10,
+    )
+    await api.rules.PublishRules(
+        orchestrator_pb2.PublishRulesRequest(version=draft.version.version), metadata=admin, timeout=10
+    )
+    await page.goto(f"{console.url}/rules")
+    live = int(re.findall(r"\d+", await page.get_by_test_id("live-version").inner_text())[0])
+    assert live == draft.version.version
+    retired = page.get_by_role("button", name="Roll back to…")
+    row = page.locator("tr", has=retired.first)
+    target = int(await row.get_attribute("data-version") or 0)
+    await retired.first.click()
+    confirm = page.get_by_role("dialog")
+    await expect(confirm).to_contain_text(f"will replace live version {live}")
+    await confirm.get_by_role("button", name=f"Make version {target} live again").click()
+    await expect(page.get_by_test_id("live-version")).to_have_text(f"version {target}")
+    await shoot(page, "rules")
+
+
+async def test_the_gateway_says_whose_key_it_is_and_finds_a_channel_order_by_its_own_id(api: Api) -> None:
+    from tutti.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+    identity = gateway_pb2_grpc.IdentityServiceStub(api.channel)
+    store = await identity.GetCaller(gateway_pb2.GetCallerRequest(), metadata=api.auth(PARIS_KEY), timeout=10)
+    assert (store.principal_id, store.kind, store.location_id) == (
+        "store-paris-app",
+        gateway_pb2.PRINCIPAL_KIND_STORE,
+        PARIS,
+    )
+    web = await identity.GetCaller(
+        gateway_pb2.GetCallerRequest(), metadata=api.auth("demo-web-key"), timeout=10
+    )
+    assert (web.kind, web.channel) == (gateway_pb2.PRINCIPAL_KIND_CHANNEL, common_pb2.CHANNEL_WEB)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await identity.GetCaller(gateway_pb2.GetCallerRequest(), metadata=api.auth("nope"), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    await api.stock_up(PARIS_KEY, PARIS, "SKU-00002")
+    order = await api.collect_order(PARIS)
+    by_id = orchestrator_pb2.ListOrdersRequest(channel_order_id=order.channel_order_id)
+    mine = await api.orders.ListOrders(by_id, metadata=api.auth("demo-web-key"), timeout=10)
+    assert [o.order_id for o in mine.orders] == [order.order_id]
+    # Another channel's key fills in its own channel: the web order is not its to find.
+    other = await api.orders.ListOrders(by_id, metadata=api.auth("demo-app-key"), timeout=10)
+    assert not other.orders
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await api.orders.ListOrders(by_id, metadata=api.auth("demo-admin-key"), timeout=10)
+    assert missing.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "channel" in (
+        missing.value.details() or ""
+    )
+    line = (
+        await api.orders.GetOrder(
+            orchestrator_pb2.GetOrderRequest(order_id=order.order_id),
+            metadata=api.auth("demo-web-key"),
+            timeout=10,
+        )
+    ).order.lines[0]
+    assert line.status == orchestrator_pb2.LINE_STATUS_SOURCED and line.HasField("accept_by")
