@@ -37,6 +37,11 @@ ACTIONS: dict[str, tuple[int, tuple[int, ...]]] = {
     "collected": (opb.FULFILMENT_EVENT_COLLECTED, (opb.LINE_STATUS_READY_FOR_PICKUP,)),
 }
 DONE_SHOWN = 10
+# Latest steps after which an order needs nothing more from a store, or only shows as done.
+FINISHED_STEPS = frozenset({"cancelled", "returned", "refunded"})
+DONE_STEPS = frozenset({"collected", "shipped", "delivered"})
+# Orders read at once: a store's key has its own rate limit, and a busy store many orders.
+READS_AT_ONCE = 4
 
 
 class Board:
@@ -50,12 +55,31 @@ class Board:
     async def refresh(self) -> dict[str, list[dict[str, Any]]]:
         found = await self._gw.call("tracking", "SearchOrders", tpb.SearchOrdersRequest(page_size=100))
         wanted = {}
-        for summary in found.orders:
+        done = 0
+        for summary in found.orders:  # most recent first
+            if summary.status in FINISHED_STEPS:
+                continue
+            if summary.status in DONE_STEPS:
+                done += 1
+                if done > DONE_SHOWN:
+                    continue
             mark = (summary.last_event_at.seconds * 10**9 + summary.last_event_at.nanos, summary.entry_count)
             cached = self._orders.get(summary.order_id)
             wanted[summary.order_id] = mark if cached is None or cached[0] != mark else None
         stale = [oid for oid, mark in wanted.items() if mark is not None]
-        replies = await asyncio.gather(*(self._get(oid) for oid in stale))
+        # Only the orders whose trail moved since the last refresh are read again, a few at once.
+        limit = asyncio.Semaphore(READS_AT_ONCE)
+
+        async def read(order_id: str) -> opb.Order | None:
+            async with limit:
+                try:
+                    return await self._get(order_id)
+                except ApiError as error:
+                    if error.code.name != "RESOURCE_EXHAUSTED":
+                        raise
+                    return None  # over the key's rate: read again at the next refresh
+
+        replies = await asyncio.gather(*(read(oid) for oid in stale))
         for order_id, order in zip(stale, replies, strict=True):
             if order is not None:
                 self._orders[order_id] = (wanted[order_id], order)  # type: ignore[assignment]

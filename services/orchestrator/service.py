@@ -887,6 +887,7 @@ class OrderService:
                             s.decision.location_of(li.line_id) or "",
                             "sourced",
                             s.reservation_id,
+                            sourced_at=now,
                         )
                         for li in cmd.lines
                     ),
@@ -1247,6 +1248,7 @@ class OrderService:
                     reservation_id=s.reservation_id,
                     reason=reason,
                     excluded=excluded,
+                    sourced_at=now,  # its new location's accept deadline runs from now
                 )
                 if li.line_id in ids
                 else li

@@ -324,7 +324,7 @@ async def test_admin_sets_a_channel_buffer_and_rolls_rules_back(api: Api, consol
     live = int(re.findall(r"\d+", await page.get_by_test_id("live-version").inner_text())[0])
     assert live == draft.version.version
     retired = page.get_by_role("button", name="Roll back to…")
-    row = page.locator("tr", has=retired.first)
+    row = retired.first.locator("xpath=ancestor::tr")
     target = int(await row.get_attribute("data-version") or 0)
     await retired.first.click()
     confirm = page.get_by_role("dialog")
