@@ -382,13 +382,16 @@ def test_namespaces_enforce_the_restricted_pod_security_standard(rendered: dict[
 
 def test_the_image_is_built_the_way_the_manifests_expect() -> None:
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\b", dockerfile, re.M)
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M), "numeric user, so runAsNonRoot can verify it"
     assert "python -m tools.gen_protos" in dockerfile
     assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', dockerfile, re.M)
     # The build context keeps only what the image needs; everything it copies is let in.
     ignore = (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().split()
-    for path in ("pyproject.toml", "README.md", "proto", "runtime", "services", "gateway", "tools"):
+    let_in = ("pyproject.toml", "requirements.lock", "README.md", "proto")
+    let_in += ("runtime", "services", "gateway", "tools")
+    for path in let_in:
         assert f"!{path}" in ignore, path
 
 
