@@ -145,6 +145,13 @@ def test_make_help_lists_every_target() -> None:
     assert shown == phony
 
 
+def test_the_readme_names_every_target() -> None:
+    phony = {t for line in re.findall(r"^\.PHONY:(.*)$", MAKEFILE, re.M) for t in line.split()}
+    commands = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`make ([a-z-]+)", commands))
+    assert phony <= named, f"missing from README's Commands: {sorted(phony - named)}"
+
+
 def test_the_declared_licence_is_shipped() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == {"text": "Apache-2.0"}
