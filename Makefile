@@ -24,7 +24,7 @@ help: ## List the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- setup ---------------------------------------------------------------------------------
-# Three levels, each the one before plus more (docs: README "What `make run` installs"):
+# Three levels, each the one before plus more (README, "Prerequisites and tested systems"):
 #   install-run   what running needs: the virtualenv from requirements.lock (exact versions,
 #                 hash-checked), the generated protobuf code, Redis/PostgreSQL/Java/Kafka jars
 #   install-test  + requirements-dev.lock (pytest, ruff, hadolint, locust...), grpcurl (stack
@@ -32,12 +32,9 @@ help: ## List the commands
 #   install       everything a developer needs (today: install-test)
 
 # Python 3.11 (pyproject's requires-python): python3.11 when there is one, else python3.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-
-# Stale locks are named before pip fails on a hash (tools/lock.py check: offline, stdlib only).
-.PHONY: lock-check
-lock-check: ## Check that requirements*.lock match pyproject.toml (offline)
-	@$(PYTHON) -m tools.lock check
+ifndef PYTHON
+PYTHON := $(shell command -v python3.11 || command -v python3)
+endif
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -98,6 +95,12 @@ UV         := $(VENV)/bin/uv
 lock: | $(VENV)/bin/python ## Refresh requirements.lock and requirements-dev.lock from pyproject.toml with uv (UPGRADE=1: newest versions)
 	@test "$$($(UV) --version 2>/dev/null)" = "uv $(UV_VERSION)" || $(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(PY) -m tools.lock compile $(UV) $(if $(UPGRADE),--upgrade)
+
+# Stale locks are named before pip fails on a hash (tools/lock.py check: offline, stdlib only);
+# the install steps run the same check.
+.PHONY: lock-check
+lock-check: ## Check that requirements.lock and requirements-dev.lock match pyproject.toml (offline)
+	@$(PYTHON) -m tools.lock check
 
 .PHONY: proto
 proto: gen/.stamp ## Regenerate Python code and typed stubs from proto/
