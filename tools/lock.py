@@ -23,7 +23,6 @@ import hashlib
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -142,15 +141,12 @@ def _uv_compile(uv: str, lock: str, extras: tuple[str, ...], extra_args: list[st
 
 def compile_locks(uv: str, upgrade: bool) -> int:
     upgrade_args = ["--upgrade"] if upgrade else []
-    # The dev lock first; the runtime lock is then constrained to its pins, so both agree.
+    # The dev lock first; the runtime lock is then constrained to its pins, so both agree
+    # (passed as a relative path: uv names it in the `# via` annotations).
     _uv_compile(uv, "requirements-dev.lock", LOCKS["requirements-dev.lock"], upgrade_args)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="tutti-pins-") as constraints:
-        dev = pins((ROOT / "requirements-dev.lock").read_text())
-        constraints.write("".join(f"{name}=={version}\n" for name, version in sorted(dev.items())))
-        constraints.flush()
-        _uv_compile(
-            uv, "requirements.lock", LOCKS["requirements.lock"], [*upgrade_args, "-c", constraints.name]
-        )
+    _uv_compile(
+        uv, "requirements.lock", LOCKS["requirements.lock"], [*upgrade_args, "-c", "requirements-dev.lock"]
+    )
     return check()
 
 
