@@ -395,10 +395,10 @@ def test_the_image_is_built_the_way_the_manifests_expect() -> None:
         assert f"!{path}" in ignore, path
 
 
-# Imports the image may lack on purpose, and why.
-OPTIONAL_IMPORTS = {
-    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "OTLP exporter: --build-arg EXTRA_PACKAGES",
-}
+# Imports the image may lack on purpose, and why (none today: the OTLP exporter is locked).
+OPTIONAL_IMPORTS: dict[str, str] = {}
+# The extras the image keeps: requirements.lock also holds `codegen`, removed after the build.
+IMAGE_EXTRAS = ("otlp",)
 # What the image runs: the five parts, and the tools the Dockerfile and the Job call.
 IMAGE_CODE = ("runtime", "services", "gateway", "tools/prepare.py", "tools/gen_protos.py")
 
@@ -408,10 +408,11 @@ def _canonical(name: str) -> str:
 
 
 def _declared_closure() -> set[str]:
-    """Distributions `pip install .` brings: pyproject.toml's dependencies (no extras), and theirs."""
+    """Distributions the image keeps: pyproject.toml's dependencies and IMAGE_EXTRAS, and theirs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     seen: set[str] = set()
-    todo = [_canonical(Requirement(line).name) for line in project["dependencies"]]
+    lines = project["dependencies"] + [r for e in IMAGE_EXTRAS for r in project["optional-dependencies"][e]]
+    todo = [_canonical(Requirement(line).name) for line in lines]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -450,8 +451,9 @@ def _imported_modules() -> dict[str, str]:
 
 
 def test_the_image_installs_every_library_the_parts_import() -> None:
-    """The image installs the project's declared dependencies only (`pip install -e .`): a
-    library that is merely present in a developer's virtualenv makes a pod crash at start."""
+    """The image keeps the project's declared dependencies and IMAGE_EXTRAS only (from
+    requirements.lock): a library that is merely present in a developer's virtualenv makes a
+    pod crash at start."""
     declared = _declared_closure()
     modules = _imported_modules()
     # Index the files of just the distributions that provide these top-level names.
