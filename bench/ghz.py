@@ -18,7 +18,8 @@ from bench.procs import BENCH_DIR, HOME, ROOT
 
 
 def ghz_binary() -> str:
-    """`make ghz` installs it into .tutti/bin (git-ignored); a ghz on PATH also works."""
+    """`make ghz` (part of `make install-test`) installs it into .tutti/bin (git-ignored); a ghz
+    on PATH also works."""
     local = HOME / "bin" / "ghz"
     if local.exists():
         return str(local)
@@ -26,7 +27,7 @@ def ghz_binary() -> str:
     if found:
         return found
     raise RuntimeError(
-        "ghz not found: run `make ghz` (go install github.com/bojand/ghz/cmd/ghz@latest into .tutti/bin)"
+        "ghz not found: run `make ghz` (go install of the pinned ghz into .tutti/bin)"
     )
 
 

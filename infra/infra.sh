@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start/stop/report the real local servers Tutti runs against: Kafka 4.1.1
-# (single-node KRaft), Redis 7 and PostgreSQL 15, all on 127.0.0.1, with all
+# (single-node KRaft), Redis 7 and PostgreSQL (the installed major: 15, 16, 17...;
+# see pg_find_bin in lib.sh), all on 127.0.0.1, with all
 # data, logs and pid files under $TUTTI_HOME (default <repo>/.tutti).
 #
 #   infra/infra.sh up | down | status | env | restart-one kafka|redis|postgres
@@ -307,7 +308,18 @@ pg_make_traversable() {
 }
 
 pg_launch() {
-  [[ -x "$PG_BIN/pg_ctl" ]] || die "PostgreSQL 15 not found in $PG_BIN; run infra/install.sh"
+  if [[ -z "$PG_BIN" ]]; then
+    die "no PostgreSQL server found (looked in $PG_PREFIX/*/bin and pg_config); run infra/install.sh, or set TUTTI_PG_BIN"
+  fi
+  pg_has_server "$PG_BIN" || die "no PostgreSQL server in $PG_BIN (initdb, pg_ctl, pg_isready); fix TUTTI_PG_BIN or run infra/install.sh"
+  local data_major bin_major
+  if [[ -f "$PG_DATA/PG_VERSION" ]]; then
+    # A data dir only opens with its own major: say so instead of pg_ctl's log line.
+    data_major="$(head -1 "$PG_DATA/PG_VERSION")"
+    bin_major="$(pg_major "$PG_BIN")"
+    [[ "$data_major" == "$bin_major" ]] ||
+      die "postgres: $PG_DATA was initialised by PostgreSQL $data_major, but the server found is $bin_major ($PG_BIN); install postgresql-$data_major, set TUTTI_PG_BIN, or remove $PG_DIR to start afresh (its data is lost)"
+  fi
   check_port_free postgres "$PG_PORT" || exit 1
   mkdir -p "$PG_DIR" "$PG_SOCK" "$LOG_DIR" "$RUN_DIR"
   touch "$PG_LOG"

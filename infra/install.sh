@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the local real servers need: redis-server, PostgreSQL 15,
-# Java 17 and the Kafka 4.1.1 jars. Idempotent and fast when all is present;
+# Install what the local real servers need: redis-server, PostgreSQL (whatever
+# major the distribution brings, when none is installed), Java 17+ and the Kafka
+# 4.1.1 jars. Idempotent and fast when all is present;
 # pieces whose server is supplied externally (TUTTI_*_URL/BOOTSTRAP) are skipped.
 set -euo pipefail
 
@@ -17,8 +18,13 @@ fi
 
 if is_external postgres; then
   note "postgres: external, not installing"
-elif [[ ! -x "$PG_BIN/initdb" || ! -x "$PG_BIN/pg_ctl" ]] || ! command -v psql >/dev/null; then
-  # Debian 12's `postgresql` metapackage is PostgreSQL 15.
+elif [[ -n "${TUTTI_PG_BIN:-}" ]]; then
+  # An explicit choice is never overridden by installing another major.
+  pg_has_server "$TUTTI_PG_BIN" || die "TUTTI_PG_BIN=$TUTTI_PG_BIN holds no PostgreSQL server (initdb, pg_ctl, pg_isready)"
+  command -v psql >/dev/null || apt_missing+=(postgresql-client)
+elif [[ -z "$PG_BIN" ]] || ! command -v psql >/dev/null; then
+  # The distribution's `postgresql` metapackage, whatever major it brings (Debian 12: 15,
+  # Ubuntu 24.04: 16, Debian 13: 17); infra.sh finds it afterwards.
   apt_missing+=(postgresql postgresql-client)
 fi
 
@@ -40,10 +46,16 @@ if ((${#apt_missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
+if ! is_external postgres; then
+  PG_BIN="$(pg_find_bin)"
+  [[ -n "$PG_BIN" ]] || die "no PostgreSQL server found after installing (looked in $PG_PREFIX/*/bin and pg_config)"
+  note "postgres: PostgreSQL $(pg_major "$PG_BIN") in $PG_BIN"
+fi
+
 if ! is_external kafka; then
   # Kafka 4.x needs Java 17+ for the broker; fail loudly rather than start a broken JVM.
   command -v "$JAVA" >/dev/null ||
-    die "java not found; Kafka $KAFKA_VERSION needs a Java 17+ JDK/JRE (apt-get install openjdk-17-jre-headless)"
+    die "java not found; Kafka $KAFKA_VERSION needs a Java 17+ JRE (apt-get install openjdk-17-jre-headless, or default-jre-headless on Debian 13 / Ubuntu 24.04)"
   java_major="$("$JAVA" -version 2>&1 | sed -nE '1s/.*version "([0-9]+)(\.[0-9]+)*.*".*/\1/p')"
   [[ -n "$java_major" && "$java_major" -ge 17 ]] ||
     die "Kafka $KAFKA_VERSION needs Java 17+, found: $("$JAVA" -version 2>&1 | head -1)"

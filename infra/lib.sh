@@ -16,7 +16,45 @@ KAFKA_PORT="${TUTTI_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${TUTTI_KAFKA_CONTROLLER_PORT:-19093}"
 REDIS_PORT="${TUTTI_REDIS_PORT:-16379}"
 PG_PORT="${TUTTI_PG_PORT:-15432}"
-PG_BIN="${TUTTI_PG_BIN:-/usr/lib/postgresql/15/bin}"
+# Where Debian/Ubuntu install each PostgreSQL major (<prefix>/<major>/bin), and pg_config;
+# both overridable so tests can point them at fake installations.
+PG_PREFIX="${TUTTI_PG_PREFIX:-/usr/lib/postgresql}"
+PG_CONFIG="${TUTTI_PG_CONFIG:-pg_config}"
+
+# PostgreSQL's server binaries, FOUND rather than assumed (Debian 12 brings 15, Ubuntu 24.04
+# 16, Debian 13 17; several majors may sit side by side): TUTTI_PG_BIN when set; else the
+# major that initialised our data dir, while it is installed (a newer major installed beside
+# it must not strand existing data); else the newest $PG_PREFIX/<major>/bin holding a server
+# (a postgresql-client-NN alone brings no initdb); else pg_config --bindir. Prints nothing
+# when there is no server at all.
+pg_has_server() { [[ -x "$1/initdb" && -x "$1/pg_ctl" && -x "$1/pg_isready" ]]; }
+
+pg_find_bin() {
+  local data_version="$TUTTI_HOME/postgres/data/PG_VERSION" dir major best="" cfg
+  if [[ -n "${TUTTI_PG_BIN:-}" ]]; then echo "$TUTTI_PG_BIN"; return 0; fi
+  if [[ -f "$data_version" ]]; then
+    major="$(head -1 "$data_version")"
+    if pg_has_server "$PG_PREFIX/$major/bin"; then echo "$PG_PREFIX/$major/bin"; return 0; fi
+  fi
+  for dir in "$PG_PREFIX"/*/bin; do
+    major="$(basename "$(dirname "$dir")")"
+    [[ "$major" =~ ^[0-9]+(\.[0-9]+)?$ ]] && pg_has_server "$dir" || continue
+    if [[ -z "$best" ]] || [[ "$(printf '%s\n%s\n' "$best" "$major" | sort -V | tail -1)" == "$major" ]]; then
+      best="$major"
+    fi
+  done
+  if [[ -n "$best" ]]; then echo "$PG_PREFIX/$best/bin"; return 0; fi
+  if command -v "$PG_CONFIG" >/dev/null && cfg="$("$PG_CONFIG" --bindir 2>/dev/null)" && pg_has_server "$cfg"; then
+    echo "$cfg"
+  fi
+}
+
+# The major version of the server in a bin dir (from `pg_ctl --version`), or empty.
+pg_major() {
+  "$1/pg_ctl" --version 2>/dev/null | sed -nE '1s/^[^0-9]*([0-9]+).*/\1/p'
+}
+
+PG_BIN="$(pg_find_bin)"
 
 # Jars are not data: they stay in the repo's .tutti even when TUTTI_HOME points
 # elsewhere, so an isolated second set of servers needs no second download.

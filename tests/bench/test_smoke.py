@@ -24,7 +24,7 @@ def _require_ghz() -> None:
     try:
         ghz_binary()
     except RuntimeError as exc:
-        pytest.fail(f"{exc} (`make install` installs ghz)")
+        pytest.fail(f"{exc} (`make install-test` or `make ghz` installs ghz)")
 
 
 @pytest.mark.integration

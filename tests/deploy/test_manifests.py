@@ -420,29 +420,23 @@ def test_namespaces_enforce_the_restricted_pod_security_standard(rendered: dict[
 
 def test_the_image_is_built_the_way_the_manifests_expect() -> None:
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\b", dockerfile, re.M)
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M), "numeric user, so runAsNonRoot can verify it"
     assert "python -m tools.gen_protos" in dockerfile
     assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', dockerfile, re.M)
     # The build context keeps only what the image needs; everything it copies is let in.
     ignore = (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().split()
-    for path in (
-        "pyproject.toml",
-        "README.md",
-        "proto",
-        "runtime",
-        "services",
-        "gateway",
-        "console",
-        "tools",
-    ):
+    let_in = ("pyproject.toml", "requirements.lock", "README.md", "proto")
+    let_in += ("runtime", "services", "gateway", "console", "tools")
+    for path in let_in:
         assert f"!{path}" in ignore, path
 
 
-# Imports the image may lack on purpose, and why.
-OPTIONAL_IMPORTS = {
-    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "OTLP exporter: --build-arg EXTRA_PACKAGES",
-}
+# Imports the image may lack on purpose, and why (none today: the OTLP exporter is locked).
+OPTIONAL_IMPORTS: dict[str, str] = {}
+# The extras the image keeps: requirements.lock also holds `codegen`, removed after the build.
+IMAGE_EXTRAS = ("otlp",)
 # What the image runs: the five parts, and the tools the Dockerfile and the Job call.
 IMAGE_CODE = ("runtime", "services", "gateway", "console", "tools/prepare.py", "tools/gen_protos.py")
 
@@ -452,10 +446,11 @@ def _canonical(name: str) -> str:
 
 
 def _declared_closure() -> set[str]:
-    """Distributions `pip install .` brings: pyproject.toml's dependencies (no extras), and theirs."""
+    """Distributions the image keeps: pyproject.toml's dependencies and IMAGE_EXTRAS, and theirs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     seen: set[str] = set()
-    todo = [_canonical(Requirement(line).name) for line in project["dependencies"]]
+    lines = project["dependencies"] + [r for e in IMAGE_EXTRAS for r in project["optional-dependencies"][e]]
+    todo = [_canonical(Requirement(line).name) for line in lines]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -494,8 +489,9 @@ def _imported_modules() -> dict[str, str]:
 
 
 def test_the_image_installs_every_library_the_parts_import() -> None:
-    """The image installs the project's declared dependencies only (`pip install -e .`): a
-    library that is merely present in a developer's virtualenv makes a pod crash at start."""
+    """The image keeps the project's declared dependencies and IMAGE_EXTRAS only (from
+    requirements.lock): a library that is merely present in a developer's virtualenv makes a
+    pod crash at start."""
     declared = _declared_closure()
     modules = _imported_modules()
     # Index the files of just the distributions that provide these top-level names.

@@ -124,7 +124,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -> None:
-    assert GRPCURL.exists(), "grpcurl is installed by `make install` into .tutti/bin"
+    assert GRPCURL.exists(), "grpcurl is installed by `make install-test` into .tutti/bin"
     up = _stack("up", stack_env)
     home = Path(stack_env["TUTTI_HOME"])
     try:
