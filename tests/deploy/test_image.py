@@ -61,16 +61,23 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_two_stages_from_the_same_base() -> None:
-    builder, final = _stages()
-    assert builder[0] == ("FROM", "${BASE_IMAGE} AS builder")
+def _stage(name: str) -> list[tuple[str, str]]:
+    (stage,) = [s for s in _stages() if s[0][1].endswith(f" AS {name}")]
+    return stage
+
+
+def test_builder_and_final_stage_from_the_same_base_and_the_console_assets_from_node() -> None:
+    *_, final = _stages()
+    assert _stage("builder")[0] == ("FROM", "${BASE_IMAGE} AS builder")
     assert final[0] == ("FROM", "${BASE_IMAGE}")
+    assert _stage("console-assets")[0] == ("FROM", "${NODE_IMAGE} AS console-assets")
 
 
-def _pin_check(base: str, allow: str = "") -> subprocess.CompletedProcess[str]:
-    """Runs the builder's base-pin RUN step, as the build would, with these build args."""
-    (script,) = [args for word, args in _stages()[0] if word == "RUN" and "ALLOW_UNPINNED_BASE" in args]
-    env = {"BASE_IMAGE": base, "ALLOW_UNPINNED_BASE": allow, "PATH": "/usr/bin:/bin"}
+def _pin_check(base: str, allow: str = "", stage: str = "builder") -> subprocess.CompletedProcess[str]:
+    """Runs a stage's base-pin RUN step, as the build would, with these build args."""
+    (script,) = [args for word, args in _stage(stage) if word == "RUN" and "ALLOW_UNPINNED_BASE" in args]
+    variable = "NODE_IMAGE" if stage == "console-assets" else "BASE_IMAGE"
+    env = {variable: base, "ALLOW_UNPINNED_BASE": allow, "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         ["bash", "-o", "pipefail", "-c", script],
         env=env,
@@ -116,8 +123,22 @@ def test_a_trial_build_may_float_but_is_told_so() -> None:
     assert "not for production" in result.stderr
 
 
+def test_the_node_image_of_the_console_assets_is_pinned_too() -> None:
+    assert _pin_check(f"node:22-bookworm-slim@{DIGEST}", stage="console-assets").returncode == 0
+    refused = _pin_check("node:22-bookworm-slim", stage="console-assets")
+    assert refused.returncode == 1 and "docs/deploy.md" in refused.stderr
+    assert _pin_check("node:22-bookworm-slim", allow="1", stage="console-assets").returncode == 0
+
+
+def test_the_console_assets_are_installed_from_the_lock_without_test_tools_or_scripts() -> None:
+    stage = _stage("console-assets")
+    assert ("COPY", "console/package.json console/package-lock.json ./") in stage
+    runs = [args for word, args in stage if word == "RUN"]
+    assert "npm ci --omit=dev --ignore-scripts --no-audit --no-fund" in runs
+
+
 def test_the_builder_installs_requirements_lock_with_hashes_and_nothing_unpinned() -> None:
-    builder = _stages()[0]
+    builder = _stage("builder")
     runs = [args for word, args in builder if word == "RUN"]
     installs = [
         cmd.strip() for args in runs for cmd in args.split("&&") if re.search(r"\bpip install\b", cmd)
@@ -131,12 +152,16 @@ def test_the_builder_installs_requirements_lock_with_hashes_and_nothing_unpinned
 
 
 def test_the_final_stage_has_no_build_tools_and_runs_as_non_root() -> None:
-    final = _stages()[1]
+    final = _stages()[-1]
     text = " ".join(args for _, args in final)
     assert not re.search(r"\bpip install\b|apt-get install|gcc|build-essential", text)
     copies = [args for word, args in final if word == "COPY"]
-    assert copies == ["--from=builder /opt/venv /opt/venv", "--from=builder /app /app"]
-    builder_runs = " ".join(args for word, args in _stages()[0] if word == "RUN")
+    assert copies == [
+        "--from=builder /opt/venv /opt/venv",
+        "--from=builder /app /app",
+        "--from=console-assets /console/node_modules /app/console/node_modules",
+    ]
+    builder_runs = " ".join(args for word, args in _stage("builder") if word == "RUN")
     for tool in ("hatchling", "mypy-protobuf", "pip"):
         assert re.search(rf"pip uninstall -y[^&]*\b{re.escape(tool)}\b", builder_runs), (
             f"{tool} leaves the venv"

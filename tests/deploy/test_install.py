@@ -122,11 +122,12 @@ def test_make_installs_from_the_locks_only() -> None:
 
 def test_make_run_installs_only_what_running_needs() -> None:
     prereqs, _ = _recipe("install-run")
-    assert prereqs.split() == ["$(VENV)/.run-stamp", "gen/.stamp"]
+    # The console serves its front-end libraries: running needs them (npm ci, pinned by its lock).
+    assert prereqs.split() == ["$(VENV)/.run-stamp", "gen/.stamp", "$(CONSOLE_ASSETS)"]
     assert _recipe("infra-up")[0].split() == ["install-run"]
     assert _recipe("run")[0].split() == _recipe("up")[0].split() == ["infra-up"]
     test_prereqs = _recipe("install-test")[0].split()
-    for needed in ("install-run", "$(VENV)/.dev-stamp", "$(GRPCURL)", "$(GHZ)", "$(BUF_STAMP)"):
+    for needed in ("install-run", "$(VENV)/.dev-stamp", "$(GRPCURL)", "$(GHZ)", "$(BUF_STAMP)", "browser"):
         assert needed in test_prereqs, needed
     assert _recipe("test")[0].split()[0] == "install-test"
     assert "$(GHZ)" in _recipe("bench")[0].split()

@@ -421,7 +421,7 @@ def test_namespaces_enforce_the_restricted_pod_security_standard(rendered: dict[
 def test_the_image_is_built_the_way_the_manifests_expect() -> None:
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\b", dockerfile, re.M)
-    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${NODE_IMAGE}", "${BASE_IMAGE}", "${BASE_IMAGE}"]
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M), "numeric user, so runAsNonRoot can verify it"
     assert "python -m tools.gen_protos" in dockerfile
     assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', dockerfile, re.M)
