@@ -1,8 +1,9 @@
 """The pass-through proxy: one generic gRPC handler for every public method.
 
 For each call: authenticate the API key, take a token from the caller's bucket, check the
-method's policy, validate and scope the request when the policy needs it (only then is the
-request decoded), then forward the raw bytes to the backend over its one long-lived channel
+method's policy, decode and check the request (well-formed, then validated and scoped as the
+policy says), then forward the bytes received (re-encoded only when scoping filled in a field)
+to the backend over its one long-lived channel
 with the caller's remaining deadline and metadata. Backend statuses (with their rich details)
 come back unchanged; cancellation travels both ways.
 """
@@ -26,7 +27,7 @@ from gateway.credentials import CredentialStore, Kind, Principal
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
-from runtime import errors, telemetry
+from runtime import errors, telemetry, validation
 
 log = logging.getLogger(__name__)
 
@@ -271,23 +272,23 @@ class Gateway:
             raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
         return principal
 
-    def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message | None]:
-        """Decode only when the policy needs to look inside; re-encode only when scoping filled
-        in a field. Returns the bytes to forward and the decoded request (if decoded)."""
-        rule = route.rule
-        scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
-            rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
-        )
-        lookup = rule.owner in (Owner.ORDER, Owner.RESPONSE) and principal.kind in SCOPED_KINDS
-        if not (rule.required or scoped or lookup):
-            return request, None
+    def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message]:
+        """Decode every request: bytes that are not the method's request, an unknown enum number
+        or an out-of-range timestamp are refused here, whoever calls. Then validate and scope it
+        as the policy row says. Returns the bytes to forward — the very bytes received unless
+        scoping filled in a field — and the decoded request."""
         try:
             decoded = route.request_type.FromString(request)
         except DecodeError:
             raise errors.InvalidArgument(
                 "request", f"is not a valid {route.descriptor.input_type.full_name}"
             ) from None
+        validation.check(decoded)
+        rule = route.rule
         scope.validate(decoded, rule.required)
+        scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
+            rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
+        )
         if scoped and scope.scope_request(decoded, principal, rule):
             request = decoded.SerializeToString()
         return request, decoded

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from runtime import deadlines, errors, telemetry
+from runtime import deadlines, errors, telemetry, validation
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ class Wiring:
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns every exception escaping a handler into a precise status, never UNKNOWN, and
-    records a unary call's deadline for the calls its handler makes downstream."""
+    records a unary call's deadline for the calls its handler makes downstream. Every decoded
+    request is checked first (runtime.validation): an unknown enum number or an out-of-range
+    timestamp is INVALID_ARGUMENT naming the field, before the handler sees it; in a client
+    stream, it ends the stream."""
 
     def __init__(self) -> None:
         # Handlers are fixed once registered: wrap each once, not on every call.
@@ -99,13 +103,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
+                _wrap_unary(handler.stream_unary, method, streaming=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
+                _wrap_stream(handler.stream_stream, method, streaming=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -126,11 +130,30 @@ def _passthrough(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _checked(request: Any, streaming: bool) -> Any:
+    """The request (or, for a client stream, the requests) checked by runtime.validation.
+    Raw bytes (the gateway's pass-through handlers) are the gateway's to check."""
+    if streaming:
+        return _checked_stream(request)
+    if isinstance(request, Message):
+        validation.check(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Message):
+            validation.check(request)
+        yield request
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, *, streaming: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             with deadlines.caller_deadline(context.time_remaining()):
-                return await behavior(request, context)
+                return await behavior(_checked(request, streaming), context)
         except BaseException as exc:
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
@@ -140,11 +163,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 
 
 def _wrap_stream(
-    behavior: Callable[..., AsyncIterator[Any]], method: str
+    behavior: Callable[..., AsyncIterator[Any]], method: str, *, streaming: bool = False
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(_checked(request, streaming), context):
                 yield response
         except BaseException as exc:
             if _passthrough(exc) or not isinstance(exc, Exception):

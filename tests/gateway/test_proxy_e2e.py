@@ -13,6 +13,7 @@ from tutti.common.v1 import common_pb2
 
 from tests.gateway.backend import SERVICE, FakeBackend
 from tests.gateway.backend import message as backend_message
+from tests.gateway.conftest import KEYS
 from tests.support import random_id, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -224,6 +225,39 @@ async def test_garbage_bytes_are_invalid_argument(channel: grpc.aio.Channel) -> 
     )
     error = await status_of(call)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("who", ["admin", "web"])
+async def test_every_request_is_decoded_whoever_calls_even_without_required_fields(
+    channel: grpc.aio.Channel, backend: tuple[FakeBackend, str], who: str
+) -> None:
+    # Echo's row lists no required field; an admin's call is not scoped: decoded all the same.
+    calls = len(backend[0].calls)
+    call = channel.unary_unary(f"/{SERVICE}/Echo")(
+        b"\x0a\x05ab", metadata=[("authorization", f"Bearer {KEYS[who]}")], timeout=10
+    )
+    error = await status_of(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request: is not a valid tutti.gatewaytest.v1.EchoRequest"
+    assert len(backend[0].calls) == calls
+
+
+async def test_an_unknown_enum_number_is_named_not_called_missing(
+    channel: grpc.aio.Channel, backend: tuple[FakeBackend, str]
+) -> None:
+    calls = len(backend[0].calls)
+    request = backend_message("PlaceOrderRequest")(order_id=random_id("order"), channel=99)
+    call = channel.unary_unary(f"/{SERVICE}/PlaceOrder")(
+        request.SerializeToString(), metadata=[("authorization", f"Bearer {KEYS['admin']}")], timeout=10
+    )
+    error = await status_of(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert rich_status(error).details[0].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("channel", "99 is not a known tutti.common.v1.Channel value")
+    ]
+    assert len(backend[0].calls) == calls
 
 
 # --- proxy mechanics -------------------------------------------------------------------------

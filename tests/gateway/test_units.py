@@ -216,3 +216,30 @@ def test_validation_names_missing_fields_and_absurd_ids() -> None:
 
 def test_the_gateway_package_imports_without_side_effects() -> None:
     importlib.import_module("gateway.bootstrap")
+
+
+# --- decoding every request ------------------------------------------------------------------
+
+
+async def test_the_gateway_forwards_the_bytes_it_received_unless_scoping_filled_something_in() -> None:
+    from gateway.proxy import Gateway
+    from runtime.grpc_server import client_channel
+
+    routes = build_routes(discover_services(BACKENDS))
+    channels = {backend: client_channel("127.0.0.1:9") for backend in BACKENDS}
+    credentials = CredentialStore.from_mapping({"credentials": [{"id": "a", "kind": "admin", "key": "k"}]})
+    gateway = Gateway(routes, credentials, RateLimiter(), channels, 30)
+    route = routes["/tutti.inventory.v1.InventoryService/GetAvailability"]
+    # An unknown field (number 99) too: the bytes are forwarded as they came, not re-encoded.
+    request = inventory_pb2.GetAvailabilityRequest(sku="SKU-1", channel=common_pb2.CHANNEL_WEB)
+    raw = request.SerializeToString() + b"\x98\x06\x01"
+    forwarded, decoded = gateway._prepare(route, WEB, raw)
+    assert forwarded is raw and decoded.sku == "SKU-1"
+    forwarded, _ = gateway._prepare(route, Principal("root", Kind.ADMIN), raw)
+    assert forwarded is raw
+    # A channel that did not say which channel: filled in, so re-encoded.
+    raw = inventory_pb2.GetAvailabilityRequest(sku="SKU-1").SerializeToString()
+    forwarded, decoded = gateway._prepare(route, WEB, raw)
+    assert forwarded != raw and decoded.channel == common_pb2.CHANNEL_WEB
+    for channel in channels.values():
+        await channel.close()
