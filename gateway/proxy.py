@@ -28,6 +28,7 @@ from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
 from runtime import errors, telemetry, validation
+from runtime.grpc_server import drain
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Gateway:
     async def _stream_unary(
         self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bytes:
-        principal = await self._admit(route, context)
+        principal = await self._admit(route, context, requests)
         violation = _Violation()
         call = self._callables[route.path](
             self._checked(route, principal, requests, violation),
@@ -208,7 +209,7 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if violation.error is not None:
                 raise violation.error from None
-            await self._relay(context, exc, route)
+            await self._relay(context, exc, route, requests)
             raise
         except asyncio.CancelledError:
             call.cancel()
@@ -220,7 +221,7 @@ class Gateway:
     async def _stream_stream(
         self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        principal = await self._admit(route, context)
+        principal = await self._admit(route, context, requests)
         violation = _Violation()
         call = self._callables[route.path](
             self._checked(route, principal, requests, violation),
@@ -233,7 +234,7 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if violation.error is not None:
                 raise violation.error from None
-            await self._relay(context, exc, route)
+            await self._relay(context, exc, route, requests)
         except asyncio.CancelledError:
             if violation.error is not None:
                 raise violation.error from None
@@ -245,8 +246,14 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def _admit(self, route: Route, context: grpc.aio.ServicerContext) -> Principal:
-        """Authenticate, rate-limit, then check the method's policy."""
+    async def _admit(
+        self,
+        route: Route,
+        context: grpc.aio.ServicerContext,
+        requests: AsyncIterator[bytes] | None = None,
+    ) -> Principal:
+        """Authenticate, rate-limit, then check the method's policy. A refused client stream
+        (``requests``) is read to its end first (runtime.grpc_server.drain)."""
         key = _bearer(context.invocation_metadata() or ())
         if key is None:
             raise errors.Unauthenticated(
@@ -257,6 +264,8 @@ class Gateway:
             raise errors.Unauthenticated("unknown API key")
         wait = self._limiter.acquire(principal.id, principal.rate_per_second, principal.burst)
         if wait > 0:
+            if requests is not None:
+                await drain(requests)
             exc = errors.ResourceExhausted(
                 f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) exceeded "
                 f"for {principal.id}; retry in {wait:.3f}s",
@@ -356,8 +365,14 @@ class Gateway:
         return forwarded
 
     @staticmethod
-    async def _relay(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError, route: Route) -> None:
-        """Answer with the backend's status, message and details, unchanged."""
+    async def _relay(
+        context: grpc.aio.ServicerContext,
+        exc: grpc.aio.AioRpcError,
+        route: Route,
+        requests: AsyncIterator[bytes] | None = None,
+    ) -> None:
+        """Answer with the backend's status, message and details, unchanged (after reading what
+        is left of the caller's stream, if any: runtime.grpc_server.drain)."""
         code = exc.code()
         message = exc.details() or ""
         if code is grpc.StatusCode.UNAVAILABLE and any(sign in message for sign in _TRANSPORT_FAILURES):
@@ -367,6 +382,8 @@ class Gateway:
         trailing = tuple(
             (key, value) for key, value in (exc.trailing_metadata() or ()) if not key.startswith(":")
         )
+        if requests is not None:
+            await drain(requests)
         await context.abort(code, message, trailing)
 
 

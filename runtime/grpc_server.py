@@ -43,6 +43,15 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 LIVENESS = "liveness"
 
+# A client stream ended early (refused, invalid, or the handler failed) is read on — until the
+# client half-closes, pauses for DRAIN_IDLE_SECONDS, or DRAIN_SECONDS / DRAIN_MESSAGES have
+# passed — before the status is sent: a grpc.aio client still writing when the status arrives
+# reports INTERNAL "Internal error from Core" instead of the status sent (grpc/grpc#36066). A
+# client idle on a long-lived stream (a till waiting for its ack) gets its status at once.
+DRAIN_SECONDS = 2.0
+DRAIN_IDLE_SECONDS = 0.2
+DRAIN_MESSAGES = 10_000
+
 
 @dataclass
 class Wiring:
@@ -116,6 +125,23 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+async def drain(requests: AsyncIterator[Any]) -> None:
+    """Read and drop what the client is still sending on a stream that is about to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
+    iterator = aiter(requests)
+    for _ in range(DRAIN_MESSAGES):
+        wait = min(DRAIN_IDLE_SECONDS, deadline - loop.time())
+        if wait <= 0:
+            return
+        try:
+            await asyncio.wait_for(anext(iterator), wait)
+        except (TimeoutError, StopAsyncIteration):
+            return
+        except Exception:  # noqa: BLE001 - best effort: the call is ending with its own status anyway
+            return
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     code, message, details = errors.to_status(exc)
     if code == grpc.StatusCode.INTERNAL:
@@ -155,6 +181,8 @@ def _wrap_unary(
             with deadlines.caller_deadline(context.time_remaining()):
                 return await behavior(_checked(request, streaming), context)
         except BaseException as exc:
+            if streaming and isinstance(exc, Exception):
+                await drain(request)
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
@@ -170,6 +198,8 @@ def _wrap_stream(
             async for response in behavior(_checked(request, streaming), context):
                 yield response
         except BaseException as exc:
+            if streaming and isinstance(exc, Exception):
+                await drain(request)
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)

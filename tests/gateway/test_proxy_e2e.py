@@ -320,3 +320,41 @@ async def test_trace_context_travels_to_the_backend(as_: Any) -> None:
     )
     received = [item for item in reply.metadata if item.startswith("traceparent=")]
     assert len(received) == 1 and trace_id in received[0]
+
+
+# --- client streams refused before they are read ---------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+async def test_a_client_stream_with_a_bad_key_is_unauthenticated_for_a_python_client(
+    as_: Any, key: str | None
+) -> None:
+    sales = [{"location_id": "loc-a", "sku": f"S{i}"} for i in range(50)]
+    call = as_(key).stream_sales(sales)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+    error = await status_of(as_(key).record_sales(sales))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+
+
+async def test_every_refusal_of_a_client_stream_reaches_a_python_client_precisely(as_: Any) -> None:
+    """Refused before the stream is read (kind, rate limit) or in the middle of it (a foreign
+    location, an ill-formed sale): the gateway reads the stream to its end before answering, so
+    the client sees the status sent, not INTERNAL "Internal error from Core"."""
+    sales = [{"location_id": "loc-a", "sku": f"S{i}"} for i in range(200)]
+    refusals = {
+        "web": (grpc.StatusCode.PERMISSION_DENIED,),  # a channel may not record sales
+        "limited": (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        "store-b": (grpc.StatusCode.PERMISSION_DENIED,),  # loc-a is not its location
+    }
+    for who, expected in refusals.items():
+        for _ in range(3):
+            call = as_(who).stream_sales(sales)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in call:
+                    pass
+            assert info.value.code() in expected, (who, info.value.code(), info.value.details())
+            error = await status_of(as_(who).record_sales(sales))
+            assert error.code() in expected, (who, error.code(), error.details())
