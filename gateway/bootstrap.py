@@ -78,6 +78,7 @@ async def build_gateway(
             "methods": len(routes),
             "principals": len(credentials),
             "tls": gateway_settings.tls_cert is not None,
+            "max_message_bytes": gateway_settings.max_message_bytes,
         },
     )
 
@@ -89,6 +90,7 @@ async def build_gateway(
         service_names=names,
         ready=gateway.ready,
         server_credentials=_tls(gateway_settings),
+        max_receive_message_bytes=gateway_settings.max_message_bytes,
     )
 
 

@@ -20,10 +20,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 # A status travels in gRPC trailers (grpc-message percent-encoded, grpc-status-details-bin in
 # base64 with the message again), and clients refuse metadata over about 8 KiB by default. So
 # every status stays well under that, whatever the request: the message is at most
-# MAX_MESSAGE_BYTES (UTF-8), the details at most MAX_DETAILS_BYTES serialised, with at most
+# MAX_STATUS_MESSAGE_BYTES (UTF-8), the details at most MAX_DETAILS_BYTES serialised, with at most
 # MAX_VIOLATIONS listed violations, each text at most MAX_TEXT_CHARS characters, and one last
 # violation saying how many more there were.
-MAX_MESSAGE_BYTES = 512
+MAX_STATUS_MESSAGE_BYTES = 512
 MAX_DETAILS_BYTES = 2_500
 MAX_VIOLATIONS = 20
 MAX_TEXT_CHARS = 200
@@ -226,7 +226,7 @@ def rich_status(code: grpc.StatusCode, message: str, details: list[any_pb2.Any])
         bounded.append(detail)
     return status_pb2.Status(
         code=getattr(code_pb2, code.name),
-        message=_truncate_bytes(message, MAX_MESSAGE_BYTES),
+        message=_truncate_bytes(message, MAX_STATUS_MESSAGE_BYTES),
         details=bounded,
     )
 

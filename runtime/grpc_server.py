@@ -67,6 +67,9 @@ class Wiring:
     background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
     # TLS for the listening port (the gateway, by configuration); None listens in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
+    # Largest message the server accepts (larger: RESOURCE_EXHAUSTED, answered by grpc itself);
+    # None keeps MAX_MESSAGE_BYTES, which internal batch calls (stock snapshots) need.
+    max_receive_message_bytes: int | None = None
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -256,7 +259,13 @@ async def serve(
     async with AsyncExitStack() as stack:
         wiring = await build(settings, stack)
         interceptors: list[Any] = [*telemetry.server_interceptors(), ErrorMappingInterceptor()]
-        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        options = SERVER_OPTIONS
+        if wiring.max_receive_message_bytes is not None:
+            options = [
+                ("grpc.max_receive_message_length", wiring.max_receive_message_bytes),
+                *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
+            ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         wiring.register(server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -260,6 +260,14 @@ async def test_an_unknown_enum_number_is_named_not_called_missing(
     assert len(backend[0].calls) == calls
 
 
+async def test_a_message_over_4_mib_is_resource_exhausted_and_one_under_goes_through(as_: Any) -> None:
+    reply = await as_("admin").echo(text="x" * (3 * 1024 * 1024))
+    assert len(reply.text) == 3 * 1024 * 1024
+    error = await status_of(as_("admin").echo(text="x" * (4 * 1024 * 1024 + 1)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in error.details()
+
+
 # --- proxy mechanics -------------------------------------------------------------------------
 
 

@@ -86,6 +86,16 @@ def test_the_demo_credentials_load_and_are_the_default() -> None:
     assert admin is not None and admin.kind is Kind.ADMIN
 
 
+def test_the_largest_message_is_4_mib_unless_configured() -> None:
+    assert GatewaySettings.from_env({}).max_message_bytes == 4 * 1024 * 1024
+    settings = GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": "1048576"})
+    assert settings.max_message_bytes == 1024 * 1024
+    with pytest.raises(SettingsError, match="TUTTI_GATEWAY_MAX_MESSAGE_BYTES must be an integer"):
+        GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": "4MB"})
+    with pytest.raises(SettingsError, match="TUTTI_GATEWAY_MAX_MESSAGE_BYTES must be <="):
+        GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": str(2**40)})
+
+
 def test_tls_needs_both_variables() -> None:
     with pytest.raises(SettingsError, match="TUTTI_GATEWAY_TLS_KEY"):
         GatewaySettings.from_env({"TUTTI_GATEWAY_TLS_CERT": "/x/cert.pem"})

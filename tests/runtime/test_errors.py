@@ -80,7 +80,7 @@ def test_many_field_violations_are_cut_to_fit_in_trailers_with_a_count_of_the_re
 
 def test_a_huge_message_is_truncated() -> None:
     status = errors.rich_status(grpc.StatusCode.NOT_FOUND, "é" * 100_000, [])
-    assert len(status.message.encode()) <= errors.MAX_MESSAGE_BYTES
+    assert len(status.message.encode()) <= errors.MAX_STATUS_MESSAGE_BYTES
     assert status.message.endswith("…")
     assert _trailers_size(errors.NotFound("é" * 100_000)) < 6 * 1024
 
@@ -94,7 +94,7 @@ def test_long_precondition_failures_are_cut_too() -> None:
     assert status.details[0].Unpack(failure)
     assert failure.violations[0].subject == "SKU-0@STORE-1"
     assert failure.violations[-1].description.startswith("and ")
-    assert status.ByteSize() < errors.MAX_DETAILS_BYTES + errors.MAX_MESSAGE_BYTES + 64
+    assert status.ByteSize() < errors.MAX_DETAILS_BYTES + errors.MAX_STATUS_MESSAGE_BYTES + 64
 
 
 def test_a_few_violations_are_kept_whole() -> None:
