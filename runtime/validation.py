@@ -114,6 +114,17 @@ def check(message: Message) -> None:
         raise InvalidArgument.of(found)
 
 
+def timestamp_problem(timestamp: Any) -> str:
+    """Why a google.protobuf.Timestamp is out of range, or "" when it is not."""
+    seconds, nanos = timestamp.seconds, timestamp.nanos
+    if MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos <= MAX_NANOS:
+        return ""
+    return (
+        f"is not a valid timestamp (seconds {seconds}, nanos {nanos}): it must lie between "
+        "0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z"
+    )
+
+
 def _walk(message: Message, prefix: str, depth: int, found: list[FieldViolation]) -> None:
     plan = _plan(message.DESCRIPTOR)
     if not plan or depth > MAX_DEPTH:
@@ -145,15 +156,9 @@ def _check_value(todo: _Check, path: str, value: Any, depth: int, found: list[Fi
             assert todo.enum is not None
             found.append(FieldViolation(path, f"{value} is not a known {todo.enum.full_name} value"))
     elif kind == _TIMESTAMP:
-        seconds, nanos = value.seconds, value.nanos
-        if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= nanos <= MAX_NANOS:
-            found.append(
-                FieldViolation(
-                    path,
-                    f"is not a valid timestamp (seconds {seconds}, nanos {nanos}): it must lie between "
-                    "0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z",
-                )
-            )
+        problem = timestamp_problem(value)
+        if problem:
+            found.append(FieldViolation(path, problem))
     elif kind == _DURATION:
         seconds, nanos = value.seconds, value.nanos
         if (
