@@ -35,6 +35,10 @@ MAX_NANOS = 999_999_999
 MAX_DEPTH = 32
 # A request with thousands of bad lines is refused after this many are found.
 MAX_FOUND = 100
+# Values the walk looks at, at most (messages visited plus enum values in lists): 4 MiB of
+# nested lists can hold millions, and checking them would stall the process for seconds. A
+# request with more is refused as a whole; no legitimate Tutti request comes near.
+MAX_VALUES = 100_000
 
 _ENUM, _TIMESTAMP, _DURATION, _MESSAGE = range(4)
 
@@ -103,7 +107,7 @@ def violations(message: Message) -> list[FieldViolation]:
     """Every field of ``message`` (and of its sub-messages) holding an unknown enum number or an
     out-of-range timestamp or duration, as a path such as ``lines[0].kind`` (at most MAX_FOUND)."""
     found: list[FieldViolation] = []
-    _walk(message, "", 0, found)
+    _walk(message, "", 0, found, [MAX_VALUES])
     return found
 
 
@@ -125,31 +129,46 @@ def timestamp_problem(timestamp: Any) -> str:
     )
 
 
-def _walk(message: Message, prefix: str, depth: int, found: list[FieldViolation]) -> None:
+def _spend(budget: list[int], count: int) -> None:
+    budget[0] -= count
+    if budget[0] < 0:
+        raise InvalidArgument(
+            "request", f"is too large to check: more than {MAX_VALUES:,} nested values; split it"
+        )
+
+
+def _walk(
+    message: Message, prefix: str, depth: int, found: list[FieldViolation], budget: list[int]
+) -> None:
     plan = _plan(message.DESCRIPTOR)
     if not plan or depth > MAX_DEPTH:
         return
+    _spend(budget, 1)
     for name, todo in plan.items():
         value = getattr(message, name)
         if todo.is_map:
+            _spend(budget, len(value))
             for key in value:
-                _check_value(todo, f"{prefix}{name}[{key!r}]", value[key], depth, found)
+                _check_value(todo, f"{prefix}{name}[{key!r}]", value[key], depth, found, budget)
         elif todo.repeated:
+            _spend(budget, len(value))
             if todo.kind == _ENUM and todo.numbers.issuperset(value):
                 continue  # the common case, without building paths
             for index, item in enumerate(value):
-                _check_value(todo, f"{prefix}{name}[{index}]", item, depth, found)
+                _check_value(todo, f"{prefix}{name}[{index}]", item, depth, found, budget)
         elif todo.kind == _ENUM:
             if value not in todo.numbers:
-                _check_value(todo, f"{prefix}{name}", value, depth, found)
+                _check_value(todo, f"{prefix}{name}", value, depth, found, budget)
         elif message.HasField(name):
-            _check_value(todo, f"{prefix}{name}", value, depth, found)
+            _check_value(todo, f"{prefix}{name}", value, depth, found, budget)
         if len(found) >= MAX_FOUND:
             del found[MAX_FOUND:]
             return
 
 
-def _check_value(todo: _Check, path: str, value: Any, depth: int, found: list[FieldViolation]) -> None:
+def _check_value(
+    todo: _Check, path: str, value: Any, depth: int, found: list[FieldViolation], budget: list[int]
+) -> None:
     kind = todo.kind
     if kind == _ENUM:
         if value not in todo.numbers:
@@ -175,4 +194,4 @@ def _check_value(todo: _Check, path: str, value: Any, depth: int, found: list[Fi
                 )
             )
     else:
-        _walk(value, f"{path}.", depth + 1, found)
+        _walk(value, f"{path}.", depth + 1, found, budget)

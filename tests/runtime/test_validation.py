@@ -86,3 +86,18 @@ def test_recursive_types_are_walked_within_a_depth() -> None:
     assert validation.violations(value) == []  # deeper than MAX_DEPTH: not walked, not a crash
     shallow = struct_pb2.Struct(fields={"k": struct_pb2.Value(null_value=5)})  # type: ignore[arg-type]
     assert [v.field for v in validation.violations(shallow)] == ["fields['k'].null_value"]
+
+
+def test_a_request_too_large_to_check_is_refused_as_a_whole_quickly() -> None:
+    import time
+
+    hours = [pb.OpeningHours(weekday=pb.WEEKDAY_MONDAY)] * 1_500
+    bomb = pb.UpsertLocationsRequest(locations=[pb.Location(opening_hours=hours)] * 1_500)
+    started = time.monotonic()
+    with pytest.raises(InvalidArgument) as info:
+        validation.check(bomb)
+    assert time.monotonic() - started < 1.0
+    assert info.value.violations[0].field == "request"
+    assert "more than 100,000 nested values" in info.value.message
+    # A big but sane request passes.
+    validation.check(pb.UpsertLocationsRequest(locations=[pb.Location(opening_hours=hours[:7])] * 1_000))
