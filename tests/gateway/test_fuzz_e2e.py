@@ -476,3 +476,15 @@ async def test_a_pos_stream_with_a_bad_key_is_unauthenticated_for_a_python_clien
                     async for _ in call:
                         pass
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+        # With a good key, an ill-formed sale (after good ones) ends the stream, precisely.
+        ill_formed = ipb.StreamPosSalesRequest(terminal_id="t", sale_id="x", location_id=STORE, kind=9)  # type: ignore[arg-type]
+        call = stub.StreamPosSales(
+            iter([*sales[:3], ill_formed, *sales[3:]]),
+            metadata=[("authorization", f"Bearer {KEYS['store']}")],
+            timeout=10,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert info.value.details() == "kind: 9 is not a known tutti.inventory.v1.PosSaleKind value"

@@ -265,7 +265,8 @@ async def test_a_message_over_4_mib_is_resource_exhausted_and_one_under_goes_thr
     assert len(reply.text) == 3 * 1024 * 1024
     error = await status_of(as_("admin").echo(text="x" * (4 * 1024 * 1024 + 1)))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in error.details()
+    assert error.details().startswith("SERVER: Received message larger than max (")
+    assert error.details().endswith(f" vs. {4 * 1024 * 1024})")
 
 
 # --- proxy mechanics -------------------------------------------------------------------------
