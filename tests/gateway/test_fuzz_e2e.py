@@ -416,7 +416,7 @@ async def test_huge_refusals_fit_in_trailers_with_a_count_of_the_rest(stack: Sta
     admin = [("authorization", f"Bearer {KEYS['admin']}")]
     async with grpc.aio.insecure_channel(stack.gateway) as channel:
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
-        # 1,000 unknown SKUs: NOT_FOUND, its message cut.
+        # 1,000 unknown SKUs: NOT_FOUND naming the first ones, counting the rest.
         error = await _refused(
             lambda: inventory.GetSkus(
                 ipb.GetSkusRequest(skus=[random_id("NOPE") for _ in range(1_000)]), metadata=admin, timeout=30
@@ -424,6 +424,8 @@ async def test_huge_refusals_fit_in_trailers_with_a_count_of_the_rest(stack: Sta
         )
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert len(error.details().encode()) <= errors.MAX_STATUS_MESSAGE_BYTES
+        assert error.details().startswith("skus[0]: unknown SKU NOPE-")
+        assert "and 995 more unknown SKUs" in error.details()
         # A 10,000-line snapshot whose every line is bad: INVALID_ARGUMENT, first violations named.
         snapshot = ipb.ApplyStockSnapshotRequest(
             snapshot_id=random_id("snap"),
