@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -74,10 +74,10 @@ class Wiring:
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns every exception escaping a handler into a precise status, never UNKNOWN, and
-    records a unary call's deadline for the calls its handler makes downstream. Every decoded
-    request is checked first (runtime.validation): an unknown enum number or an out-of-range
-    timestamp is INVALID_ARGUMENT naming the field, before the handler sees it; in a client
-    stream, it ends the stream."""
+    records a unary call's deadline for the calls its handler makes downstream. Every request
+    is decoded and checked first (runtime.validation): bytes that are not the method's request,
+    an unknown enum number or an out-of-range timestamp are INVALID_ARGUMENT naming the field,
+    before the handler sees them; in a client stream, they end the stream."""
 
     def __init__(self) -> None:
         # Handlers are fixed once registered: wrap each once, not on every call.
@@ -101,28 +101,27 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        # The request is decoded inside the wrapper, not by grpc: bytes that are not the
+        # method's request are then INVALID_ARGUMENT, not grpc's UNKNOWN "Unexpected DecodeError".
+        decode = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, streaming=True),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, method, decode, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, streaming=True),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.stream_stream, method, decode, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -159,30 +158,46 @@ def _passthrough(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
 
 
-def _checked(request: Any, streaming: bool) -> Any:
-    """The request (or, for a client stream, the requests) checked by runtime.validation.
-    Raw bytes (the gateway's pass-through handlers) are the gateway's to check."""
-    if streaming:
-        return _checked_stream(request)
+Decode = Callable[[bytes], Any] | None
+
+
+def _decoded(raw: Any, decode: Decode) -> Any:
+    """The request decoded (when the handler has a deserializer) and checked by
+    runtime.validation. The gateway's pass-through handlers take raw bytes: the gateway checks
+    those itself."""
+    if decode is None:
+        return raw
+    try:
+        request = decode(raw)
+    except DecodeError:
+        raise errors.InvalidArgument("request", f"is not a valid {_type_name(decode)}") from None
     if isinstance(request, Message):
         validation.check(request)
     return request
 
 
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        if isinstance(request, Message):
-            validation.check(request)
-        yield request
+def _type_name(decode: Callable[[bytes], Any]) -> str:
+    message_type = getattr(decode, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request message"))
+
+
+async def _decoded_stream(requests: AsyncIterator[Any], decode: Decode) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield _decoded(raw, decode)
+
+
+def _checked(request: Any, decode: Decode, streaming: bool) -> Any:
+    return _decoded_stream(request, decode) if streaming else _decoded(request, decode)
 
 
 def _wrap_unary(
-    behavior: Callable[..., Awaitable[Any]], method: str, *, streaming: bool = False
+    behavior: Callable[..., Awaitable[Any]], method: str, decode: Decode, *, streaming: bool = False
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             with deadlines.caller_deadline(context.time_remaining()):
-                return await behavior(_checked(request, streaming), context)
+                return await behavior(_checked(request, decode, streaming), context)
         except BaseException as exc:
             if streaming and isinstance(exc, Exception):
                 await drain(request)
@@ -194,11 +209,11 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[..., AsyncIterator[Any]], method: str, *, streaming: bool = False
+    behavior: Callable[..., AsyncIterator[Any]], method: str, decode: Decode, *, streaming: bool = False
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(_checked(request, streaming), context):
+            async for response in behavior(_checked(request, decode, streaming), context):
                 yield response
         except BaseException as exc:
             if streaming and isinstance(exc, Exception):

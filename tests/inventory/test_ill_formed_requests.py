@@ -100,3 +100,22 @@ async def test_an_unknown_sale_kind_in_a_pos_stream_ends_it_with_invalid_argumen
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "kind: 9 is not a known tutti.inventory.v1.PosSaleKind value" in info.value.details()
+
+
+async def test_bytes_that_are_not_the_request_are_invalid_argument_not_unknown(
+    channel: grpc.aio.Channel,
+) -> None:
+    get_availability = channel.unary_unary("/tutti.inventory.v1.InventoryService/GetAvailability")
+    call = get_availability(b"\x0a\x05ab", timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "request: is not a valid tutti.inventory.v1.GetAvailabilityRequest"
+    stream = channel.stream_stream("/tutti.inventory.v1.InventoryService/StreamPosSales")(
+        iter([b"\xff\xff\xff"]), timeout=10
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "request: is not a valid tutti.inventory.v1.StreamPosSalesRequest"
