@@ -60,7 +60,7 @@ KEYS = {"admin": random_id("key-admin"), "channel": random_id("key-web"), "store
 SEED = int(os.environ.get("TUTTI_FUZZ_SEED") or random.randrange(2**32))
 # Per method and caller: generated requests (TUTTI_FUZZ_EXAMPLES for a deeper run), and random byte
 # strings.
-MESSAGES = int(os.environ.get("TUTTI_FUZZ_EXAMPLES") or 12)
+MESSAGES = int(os.environ.get("TUTTI_FUZZ_EXAMPLES") or 20)
 RANDOM_BYTES = 2
 CONCURRENCY = 8
 CALL_TIMEOUT = 15.0
@@ -143,6 +143,7 @@ async def stack(settings: CommonSettings, fuzz_credentials: Path) -> AsyncIterat
                 running_service(common, builder(gateway_settings(fuzz_credentials)))
             )
             services["gateway"] = gateway
+            await _seed(gateway.address)
             yield Stack(gateway.address, services)
     finally:
         conn = await asyncpg.connect(settings.database_url)
@@ -150,6 +151,31 @@ async def stack(settings: CommonSettings, fuzz_credentials: Path) -> AsyncIterat
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+async def _seed(gateway: str) -> None:
+    """The store the store key acts for, and SKU-1 stocked there, so that some fuzzed calls get
+    past "not found"."""
+    from tests.inventory.conftest import location
+
+    admin = [("authorization", f"Bearer {KEYS['admin']}")]
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        await stub.UpsertLocations(
+            ipb.UpsertLocationsRequest(locations=[location(STORE)]), metadata=admin, timeout=10
+        )
+        await stub.RegisterSkus(
+            ipb.RegisterSkusRequest(skus=[ipb.Sku(sku="SKU-1", name="one")]), metadata=admin, timeout=10
+        )
+        await stub.ReceiveStock(
+            ipb.ReceiveStockRequest(
+                movement_id=random_id("seed"),
+                location_id=STORE,
+                lines=[ipb.ReservationLine(sku="SKU-1", quantity=1_000)],
+            ),
+            metadata=admin,
+            timeout=10,
+        )
 
 
 # --- requests from descriptors -------------------------------------------------------------------
