@@ -205,10 +205,35 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, _RETRIABLE)
 
 
+def _request_data_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the database client that mean 'this value from the request cannot be stored':
+    PostgreSQL's data exceptions (SQLSTATE class 22: a NUL character in text, a number out of
+    the column's range, …) and asyncpg's own refusal to encode an argument (an int beyond int32
+    — an InterfaceError, which must not read as retriable)."""
+    import asyncpg
+    from asyncpg.exceptions import _base
+
+    return (asyncpg.exceptions.DataError, _base.DataError)
+
+
+_REQUEST_DATA: tuple[type[BaseException], ...] | None = None
+
+
+def is_request_data_error(exc: BaseException) -> bool:
+    global _REQUEST_DATA
+    if _REQUEST_DATA is None:
+        _REQUEST_DATA = _request_data_errors()
+    return isinstance(exc, _REQUEST_DATA)
+
+
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, list[any_pb2.Any]]:
     """Map any exception to (code, message, details) for the caller. Pure; logging is the caller's job."""
     if isinstance(exc, TuttiError):
         return exc.code, exc.message, exc.details()
+    if is_request_data_error(exc):
+        cause = truncate(str(exc))
+        refusal = InvalidArgument("request", f"holds a value the database cannot store ({cause})")
+        return refusal.code, refusal.message, refusal.details()
     if is_retriable(exc):
         return grpc.StatusCode.UNAVAILABLE, "a dependency is temporarily unavailable; retry with backoff", []
     return grpc.StatusCode.INTERNAL, "internal error; it has been logged", []

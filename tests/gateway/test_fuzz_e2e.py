@@ -57,6 +57,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 REDIS_DB = 11
 STORE = random_id("fuzz-store")
 KEYS = {"admin": random_id("key-admin"), "channel": random_id("key-web"), "store": random_id("key-store")}
+# Calls made straight to a backend, without a key.
+DIRECT = "direct"
 SEED = int(os.environ.get("TUTTI_FUZZ_SEED") or random.randrange(2**32))
 # Per method and caller: generated requests (TUTTI_FUZZ_EXAMPLES for a deeper run), and random byte
 # strings.
@@ -347,7 +349,7 @@ def _describe(route: Route, raw: bytes) -> str:
 
 
 async def call(channel: grpc.aio.Channel, route: Route, who: str, raw: bytes) -> Outcome:
-    metadata = [("authorization", f"Bearer {KEYS[who]}")]
+    metadata = [("authorization", f"Bearer {KEYS[who]}")] if who in KEYS else []
     code, details, trailers = grpc.StatusCode.OK, "", 0
     try:
         if route.client_streaming:
@@ -388,25 +390,31 @@ def public_routes() -> dict[str, Route]:
 # --- the properties ------------------------------------------------------------------------------
 
 
-async def test_every_public_method_answers_any_input_precisely(stack: Stack) -> None:
+async def fuzz(stack: Stack, callers: tuple[str, ...], address_of: Callable[[Route], str]) -> list[Outcome]:
+    """Every public method, called at ``address_of(route)`` by each of ``callers`` with the
+    generated requests; asserts every answer is precise and every process still serves."""
     routes = public_routes()
     assert len(routes) > 40  # every backend's services were discovered
     started = time.monotonic()
-    work: list[tuple[Route, str, bytes]] = []
-    for salt, route in enumerate(routes.values()):
-        requests = generate(route, MESSAGES, salt)
-        for who in KEYS:
-            work.extend((route, who, raw) for raw in requests)
+    work = [
+        (route, who, raw)
+        for salt, route in enumerate(routes.values())
+        for raw in generate(route, MESSAGES, salt)
+        for who in callers
+    ]
     generated = time.monotonic() - started
-
     limit = asyncio.Semaphore(CONCURRENCY)
-    async with grpc.aio.insecure_channel(stack.gateway) as channel:
+    channels = {address: grpc.aio.insecure_channel(address) for address in map(address_of, routes.values())}
+    try:
 
         async def one(item: tuple[Route, str, bytes]) -> Outcome:
             async with limit:
-                return await call(channel, *item)
+                return await call(channels[address_of(item[0])], *item)
 
         outcomes = await asyncio.gather(*(one(item) for item in work))
+    finally:
+        for channel in channels.values():
+            await channel.close()
     elapsed = time.monotonic() - started
 
     imprecise = [o for o in outcomes if o.code not in PRECISE]
@@ -423,9 +431,20 @@ async def test_every_public_method_answers_any_input_precisely(stack: Stack) -> 
     for o in outcomes:
         codes[o.code.name] = codes.get(o.code.name, 0) + 1
     print(  # the run's figures, shown with -s
-        f"fuzz: {len(outcomes)} calls over {len(routes)} methods in {elapsed:.1f}s "
+        f"fuzz ({', '.join(callers)}): {len(outcomes)} calls over {len(routes)} methods in {elapsed:.1f}s "
         f"(generation {generated:.1f}s), seed {SEED}: {codes}"
     )
+    return outcomes
+
+
+async def test_every_public_method_answers_any_input_precisely(stack: Stack) -> None:
+    await fuzz(stack, tuple(KEYS), lambda route: stack.gateway)
+
+
+async def test_every_backend_answers_any_input_precisely_when_called_directly(stack: Stack) -> None:
+    """As an internal caller would (the orchestrator calling inventory, a tool behind the
+    gateway): the services' own checks, without the gateway's in front."""
+    await fuzz(stack, (DIRECT,), lambda route: stack.services[route.backend].address)
 
 
 def _rich(error: grpc.aio.AioRpcError) -> status_pb2.Status:
