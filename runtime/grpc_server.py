@@ -150,6 +150,9 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
         log.error("unhandled error in %s", method, exc_info=exc)
     elif code == grpc.StatusCode.UNAVAILABLE and not isinstance(exc, errors.TuttiError):
         log.warning("dependency unavailable in %s: %r", method, exc)
+    elif not isinstance(exc, errors.TuttiError):
+        # A value the database refused, answered INVALID_ARGUMENT: logged in case it was ours.
+        log.warning("request refused by the database in %s: %r", method, exc)
     await context.abort_with_status(rpc_status.to_status(errors.rich_status(code, message, details)))
 
 
