@@ -4,8 +4,9 @@ orchestrator, returns and tracking services (Redis, Kafka, PostgreSQL).
 The methods come from the gateway's own route discovery, so an RPC a backend adds is fuzzed
 without touching this file. Hypothesis generates, for each method, requests from its descriptor
 — random field values, unknown enum numbers, extreme integers and timestamps, oversized lists —
-and random bytes; each is sent with an admin, a channel and a store key. Whatever comes in, the
-answer is a precise status (or OK), never UNKNOWN nor INTERNAL, and every process still serves.
+and random bytes; each is sent with an admin, a channel and a store key, then straight to the
+backend as an internal caller would. Whatever comes in, the answer is a precise status (or OK),
+never UNKNOWN nor INTERNAL, and every process still serves.
 
 Generation happens up front (no shrinking: the calls go to real servers); a failure names the
 method, the caller, the request and the seed (TUTTI_FUZZ_SEED=<seed> replays the same run).
