@@ -81,6 +81,7 @@ async def build_gateway(
             "methods": len(routes),
             "principals": len(credentials),
             "tls": gateway_settings.tls_cert is not None,
+            "max_message_bytes": gateway_settings.max_message_bytes,
         },
     )
 
@@ -95,6 +96,7 @@ async def build_gateway(
         service_names=names,
         ready=gateway.ready,
         server_credentials=_tls(gateway_settings),
+        max_receive_message_bytes=gateway_settings.max_message_bytes,
     )
 
 

@@ -734,14 +734,17 @@ def describe_error(error: grpc.RpcError) -> Iterator[str]:
             failure = error_details_pb2.PreconditionFailure()
             if detail.Unpack(bad):
                 for violation in bad.field_violations:
-                    if f"{violation.field}: {violation.description}" not in message:
-                        yield f"  {violation.field}: {violation.description}"
+                    line = violation.description
+                    if violation.field:
+                        line = f"{violation.field}: {line}"
+                    if line not in message:
+                        yield f"  {line}"
             elif detail.Unpack(retry):
                 delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
                 yield f"  retry after {delay:.1f}s"
             elif detail.Unpack(failure):
                 for item in failure.violations:
-                    yield f"  {item.subject}: {item.description}"
+                    yield f"  {item.subject}: {item.description}" if item.subject else f"  {item.description}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """The pass-through proxy: one generic gRPC handler for every public method.
 
 For each call: authenticate the API key, take a token from the caller's bucket, check the
-method's policy, validate and scope the request when the policy needs it (only then is the
-request decoded), then forward the raw bytes to the backend over its one long-lived channel
-with the caller's remaining deadline and metadata. Backend statuses (with their rich details)
-come back unchanged; cancellation travels both ways.
+method's policy, decode and check the request (well-formed, then validated and scoped as the
+policy says), then forward the bytes received (re-encoded only when scoping filled in a field)
+to the backend over its one long-lived channel with the caller's remaining deadline and
+metadata. Backend statuses (with their rich details) come back unchanged; cancellation travels
+both ways.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from gateway.credentials import CredentialStore, Kind, Principal
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
-from runtime import errors, telemetry
+from runtime import errors, telemetry, validation
+from runtime.grpc_server import drain
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ class Gateway:
     async def _stream_unary(
         self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bytes:
-        principal = await self._admit(route, context)
+        principal = await self._admit(route, context, requests)
         violation = _Violation()
         call = self._callables[route.path](
             self._checked(route, principal, requests, violation),
@@ -207,7 +209,7 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if violation.error is not None:
                 raise violation.error from None
-            await self._relay(context, exc, route)
+            await self._relay(context, exc, route, requests)
             raise
         except asyncio.CancelledError:
             call.cancel()
@@ -219,7 +221,7 @@ class Gateway:
     async def _stream_stream(
         self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        principal = await self._admit(route, context)
+        principal = await self._admit(route, context, requests)
         violation = _Violation()
         call = self._callables[route.path](
             self._checked(route, principal, requests, violation),
@@ -232,7 +234,7 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if violation.error is not None:
                 raise violation.error from None
-            await self._relay(context, exc, route)
+            await self._relay(context, exc, route, requests)
         except asyncio.CancelledError:
             if violation.error is not None:
                 raise violation.error from None
@@ -244,14 +246,22 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def _admit(self, route: Route, context: grpc.aio.ServicerContext) -> Principal:
-        """Authenticate, rate-limit, then check the method's policy."""
-        principal = await self.authenticate(context)
+    async def _admit(
+        self,
+        route: Route,
+        context: grpc.aio.ServicerContext,
+        requests: AsyncIterator[bytes] | None = None,
+    ) -> Principal:
+        """Authenticate, rate-limit, then check the method's policy. A refused client stream
+        (``requests``) is read to its end first (runtime.grpc_server.drain)."""
+        principal = await self.authenticate(context, requests)
         if not route.rule.allows(principal.kind):
             raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
         return principal
 
-    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def authenticate(
+        self, context: grpc.aio.ServicerContext, requests: AsyncIterator[bytes] | None = None
+    ) -> Principal:
         """The caller's principal, once its key is known and its bucket has a token."""
         key = _bearer(context.invocation_metadata() or ())
         if key is None:
@@ -263,6 +273,8 @@ class Gateway:
             raise errors.Unauthenticated("unknown API key")
         wait = self._limiter.acquire(principal.id, principal.rate_per_second, principal.burst)
         if wait > 0:
+            if requests is not None:
+                await drain(requests)
             exc = errors.ResourceExhausted(
                 f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) exceeded "
                 f"for {principal.id}; retry in {wait:.3f}s",
@@ -276,23 +288,23 @@ class Gateway:
             )
         return principal
 
-    def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message | None]:
-        """Decode only when the policy needs to look inside; re-encode only when scoping filled
-        in a field. Returns the bytes to forward and the decoded request (if decoded)."""
-        rule = route.rule
-        scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
-            rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
-        )
-        lookup = rule.owner in (Owner.ORDER, Owner.RESPONSE) and principal.kind in SCOPED_KINDS
-        if not (rule.required or scoped or lookup):
-            return request, None
+    def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message]:
+        """Decode every request: bytes that are not the method's request, an unknown enum number
+        or an out-of-range timestamp are refused here, whoever calls. Then validate and scope it
+        as the policy row says. Returns the bytes to forward — the very bytes received unless
+        scoping filled in a field — and the decoded request."""
         try:
             decoded = route.request_type.FromString(request)
         except DecodeError:
             raise errors.InvalidArgument(
                 "request", f"is not a valid {route.descriptor.input_type.full_name}"
             ) from None
+        validation.check(decoded)
+        rule = route.rule
         scope.validate(decoded, rule.required)
+        scoped = (rule.scope_channel and principal.kind is Kind.CHANNEL) or (
+            rule.scope_location and principal.kind in (Kind.STORE, Kind.TERMINAL)
+        )
         if scoped and scope.scope_request(decoded, principal, rule):
             request = decoded.SerializeToString()
         return request, decoded
@@ -360,8 +372,14 @@ class Gateway:
         return forwarded
 
     @staticmethod
-    async def _relay(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError, route: Route) -> None:
-        """Answer with the backend's status, message and details, unchanged."""
+    async def _relay(
+        context: grpc.aio.ServicerContext,
+        exc: grpc.aio.AioRpcError,
+        route: Route,
+        requests: AsyncIterator[bytes] | None = None,
+    ) -> None:
+        """Answer with the backend's status, message and details, unchanged (after reading what
+        is left of the caller's stream, if any: runtime.grpc_server.drain)."""
         code = exc.code()
         message = exc.details() or ""
         if code is grpc.StatusCode.UNAVAILABLE and any(sign in message for sign in _TRANSPORT_FAILURES):
@@ -371,6 +389,8 @@ class Gateway:
         trailing = tuple(
             (key, value) for key, value in (exc.trailing_metadata() or ()) if not key.startswith(":")
         )
+        if requests is not None:
+            await drain(requests)
         await context.abort(code, message, trailing)
 
 

@@ -5,8 +5,10 @@ fields or RPCs needs no change here. Pure: protobuf only, no gRPC.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -22,6 +24,7 @@ LOCATION_FIELDS = ("location_id", "location_ids")
 VISIBLE_LOCATION_FIELDS = (*LOCATION_FIELDS, "pickup_location_id", "receiving_location_id")
 MAX_DEPTH = 5
 MAX_ID_LENGTH = 256
+_CONTROL = re.compile("[\x00-\x1f]")
 
 
 @dataclass(slots=True)
@@ -202,12 +205,29 @@ def keep_visible(message: Message, principal: Principal) -> bool:
     return dropped
 
 
+@cache
+def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    return dict(descriptor.fields_by_name)
+
+
+@cache
+def _id_fields(descriptor: Descriptor) -> tuple[str, ...]:
+    """The singular string ``*_id`` fields of a message type."""
+    return tuple(
+        field.name
+        for field in descriptor.fields
+        if field.type == FieldDescriptor.TYPE_STRING
+        and field.name.endswith("_id")
+        and not _is_repeated(field)
+    )
+
+
 def _present(message: Message, path: str) -> bool | None:
     """True/False for a field path; None when the type has no such field."""
     current = message
     parts = path.split(".")
     for index, part in enumerate(parts):
-        field = current.DESCRIPTOR.fields_by_name.get(part)
+        field = _fields(current.DESCRIPTOR).get(part)
         if field is None:
             return None
         last = index == len(parts) - 1
@@ -242,16 +262,11 @@ def validate(message: Message, required: tuple[str, ...]) -> None:
     violations: list[FieldViolation] = [
         FieldViolation(path, "is required") for path in required if _present(message, path) is False
     ]
-    for field in message.DESCRIPTOR.fields:
-        if (
-            field.type == FieldDescriptor.TYPE_STRING
-            and field.name.endswith("_id")
-            and not _is_repeated(field)
-        ):
-            value = getattr(message, field.name)
-            if len(value) > MAX_ID_LENGTH:
-                violations.append(FieldViolation(field.name, f"must be at most {MAX_ID_LENGTH} characters"))
-            elif any(ord(c) < 32 for c in value):
-                violations.append(FieldViolation(field.name, "must not contain control characters"))
+    for name in _id_fields(message.DESCRIPTOR):
+        value = getattr(message, name)
+        if len(value) > MAX_ID_LENGTH:
+            violations.append(FieldViolation(name, f"must be at most {MAX_ID_LENGTH} characters"))
+        elif _CONTROL.search(value):
+            violations.append(FieldViolation(name, "must not contain control characters"))
     if violations:
         raise InvalidArgument.of(violations)

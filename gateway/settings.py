@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from runtime.grpc_server import MAX_MESSAGE_BYTES
 from runtime.settings import Env, SettingsError
 
 # Shipped for `make run` and demos only; production sets TUTTI_GATEWAY_CREDENTIALS.
@@ -15,6 +16,10 @@ DEMO_CREDENTIALS = Path(__file__).resolve().parent / "demo-credentials.yaml"
 # The backends the gateway fronts: the generated package tutti.<name>.v1 is served by the
 # backend listening at CommonSettings.addresses[<name>].
 BACKENDS = ("inventory", "orchestrator", "returns", "tracking")
+
+# Largest request message a caller may send (gRPC's usual default); internal batch paths between
+# the gateway and the backends keep runtime.grpc_server.MAX_MESSAGE_BYTES.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,8 @@ class GatewaySettings:
     # Deadline given to unary calls that arrive without one; streams keep none.
     default_timeout_seconds: float
     backends: tuple[str, ...] = BACKENDS
+    # Largest message received from a caller; larger is RESOURCE_EXHAUSTED (answered by grpc).
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     @property
     def using_demo_credentials(self) -> bool:
@@ -44,4 +51,10 @@ class GatewaySettings:
             tls_cert=None if cert == "-" else Path(cert),
             tls_key=None if key == "-" else Path(key),
             default_timeout_seconds=env.float("TUTTI_GATEWAY_DEFAULT_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            max_message_bytes=env.int(
+                "TUTTI_GATEWAY_MAX_MESSAGE_BYTES",
+                DEFAULT_MAX_MESSAGE_BYTES,
+                minimum=1024,
+                maximum=MAX_MESSAGE_BYTES,
+            ),
         )

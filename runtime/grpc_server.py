@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from runtime import deadlines, errors, telemetry
+from runtime import deadlines, errors, telemetry, validation
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 LIVENESS = "liveness"
 
+# A client stream ended early (refused, invalid, or the handler failed) is read on — until the
+# client half-closes, pauses for DRAIN_IDLE_SECONDS, or DRAIN_SECONDS / DRAIN_MESSAGES have
+# passed — before the status is sent: a grpc.aio client still writing when the status arrives
+# reports INTERNAL "Internal error from Core" instead of the status sent (grpc/grpc#36066). A
+# client idle on a long-lived stream (a till waiting for its ack) gets its status at once.
+DRAIN_SECONDS = 2.0
+DRAIN_IDLE_SECONDS = 0.2
+DRAIN_MESSAGES = 10_000
+
 
 @dataclass
 class Wiring:
@@ -57,11 +67,17 @@ class Wiring:
     background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
     # TLS for the listening port (the gateway, by configuration); None listens in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
+    # Largest message the server accepts (larger: RESOURCE_EXHAUSTED, answered by grpc itself);
+    # None keeps MAX_MESSAGE_BYTES, which internal batch calls (stock snapshots) need.
+    max_receive_message_bytes: int | None = None
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns every exception escaping a handler into a precise status, never UNKNOWN, and
-    records a unary call's deadline for the calls its handler makes downstream."""
+    records a unary call's deadline for the calls its handler makes downstream. Every request
+    is decoded and checked first (runtime.validation): bytes that are not the method's request,
+    an unknown enum number or an out-of-range timestamp are INVALID_ARGUMENT naming the field,
+    before the handler sees them; in a client stream, they end the stream."""
 
     def __init__(self) -> None:
         # Handlers are fixed once registered: wrap each once, not on every call.
@@ -85,31 +101,47 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        # The request is decoded inside the wrapper, not by grpc: bytes that are not the
+        # method's request are then INVALID_ARGUMENT, not grpc's UNKNOWN "Unexpected DecodeError".
+        decode = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, method, decode, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.stream_stream, method, decode, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+async def drain(requests: AsyncIterator[Any]) -> None:
+    """Read and drop what the client is still sending on a stream that is about to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
+    iterator = aiter(requests)
+    for _ in range(DRAIN_MESSAGES):
+        wait = min(DRAIN_IDLE_SECONDS, deadline - loop.time())
+        if wait <= 0:
+            return
+        try:
+            await asyncio.wait_for(anext(iterator), wait)
+        except (TimeoutError, StopAsyncIteration):
+            return
+        except Exception:  # noqa: BLE001 - best effort: the call is ending with its own status anyway
+            return
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
@@ -118,6 +150,9 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
         log.error("unhandled error in %s", method, exc_info=exc)
     elif code == grpc.StatusCode.UNAVAILABLE and not isinstance(exc, errors.TuttiError):
         log.warning("dependency unavailable in %s: %r", method, exc)
+    elif not isinstance(exc, errors.TuttiError):
+        # A value the database refused, answered INVALID_ARGUMENT: logged in case it was ours.
+        log.warning("request refused by the database in %s: %r", method, exc)
     await context.abort_with_status(rpc_status.to_status(errors.rich_status(code, message, details)))
 
 
@@ -126,12 +161,49 @@ def _passthrough(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+Decode = Callable[[bytes], Any] | None
+
+
+def _decoded(raw: Any, decode: Decode) -> Any:
+    """The request decoded (when the handler has a deserializer) and checked by
+    runtime.validation. The gateway's pass-through handlers take raw bytes: the gateway checks
+    those itself."""
+    if decode is None:
+        return raw
+    try:
+        request = decode(raw)
+    except DecodeError:
+        raise errors.InvalidArgument("request", f"is not a valid {_type_name(decode)}") from None
+    if isinstance(request, Message):
+        validation.check(request)
+    return request
+
+
+def _type_name(decode: Callable[[bytes], Any]) -> str:
+    message_type = getattr(decode, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request message"))
+
+
+async def _decoded_stream(requests: AsyncIterator[Any], decode: Decode) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield _decoded(raw, decode)
+
+
+def _checked(request: Any, decode: Decode, streaming: bool) -> Any:
+    return _decoded_stream(request, decode) if streaming else _decoded(request, decode)
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, decode: Decode, *, streaming: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             with deadlines.caller_deadline(context.time_remaining()):
-                return await behavior(request, context)
+                return await behavior(_checked(request, decode, streaming), context)
         except BaseException as exc:
+            if streaming and isinstance(exc, Exception):
+                await drain(request)
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
@@ -140,13 +212,15 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 
 
 def _wrap_stream(
-    behavior: Callable[..., AsyncIterator[Any]], method: str
+    behavior: Callable[..., AsyncIterator[Any]], method: str, decode: Decode, *, streaming: bool = False
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(_checked(request, decode, streaming), context):
                 yield response
         except BaseException as exc:
+            if streaming and isinstance(exc, Exception):
+                await drain(request)
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
@@ -203,7 +277,13 @@ async def serve(
     async with AsyncExitStack() as stack:
         wiring = await build(settings, stack)
         interceptors: list[Any] = [*telemetry.server_interceptors(), ErrorMappingInterceptor()]
-        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        options = SERVER_OPTIONS
+        if wiring.max_receive_message_bytes is not None:
+            options = [
+                ("grpc.max_receive_message_length", wiring.max_receive_message_bytes),
+                *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
+            ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         wiring.register(server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

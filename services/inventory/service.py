@@ -31,6 +31,8 @@ from services.inventory.domain.csv_import import parse_stock_csv
 EVENT_LOCATION = "tutti.inventory.v1.LocationUpserted"
 EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
 EVENT_POLICY = "tutti.inventory.v1.ChannelPolicySet"
+# GetSkus names this many unknown SKUs in its NOT_FOUND message and counts the rest.
+NAMED_UNKNOWN_SKUS = 5
 
 
 def _lines_field(i: int) -> str:
@@ -144,7 +146,8 @@ class InventoryService:
         self, skus: Sequence[str], *, allow_missing: bool = False
     ) -> tuple[list[model.Sku], list[str]]:
         """Catalogue entries in request order, and the unknown SKUs. Without ``allow_missing`` an
-        unknown SKU is NOT_FOUND naming every unknown ``skus[i]``."""
+        unknown SKU is NOT_FOUND naming the first unknown ``skus[i]`` and counting the rest (the
+        whole list: ``allow_missing``)."""
         if not skus:
             raise InvalidArgument("skus", "at least one SKU is required")
         if len(skus) > model.MAX_BATCH_SKUS:
@@ -155,7 +158,10 @@ class InventoryService:
             return [found[s] for s in skus if s in found], [s for s in _unique(skus) if s not in found]
         unknown = [f"skus[{i}]: unknown SKU {s}" for i, s in enumerate(skus) if s not in found]
         if unknown:
-            raise NotFound("; ".join(unknown))
+            named = unknown[:NAMED_UNKNOWN_SKUS]
+            if len(unknown) > len(named):
+                named.append(f"and {len(unknown) - len(named)} more unknown SKUs (allow_missing lists them)")
+            raise NotFound("; ".join(named))
         return [found[s] for s in skus], []
 
     async def set_channel_policy(self, policy: model.ChannelPolicy) -> model.ChannelPolicy:

@@ -13,6 +13,7 @@ from tutti.common.v1 import common_pb2
 
 from tests.gateway.backend import SERVICE, FakeBackend
 from tests.gateway.backend import message as backend_message
+from tests.gateway.conftest import KEYS
 from tests.support import random_id, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -226,6 +227,48 @@ async def test_garbage_bytes_are_invalid_argument(channel: grpc.aio.Channel) -> 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("who", ["admin", "web"])
+async def test_every_request_is_decoded_whoever_calls_even_without_required_fields(
+    channel: grpc.aio.Channel, backend: tuple[FakeBackend, str], who: str
+) -> None:
+    # Echo's row lists no required field; an admin's call is not scoped: decoded all the same.
+    calls = len(backend[0].calls)
+    call = channel.unary_unary(f"/{SERVICE}/Echo")(
+        b"\x0a\x05ab", metadata=[("authorization", f"Bearer {KEYS[who]}")], timeout=10
+    )
+    error = await status_of(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request: is not a valid tutti.gatewaytest.v1.EchoRequest"
+    assert len(backend[0].calls) == calls
+
+
+async def test_an_unknown_enum_number_is_named_not_called_missing(
+    channel: grpc.aio.Channel, backend: tuple[FakeBackend, str]
+) -> None:
+    calls = len(backend[0].calls)
+    request = backend_message("PlaceOrderRequest")(order_id=random_id("order"), channel=99)
+    call = channel.unary_unary(f"/{SERVICE}/PlaceOrder")(
+        request.SerializeToString(), metadata=[("authorization", f"Bearer {KEYS['admin']}")], timeout=10
+    )
+    error = await status_of(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert rich_status(error).details[0].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("channel", "99 is not a known tutti.common.v1.Channel value")
+    ]
+    assert len(backend[0].calls) == calls
+
+
+async def test_a_message_over_4_mib_is_resource_exhausted_and_one_under_goes_through(as_: Any) -> None:
+    reply = await as_("admin").echo(text="x" * (3 * 1024 * 1024))
+    assert len(reply.text) == 3 * 1024 * 1024
+    error = await status_of(as_("admin").echo(text="x" * (4 * 1024 * 1024 + 1)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details().startswith("SERVER: Received message larger than max (")
+    assert error.details().endswith(f" vs. {4 * 1024 * 1024})")
+
+
 # --- proxy mechanics -------------------------------------------------------------------------
 
 
@@ -286,3 +329,41 @@ async def test_trace_context_travels_to_the_backend(as_: Any) -> None:
     )
     received = [item for item in reply.metadata if item.startswith("traceparent=")]
     assert len(received) == 1 and trace_id in received[0]
+
+
+# --- client streams refused before they are read ---------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+async def test_a_client_stream_with_a_bad_key_is_unauthenticated_for_a_python_client(
+    as_: Any, key: str | None
+) -> None:
+    sales = [{"location_id": "loc-a", "sku": f"S{i}"} for i in range(50)]
+    call = as_(key).stream_sales(sales)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+    error = await status_of(as_(key).record_sales(sales))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+
+
+async def test_every_refusal_of_a_client_stream_reaches_a_python_client_precisely(as_: Any) -> None:
+    """Refused before the stream is read (kind, rate limit) or in the middle of it (a foreign
+    location, an ill-formed sale): the gateway reads the stream to its end before answering, so
+    the client sees the status sent, not INTERNAL "Internal error from Core"."""
+    sales = [{"location_id": "loc-a", "sku": f"S{i}"} for i in range(200)]
+    refusals = {
+        "web": (grpc.StatusCode.PERMISSION_DENIED,),  # a channel may not record sales
+        "limited": (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        "store-b": (grpc.StatusCode.PERMISSION_DENIED,),  # loc-a is not its location
+    }
+    for who, expected in refusals.items():
+        for _ in range(3):
+            call = as_(who).stream_sales(sales)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in call:
+                    pass
+            assert info.value.code() in expected, (who, info.value.code(), info.value.details())
+            error = await status_of(as_(who).record_sales(sales))
+            assert error.code() in expected, (who, error.code(), error.details())

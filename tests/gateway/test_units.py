@@ -86,6 +86,16 @@ def test_the_demo_credentials_load_and_are_the_default() -> None:
     assert admin is not None and admin.kind is Kind.ADMIN
 
 
+def test_the_largest_message_is_4_mib_unless_configured() -> None:
+    assert GatewaySettings.from_env({}).max_message_bytes == 4 * 1024 * 1024
+    settings = GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": "1048576"})
+    assert settings.max_message_bytes == 1024 * 1024
+    with pytest.raises(SettingsError, match="TUTTI_GATEWAY_MAX_MESSAGE_BYTES must be an integer"):
+        GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": "4MB"})
+    with pytest.raises(SettingsError, match="TUTTI_GATEWAY_MAX_MESSAGE_BYTES must be <="):
+        GatewaySettings.from_env({"TUTTI_GATEWAY_MAX_MESSAGE_BYTES": str(2**40)})
+
+
 def test_tls_needs_both_variables() -> None:
     with pytest.raises(SettingsError, match="TUTTI_GATEWAY_TLS_KEY"):
         GatewaySettings.from_env({"TUTTI_GATEWAY_TLS_CERT": "/x/cert.pem"})
@@ -216,3 +226,30 @@ def test_validation_names_missing_fields_and_absurd_ids() -> None:
 
 def test_the_gateway_package_imports_without_side_effects() -> None:
     importlib.import_module("gateway.bootstrap")
+
+
+# --- decoding every request ------------------------------------------------------------------
+
+
+async def test_the_gateway_forwards_the_bytes_it_received_unless_scoping_filled_something_in() -> None:
+    from gateway.proxy import Gateway
+    from runtime.grpc_server import client_channel
+
+    routes = build_routes(discover_services(BACKENDS))
+    channels = {backend: client_channel("127.0.0.1:9") for backend in BACKENDS}
+    credentials = CredentialStore.from_mapping({"credentials": [{"id": "a", "kind": "admin", "key": "k"}]})
+    gateway = Gateway(routes, credentials, RateLimiter(), channels, 30)
+    route = routes["/tutti.inventory.v1.InventoryService/GetAvailability"]
+    # An unknown field (number 99) too: the bytes are forwarded as they came, not re-encoded.
+    request = inventory_pb2.GetAvailabilityRequest(sku="SKU-1", channel=common_pb2.CHANNEL_WEB)
+    raw = request.SerializeToString() + b"\x98\x06\x01"
+    forwarded, decoded = gateway._prepare(route, WEB, raw)
+    assert forwarded is raw and decoded.sku == "SKU-1"
+    forwarded, _ = gateway._prepare(route, Principal("root", Kind.ADMIN), raw)
+    assert forwarded is raw
+    # A channel that did not say which channel: filled in, so re-encoded.
+    raw = inventory_pb2.GetAvailabilityRequest(sku="SKU-1").SerializeToString()
+    forwarded, decoded = gateway._prepare(route, WEB, raw)
+    assert forwarded != raw and decoded.channel == common_pb2.CHANNEL_WEB
+    for channel in channels.values():
+        await channel.close()

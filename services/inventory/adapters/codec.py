@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import events_pb2, inventory_pb2
 
+from runtime.errors import InvalidArgument
 from services.inventory.domain import model
 
 
@@ -19,11 +21,21 @@ def ts_from_ms(ms: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def channel_name(value: int) -> str:
+def enum_name(enum: EnumTypeWrapper, value: int, field: str, prefix: str) -> str:
+    """LOCATION_TYPE_STORE -> "STORE". A number the enum does not declare (proto3 enums accept
+    any) is the caller's mistake: INVALID_ARGUMENT naming ``field``. The runtime refuses such
+    requests before they reach a servicer (runtime.validation); this keeps the codec safe alone."""
+    try:
+        return enum.Name(value).removeprefix(prefix)
+    except ValueError:
+        raise InvalidArgument(field, f"{value} is not a known {enum.DESCRIPTOR.full_name} value") from None
+
+
+def channel_name(value: int, field: str = "channel") -> str:
     """CHANNEL_WEB -> "WEB"; unspecified -> "" (the raw view)."""
     if value == common_pb2.CHANNEL_UNSPECIFIED:
         return ""
-    return common_pb2.Channel.Name(value).removeprefix("CHANNEL_")
+    return enum_name(common_pb2.Channel, value, field, "CHANNEL_")
 
 
 def channel_value(name: str) -> int:
@@ -113,8 +125,8 @@ def reservation_pb(r: model.Reservation) -> inventory_pb2.Reservation:
 # --- master data ------------------------------------------------------------------------------
 
 
-def location_from_pb(loc: inventory_pb2.Location) -> model.Location:
-    type_name = common_pb2.LocationType.Name(loc.type).removeprefix("LOCATION_TYPE_")
+def location_from_pb(loc: inventory_pb2.Location, path: str = "location") -> model.Location:
+    type_name = enum_name(common_pb2.LocationType, loc.type, f"{path}.type", "LOCATION_TYPE_")
     return model.Location(
         location_id=loc.location_id,
         name=loc.name,
@@ -123,9 +135,14 @@ def location_from_pb(loc: inventory_pb2.Location) -> model.Location:
         longitude=loc.point.longitude,
         capabilities=tuple(
             model.Capability(
-                inventory_pb2.FulfilmentCapability.Name(c).removeprefix("FULFILMENT_CAPABILITY_")
+                enum_name(
+                    inventory_pb2.FulfilmentCapability,
+                    c,
+                    f"{path}.capabilities[{i}]",
+                    "FULFILMENT_CAPABILITY_",
+                )
             )
-            for c in loc.capabilities
+            for i, c in enumerate(loc.capabilities)
             if c != inventory_pb2.FULFILMENT_CAPABILITY_UNSPECIFIED
         ),
         opening_hours=tuple(model.OpeningHours(int(h.weekday), h.opens, h.closes) for h in loc.opening_hours),

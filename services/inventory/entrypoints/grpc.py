@@ -12,6 +12,7 @@ from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
 from tutti.inventory.v1 import inventory_pb2_grpc
 
+from runtime import validation
 from runtime.errors import InvalidArgument, TuttiError, to_status
 from services.inventory.adapters import codec
 from services.inventory.domain import model
@@ -26,8 +27,15 @@ def _lines(lines: object) -> list[model.Line]:
     return [model.Line(x.sku, x.location_id, x.quantity) for x in lines]  # type: ignore[attr-defined]
 
 
-def _ms(ts: object) -> int:
-    return ts.ToMilliseconds() if ts.ByteSize() else 0  # type: ignore[attr-defined]
+def _ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
+    """Milliseconds since the epoch; 0 when unset. Out of range (runtime.validation refuses those
+    before a servicer runs): INVALID_ARGUMENT naming ``field``."""
+    if not ts.ByteSize():
+        return 0
+    problem = validation.timestamp_problem(ts)
+    if problem:
+        raise InvalidArgument(field, problem)
+    return ts.ToMilliseconds()
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
@@ -39,18 +47,24 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def UpsertLocations(
         self, request: pb.UpsertLocationsRequest, context: Ctx
     ) -> pb.UpsertLocationsResponse:
-        stored = await self._svc.upsert_locations([codec.location_from_pb(x) for x in request.locations])
+        stored = await self._svc.upsert_locations(
+            [codec.location_from_pb(x, f"locations[{i}]") for i, x in enumerate(request.locations)]
+        )
         return pb.UpsertLocationsResponse(locations=[codec.location_pb(x) for x in stored])
 
     async def ListLocations(self, request: pb.ListLocationsRequest, context: Ctx) -> pb.ListLocationsResponse:
         types = [
-            model.LocationType(common_pb2.LocationType.Name(t).removeprefix("LOCATION_TYPE_"))
-            for t in request.types
+            model.LocationType(codec.enum_name(common_pb2.LocationType, t, f"types[{i}]", "LOCATION_TYPE_"))
+            for i, t in enumerate(request.types)
             if t
         ]
         caps = [
-            model.Capability(pb.FulfilmentCapability.Name(c).removeprefix("FULFILMENT_CAPABILITY_"))
-            for c in request.capabilities
+            model.Capability(
+                codec.enum_name(
+                    pb.FulfilmentCapability, c, f"capabilities[{i}]", "FULFILMENT_CAPABILITY_"
+                )
+            )
+            for i, c in enumerate(request.capabilities)
             if c
         ]
         found = await self._svc.list_locations(types, caps, request.active_only)
@@ -75,9 +89,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         self, request: pb.SetChannelPolicyRequest, context: Ctx
     ) -> pb.SetChannelPolicyResponse:
         p = request.policy
-        policy = model.ChannelPolicy(
-            codec.channel_name(p.channel), p.buffer_units, frozenset(p.excluded_location_ids)
-        )
+        channel = codec.channel_name(p.channel, "policy.channel")
+        policy = model.ChannelPolicy(channel, p.buffer_units, frozenset(p.excluded_location_ids))
         return pb.SetChannelPolicyResponse(policy=codec.policy_pb(await self._svc.set_channel_policy(policy)))
 
     async def ListChannelPolicies(
@@ -168,7 +181,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     ) -> pb.ApplyStockSnapshotResponse:
         lines = [model.Line(x.sku, x.location_id, x.on_hand) for x in request.lines]
         results = await self._svc.apply_snapshot(
-            request.snapshot_id, _ms(request.as_of), lines, request.source
+            request.snapshot_id, _ms(request.as_of, "as_of"), lines, request.source
         )
         return pb.ApplyStockSnapshotResponse(
             results=[
@@ -227,7 +240,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         level = await self._svc.set_incoming_supply(
             request.sku,
             request.location_id,
-            model.IncomingSupply(s.supply_id, s.quantity, _ms(s.expected_at), s.source),
+            model.IncomingSupply(s.supply_id, s.quantity, _ms(s.expected_at, "supply.expected_at"), s.source),
         )
         return pb.SetIncomingSupplyResponse(level=codec.level_pb(level))
 
@@ -256,7 +269,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ImportStockCsv(
         self, request: pb.ImportStockCsvRequest, context: Ctx
     ) -> pb.ImportStockCsvResponse:
-        applied, skipped = await self._svc.import_csv(request.import_id, request.csv, _ms(request.as_of))
+        applied, skipped = await self._svc.import_csv(
+            request.import_id, request.csv, _ms(request.as_of, "as_of")
+        )
         return pb.ImportStockCsvResponse(applied=applied, skipped=skipped)
 
     # --- POS ----------------------------------------------------------------------------------
