@@ -18,6 +18,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.routes import build_routes, discover_services
 from gateway.settings import GatewaySettings
 from runtime.grpc_server import Wiring, client_channel
+from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,21 @@ async def build_gateway(
     if services is None:
         services = discover_services(gateway_settings.backends)
     routes = build_routes(dict(services), policies)
+    metrics = Metrics("gateway")
     channels: dict[str, grpc.aio.Channel] = {}
     for backend, descriptors in services.items():
         if descriptors:
-            channel = client_channel(settings.addresses[backend])
+            channel = client_channel(settings.addresses[backend], metrics)
             stack.push_async_callback(channel.close)
             channels[backend] = channel
     gateway = Gateway(
-        routes, credentials, RateLimiter(), channels, gateway_settings.default_timeout_seconds, order_lookup
+        routes,
+        credentials,
+        RateLimiter(),
+        channels,
+        gateway_settings.default_timeout_seconds,
+        order_lookup,
+        metrics=metrics,
     )
     names = [service.full_name for descriptors in services.values() for service in descriptors]
     log.info(
@@ -89,6 +97,7 @@ async def build_gateway(
         service_names=names,
         ready=gateway.ready,
         server_credentials=_tls(gateway_settings),
+        metrics=metrics,
     )
 
 

@@ -27,6 +27,7 @@ from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
 from runtime import errors, telemetry
+from runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,19 @@ class Gateway:
         channels: Mapping[str, grpc.aio.Channel],
         default_timeout_seconds: float,
         order_lookup: str = ORDER_LOOKUP_METHOD,
+        metrics: Metrics | None = None,
     ) -> None:
+        metrics = metrics or Metrics("gateway")
+        # By principal kind, not id: five kinds, where ids can be thousands of terminals.
+        admitted = metrics.counter(
+            "gateway_admitted_calls", "Calls authenticated and admitted by the rate limit.",
+            ["principal_kind"],
+        )
+        limited = metrics.counter(
+            "gateway_rate_limited_calls", "Calls refused by a principal's rate limit.", ["principal_kind"]
+        )
+        self._admitted = {kind: admitted.labels(kind.value) for kind in Kind}
+        self._limited = {kind: limited.labels(kind.value) for kind in Kind}
         self._order_lookup = f"/{order_lookup}"
         self._routes = dict(routes)
         self._credentials = credentials
@@ -256,6 +269,7 @@ class Gateway:
             raise errors.Unauthenticated("unknown API key")
         wait = self._limiter.acquire(principal.id, principal.rate_per_second, principal.burst)
         if wait > 0:
+            self._limited[principal.kind].inc()
             exc = errors.ResourceExhausted(
                 f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) exceeded "
                 f"for {principal.id}; retry in {wait:.3f}s",
@@ -267,6 +281,7 @@ class Gateway:
                 status.details,
                 (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
             )
+        self._admitted[principal.kind].inc()
         if not route.rule.allows(principal.kind):
             raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
         return principal

@@ -2,7 +2,8 @@
 
 A service describes itself as a ``Wiring`` (servicers, readiness probe, background tasks);
 ``serve`` runs it: health (SERVING only once dependencies answer, NOT_SERVING while shutting
-down), reflection, error mapping, tracing, and an ordered graceful shutdown on SIGTERM/SIGINT.
+down), reflection, error mapping, tracing, metrics (``/metrics`` on the process's metrics port), and
+an ordered graceful shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from runtime import deadlines, errors, telemetry
+from runtime.metrics import ClientMetricsInterceptor, Metrics, MetricsInterceptor, serving_metrics
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class Wiring:
     background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
     # TLS for the listening port (the gateway, by configuration); None listens in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
+    # The process's registry, with the service's own series declared on it; None: the runtime
+    # makes one with its RPC series only.
+    metrics: Metrics | None = None
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -190,6 +195,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     bound: Callable[[int], None] | None = None,
+    metrics_bound: Callable[[int], None] | None = None,
 ) -> None:
     """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order:
     NOT_SERVING → drain calls → stop background loops (they commit offsets) → close resources
@@ -202,7 +208,13 @@ async def serve(
 
     async with AsyncExitStack() as stack:
         wiring = await build(settings, stack)
-        interceptors: list[Any] = [*telemetry.server_interceptors(), ErrorMappingInterceptor()]
+        metrics = wiring.metrics or Metrics(settings.service)
+        # Metrics outside the error mapping: they record the status the caller receives.
+        interceptors: list[Any] = [
+            *telemetry.server_interceptors(),
+            MetricsInterceptor(metrics),
+            ErrorMappingInterceptor(),
+        ]
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         wiring.register(server)
         health = health_aio.HealthServicer()
@@ -221,6 +233,8 @@ async def serve(
             port = server.add_insecure_port(settings.listen_address)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen_address}")
+        # Served until the resources close, so a scrape during shutdown still answers.
+        stack.enter_context(serving_metrics(metrics, settings.metrics_address, metrics_bound))
         await server.start()
         log.info("listening", extra={"address": settings.listen_address, "port": port})
         if bound is not None:
@@ -229,7 +243,7 @@ async def serve(
         tasks = [asyncio.create_task(_announce_when_ready(health, wiring, names, stopping), name="health")]
         tasks += [
             asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job"))
-            for job in wiring.background
+            for job in (*wiring.background, metrics.sample_forever)
         ]
 
         await stopping.wait()
@@ -269,10 +283,14 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
             delay = min(delay * 2, 10.0)
 
 
-def client_channel(address: str) -> grpc.aio.Channel:
-    """A channel to another Tutti service, with tracing and the same message limits."""
+def client_channel(address: str, metrics: Metrics | None = None) -> grpc.aio.Channel:
+    """A channel to another Tutti service, with tracing, call durations in ``metrics`` and the
+    same message limits."""
+    interceptors: list[Any] = telemetry.client_interceptors()
+    if metrics is not None:
+        interceptors.append(ClientMetricsInterceptor(metrics))
     return grpc.aio.insecure_channel(
         address,
         options=[*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)],
-        interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
+        interceptors=interceptors or None,
     )
