@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
 
 from runtime import deadlines, errors, telemetry
 from runtime.metrics import ClientMetricsInterceptor, Metrics, MetricsInterceptor, serving_metrics
@@ -131,8 +132,18 @@ def _passthrough(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
 
 
+def _attach_caller_trace(context: grpc.aio.ServicerContext) -> object | None:
+    """With tracing off, the caller's trace context (if it sent one) for the handler's logs and
+    the events it writes; with tracing on, the tracing interceptor has done it."""
+    if telemetry.tracing_enabled():
+        return None
+    caller = telemetry.caller_context(context.invocation_metadata() or ())
+    return None if caller is None else otel_context.attach(caller)
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = _attach_caller_trace(context)
         try:
             with deadlines.caller_deadline(context.time_remaining()):
                 return await behavior(request, context)
@@ -140,6 +151,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     return wrapped
 
@@ -148,6 +162,7 @@ def _wrap_stream(
     behavior: Callable[..., AsyncIterator[Any]], method: str
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        token = _attach_caller_trace(context)
         try:
             async for response in behavior(request, context):
                 yield response
@@ -155,6 +170,9 @@ def _wrap_stream(
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     return wrapped
 
