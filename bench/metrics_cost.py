@@ -2,8 +2,8 @@
 
 A/B in one process on uvloop: the bench echo service behind the runtime's error mapping alone
 (A) and with the metrics interceptor in front of it (B); then a client channel without (A) and
-with (B) the client-side metrics interceptor. Each variant runs sequential unary calls and
-calls 32 at a time; rounds alternate A and B so a noisy neighbour hurts both alike, and the
+with (B) its unary calls timed (runtime.metrics.time_unary_calls). Each variant runs sequential
+unary calls and calls 32 at a time; rounds alternate A and B so a noisy neighbour hurts both alike, and the
 median of the rounds is reported in microseconds per call: of CPU (client and server share the
 process, so this is what a call costs the machine, and what neighbours disturb least) and of
 wall clock.
@@ -24,7 +24,7 @@ from tutti.bench.v1 import echo_pb2, echo_pb2_grpc
 
 from bench.echo import EchoServicer
 from runtime.grpc_server import SERVER_OPTIONS, ErrorMappingInterceptor
-from runtime.metrics import ClientMetricsInterceptor, Metrics, MetricsInterceptor
+from runtime.metrics import Metrics, MetricsInterceptor, _series, _TimedCall, time_unary_calls
 
 
 async def _start(server_metrics: bool) -> tuple[grpc.aio.Server, str]:
@@ -40,8 +40,10 @@ async def _start(server_metrics: bool) -> tuple[grpc.aio.Server, str]:
 
 async def _run(address: str, client_metrics: bool, calls: int, concurrency: int) -> tuple[float, float]:
     """Microseconds of CPU and of wall clock per call (``calls`` calls, ``concurrency`` at a time)."""
-    interceptors = [ClientMetricsInterceptor(Metrics("bench"))] if client_metrics else None
-    async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
+    channel = grpc.aio.insecure_channel(address)
+    if client_metrics:
+        channel = time_unary_calls(channel, Metrics("bench"))
+    async with channel:
         stub = echo_pb2_grpc.EchoServiceStub(channel)
         request = echo_pb2.EchoPayloadRequest(payload=b"x" * 64)
         for _ in range(200):  # warm the connection and the caches of wrapped handlers
@@ -83,6 +85,15 @@ async def main(calls: int, rounds: int) -> None:
         await timed.stop(None)
 
 
+class _Answered:
+    """A unary call whose answer is already there."""
+
+    def __await__(self) -> Any:
+        if False:
+            yield
+        return b""
+
+
 class _Context:
     """What the server wrapper reads of a ServicerContext."""
 
@@ -91,8 +102,9 @@ class _Context:
 
 
 async def micro(calls: int, rounds: int) -> None:
-    """The server interceptor's own work per call, without the network: intercept_service (grpc
-    runs it for every call) plus the timing wrapper, against calling the handler directly."""
+    """The metrics code's own work per call, without the network: on the server,
+    intercept_service (grpc runs it for every call) plus the timing wrapper, against calling the
+    handler directly; on the client, awaiting a wrapped call against awaiting the call."""
     metrics = Metrics("bench")
     interceptor = MetricsInterceptor(metrics)
 
@@ -115,15 +127,31 @@ async def micro(calls: int, rounds: int) -> None:
         for _ in range(calls):
             await behavior(b"", context)
 
-    samples: dict[str, list[float]] = {"handler only": [], "with interceptor": []}
+    client_series = _series(metrics.rpc_client_duration, None, "/tutti.bench.v1.EchoService/EchoPayload")
+    make_call = _Answered
+
+    async def call() -> None:
+        for _ in range(calls):
+            await make_call()
+
+    async def timed_call() -> None:
+        for _ in range(calls):
+            await _TimedCall(make_call(), client_series)
+
+    samples: dict[str, list[float]] = {
+        "handler only": [], "with interceptor": [], "client call": [], "client call timed": []
+    }
     for _ in range(rounds):
-        for name, loop in (("handler only", direct), ("with interceptor", timed)):
+        for name, loop in (
+            ("handler only", direct), ("with interceptor", timed),
+            ("client call", call), ("client call timed", timed_call),
+        ):
             cpu = time.process_time()
             await loop()
             samples[name].append((time.process_time() - cpu) / calls * 1e6)
-    base = statistics.median(samples["handler only"])
-    print(f"server interceptor alone, {calls} calls x {rounds} rounds, median CPU per call:")
+    print(f"metrics code alone, {calls} calls x {rounds} rounds, median CPU per call:")
     for name, values in samples.items():
+        base = statistics.median(samples["client call" if name.startswith("client") else "handler only"])
         median = statistics.median(values)
         print(f"  {name:17s} {median:6.2f} us ({median - base:+.2f})")
 

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.credentials import CredentialStore
+from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Rule
 from gateway.proxy import Gateway
 from gateway.ratelimit import RateLimiter
@@ -76,7 +77,7 @@ async def build_gateway(
         channels,
         gateway_settings.default_timeout_seconds,
         order_lookup,
-        metrics=metrics,
+        counters=GatewayCounters(metrics),
     )
     names = [service.full_name for descriptors in services.values() for service in descriptors]
     log.info(

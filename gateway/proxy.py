@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from gateway import scope
 from gateway.credentials import CredentialStore, Kind, Principal
+from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
@@ -68,19 +69,11 @@ class Gateway:
         channels: Mapping[str, grpc.aio.Channel],
         default_timeout_seconds: float,
         order_lookup: str = ORDER_LOOKUP_METHOD,
-        metrics: Metrics | None = None,
+        counters: GatewayCounters | None = None,
     ) -> None:
-        metrics = metrics or Metrics("gateway")
-        # By principal kind, not id: five kinds, where ids can be thousands of terminals.
-        admitted = metrics.counter(
-            "gateway_admitted_calls", "Calls authenticated and admitted by the rate limit.",
-            ["principal_kind"],
-        )
-        limited = metrics.counter(
-            "gateway_rate_limited_calls", "Calls refused by a principal's rate limit.", ["principal_kind"]
-        )
-        self._admitted = {kind: admitted.labels(kind.value) for kind in Kind}
-        self._limited = {kind: limited.labels(kind.value) for kind in Kind}
+        counters = counters or GatewayCounters(Metrics("gateway"))
+        self._admitted = counters.admitted
+        self._limited = counters.rate_limited
         self._order_lookup = f"/{order_lookup}"
         self._routes = dict(routes)
         self._credentials = credentials

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 
 from runtime import deadlines, errors, telemetry
-from runtime.metrics import ClientMetricsInterceptor, Metrics, MetricsInterceptor, serving_metrics
+from runtime.metrics import Metrics, MetricsInterceptor, serving_metrics, time_unary_calls
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -304,11 +304,9 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
 def client_channel(address: str, metrics: Metrics | None = None) -> grpc.aio.Channel:
     """A channel to another Tutti service, with tracing, call durations in ``metrics`` and the
     same message limits."""
-    interceptors: list[Any] = telemetry.client_interceptors()
-    if metrics is not None:
-        interceptors.append(ClientMetricsInterceptor(metrics))
-    return grpc.aio.insecure_channel(
+    channel = grpc.aio.insecure_channel(
         address,
         options=[*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)],
-        interceptors=interceptors or None,
+        interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
     )
+    return channel if metrics is None else time_unary_calls(channel, metrics)
