@@ -146,8 +146,14 @@ class Metrics:
             await asyncio.sleep(self.sample_seconds)
 
     def names(self) -> set[str]:
-        """Every sample name this registry exposes (``_bucket``, ``_total``... included)."""
-        return {sample.name for family in self.registry.collect() for sample in family.samples}
+        """Every series name this registry can expose, whether or not it has samples yet
+        (a histogram's ``_bucket``, ``_count`` and ``_sum``; a counter's ``_total``)."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+        return {
+            family.name + suffix
+            for family in self.registry.collect()
+            for suffix in suffixes.get(family.type, ("",))
+        }
 
 
 class _PoolCollector(Collector):
