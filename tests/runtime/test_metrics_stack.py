@@ -15,6 +15,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import inventory_pb2 as ipb
+from tutti.inventory.v1 import inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2 as opb
 from tutti.orchestrator.v1 import orchestrator_pb2_grpc
 
@@ -83,6 +85,7 @@ async def stack(
             running = await stack.enter_async_context(running_service(common, build))
             addresses[name] = running.address
             urls[name] = running.metrics_url
+            urls[f"{name}-grpc"] = running.address
         common = dataclasses.replace(base, service="gateway", addresses=addresses)
         gateway = await stack.enter_async_context(
             running_service(common, builder(gateway_settings(credentials)))
@@ -166,3 +169,61 @@ async def test_tracking_reports_its_consumer_lag_and_handles_the_order_events(st
     }
     assert partitions <= {str(p) for p in range(ORDER_EVENTS.partitions)} and partitions
     assert value(samples, "tutti_events_handled_total", consumer_group="tutti-tracking") > 0
+
+
+async def test_refusals_are_counted_by_reason_and_by_principal_kind(stack: dict[str, str]) -> None:
+    location_id, skus = await stocked_store(stack["grpc"], 1)
+    before = {name: await scrape(stack[name]) for name in ("gateway", "orchestrator", "inventory")}
+    async with grpc.aio.insecure_channel(stack["grpc"]) as channel:
+        orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
+        # More than the store holds (10): no location can take it.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await orders.PlaceOrder(
+                opb.PlaceOrderRequest(
+                    channel=common_pb2.CHANNEL_WEB,
+                    channel_order_id=random_id("web"),
+                    customer_id=random_id("customer"),
+                    method=common_pb2.DELIVERY_METHOD_CLICK_AND_COLLECT,
+                    pickup_location_id=location_id,
+                    lines=[opb.OrderLineInput(line_id="1", sku=skus[0], quantity=11)],
+                ),
+                metadata=[("authorization", f"Bearer {KEYS['web']}")],
+                timeout=15,
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The "limited" channel principal has a burst of 2: the third call in a row is refused.
+        codes = []
+        for _ in range(3):
+            try:
+                await orders.GetOrder(
+                    opb.GetOrderRequest(order_id=random_id("order")),
+                    metadata=[("authorization", f"Bearer {KEYS['limited']}")],
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    # A reservation for more than is there, straight to inventory as the orchestrator makes them.
+    async with grpc.aio.insecure_channel(stack["inventory-grpc"]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as short:
+            await inventory_pb2_grpc.InventoryServiceStub(channel).ReserveStock(
+                ipb.ReserveStockRequest(
+                    reservation_id=random_id("r"),
+                    channel=common_pb2.CHANNEL_WEB,
+                    lines=[ipb.ReservationLine(sku=skus[0], location_id=location_id, quantity=11)],
+                ),
+                timeout=5,
+            )
+        assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    after = {name: await scrape(stack[name]) for name in ("gateway", "orchestrator", "inventory")}
+
+    def moved(name: str, series: str, **labels: str) -> float:
+        return value(after[name], series, **labels) - value(before[name], series, **labels)
+
+    assert moved("orchestrator", "tutti_orders_refused_total", channel="web", reason="unsourceable") == 1
+    assert moved("orchestrator", "tutti_orders_placed_total") == 0
+    refused_code = {**PLACE_ORDER, "rpc_grpc_status_code": "9"}
+    assert moved("orchestrator", "rpc_server_duration_seconds_count", **refused_code) == 1
+    assert moved("gateway", "tutti_gateway_rate_limited_calls_total", principal_kind="channel") >= 1
+    assert moved("gateway", "rpc_server_duration_seconds_count", rpc_grpc_status_code="8") >= 1
+    assert moved("inventory", "tutti_reservations_refused_for_stock_total", channel="web") == 1
