@@ -193,7 +193,11 @@ def serving_metrics(
         yield None
         return
     host, _, port = address.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    try:
+        server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    except OSError as exc:
+        variable = f"TUTTI_{metrics.service.upper()}_METRICS_ADDR"
+        raise OSError(exc.errno, f"cannot serve metrics on {address} ({variable}): {exc.strerror}") from None
     actual = server.server_address[1]
     log.info("metrics listening", extra={"address": f"{host}:{actual}"})
     if bound is not None:

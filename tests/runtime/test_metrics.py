@@ -4,6 +4,7 @@ side), calls in flight, the /metrics endpoint, and the outbox probes on PostgreS
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -159,6 +160,19 @@ async def test_metrics_are_served_over_http_until_the_block_ends() -> None:
         await asyncio.to_thread(_get, f"http://127.0.0.1:{ports[0]}/metrics")
     with serving_metrics(metrics, None) as port:
         assert port is None
+
+
+def test_a_busy_metrics_port_stops_the_process_naming_the_variable() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        expected = f"127.0.0.1:{busy} \\(TUTTI_ORCHESTRATOR_METRICS_ADDR\\)"
+        with (
+            pytest.raises(OSError, match=expected),
+            serving_metrics(Metrics("orchestrator"), f"127.0.0.1:{busy}"),
+        ):
+            pass
 
 
 async def test_the_postgres_outbox_probe_counts_waiting_events_and_the_age_of_the_oldest(
