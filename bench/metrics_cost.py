@@ -3,7 +3,8 @@
 A/B in one process on uvloop: the bench echo service behind the runtime's error mapping alone
 (A) and with the metrics interceptor in front of it (B); then a client channel without (A) and
 with (B) its unary calls timed (runtime.metrics.time_unary_calls). Each variant runs sequential
-unary calls and calls 32 at a time; rounds alternate A and B so a noisy neighbour hurts both alike, and the
+unary calls and calls 32 at a time; each round runs every variant in a shuffled order, so a noisy neighbour
+or a position in the round hurts all alike, and the
 median of the rounds is reported in microseconds per call: of CPU (client and server share the
 process, so this is what a call costs the machine, and what neighbours disturb least) and of
 wall clock.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 import types
@@ -67,11 +69,18 @@ async def main(calls: int, rounds: int) -> None:
             results: dict[str, list[tuple[float, float]]] = {
                 "A": [], "B server": [], "B client": [], "B both": []
             }
+            variants = {
+                "A": (plain_address, False),
+                "B server": (timed_address, False),
+                "B client": (plain_address, True),
+                "B both": (timed_address, True),
+            }
+            shuffle = random.Random(concurrency)
             for _ in range(rounds):
-                results["A"].append(await _run(plain_address, False, calls, concurrency))
-                results["B server"].append(await _run(timed_address, False, calls, concurrency))
-                results["B client"].append(await _run(plain_address, True, calls, concurrency))
-                results["B both"].append(await _run(timed_address, True, calls, concurrency))
+                # A fresh order each round: no variant always runs first, or after the heaviest.
+                for name in shuffle.sample(list(variants), len(variants)):
+                    address, client_metrics = variants[name]
+                    results[name].append(await _run(address, client_metrics, calls, concurrency))
             base = [statistics.median(v[i] for v in results["A"]) for i in (0, 1)]
             print(f"concurrency {concurrency}, {calls} calls x {rounds} rounds, median per call:")
             for name, values in results.items():
