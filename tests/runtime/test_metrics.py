@@ -175,6 +175,7 @@ def test_a_busy_metrics_port_stops_the_process_naming_the_variable() -> None:
             pass
 
 
+@pytest.mark.integration
 async def test_the_postgres_outbox_probe_counts_waiting_events_and_the_age_of_the_oldest(
     settings: CommonSettings,
 ) -> None:
@@ -207,6 +208,7 @@ async def test_the_postgres_outbox_probe_counts_waiting_events_and_the_age_of_th
             await conn.close()
 
 
+@pytest.mark.integration
 async def test_the_redis_outbox_probe_reads_the_stream(settings: CommonSettings) -> None:
     redis = Redis.from_url(f"{settings.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
     try:
