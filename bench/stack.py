@@ -108,6 +108,9 @@ class Stack:
 def stack_env(addresses: Mapping[str, str], credentials_file: Path) -> dict[str, str]:
     base = os.environ.get("TUTTI_REDIS_URL", "redis://127.0.0.1:16379/0").rsplit("/", 1)[0]
     env = {f"TUTTI_{name.upper()}_ADDR": address for name, address in addresses.items()}
+    # Metrics on any free port: replicas of one service, and someone else's stack on the
+    # default ports, would otherwise collide.
+    env |= {f"TUTTI_{name.upper()}_METRICS_ADDR": "127.0.0.1:0" for name in addresses}
     env |= {
         "TUTTI_REDIS_URL": f"{base}/{STACK_REDIS_DB}",
         "TUTTI_GATEWAY_CREDENTIALS": str(credentials_file),

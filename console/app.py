@@ -27,8 +27,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from console import present
 from console.errors import ApiError
 from console.gateway import Gateway
+from console.metrics import ConsoleMetrics, Measured
 from console.sessions import COOKIE, Session, Sessions
 from console.settings import ConsoleSettings
+from runtime.metrics import Metrics, serving_metrics
 
 log = logging.getLogger(__name__)
 
@@ -274,19 +276,27 @@ async def refused(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: ConsoleSettings, gateway: Gateway | None = None) -> Starlette:
+    sessions = Sessions(settings.session_hours * 3600)
+    # Metrics only where they are served (a test app passes its own gateway and serves none).
+    measured = ConsoleMetrics(Metrics("console"), sessions) if settings.metrics_address else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.sessions = Sessions(settings.session_hours * 3600)
-        app.state.gateway = gateway or Gateway(settings)
-        try:
-            yield
-        finally:
-            await app.state.gateway.close()
+        app.state.sessions = sessions
+        app.state.metrics = measured
+        app.state.gateway = gateway or Gateway(settings, measured.metrics if measured else None)
+        with contextlib.ExitStack() as exposed:
+            if measured is not None:
+                exposed.enter_context(serving_metrics(measured.metrics, settings.metrics_address))
+            try:
+                yield
+            finally:
+                await app.state.gateway.close()
 
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(Measured, metrics=measured), Middleware(SecurityHeaders)],
         exception_handlers={404: not_found, 403: refused, 400: refused},
         lifespan=lifespan,
     )

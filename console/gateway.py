@@ -21,6 +21,7 @@ from tutti.tracking.v1 import tracking_pb2_grpc
 
 from console.errors import explain
 from console.settings import ConsoleSettings
+from runtime.metrics import Metrics, time_unary_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +40,15 @@ class Caller:
 
 
 class Gateway:
-    def __init__(self, settings: ConsoleSettings) -> None:
+    def __init__(self, settings: ConsoleSettings, metrics: Metrics | None = None) -> None:
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
         if settings.gateway_ca is not None:
             credentials = grpc.ssl_channel_credentials(settings.gateway_ca.read_bytes())
             self._channel = grpc.aio.secure_channel(settings.gateway_address, credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(settings.gateway_address, options=options)
+        if metrics is not None:
+            time_unary_calls(self._channel, metrics)  # rpc_client_duration_seconds per method
         self._timeout = settings.call_timeout_seconds
         self._stubs: dict[str, Any] = {
             "identity": gateway_pb2_grpc.IdentityServiceStub(self._channel),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from runtime.settings import DEFAULT_ADDRESSES, Env, SettingsError
+from runtime.settings import DEFAULT_ADDRESSES, DEFAULT_METRICS_ADDRESSES, Env, SettingsError
 
 DEFAULT_CONSOLE_ADDR = "127.0.0.1:8080"
 
@@ -31,6 +31,8 @@ class ConsoleSettings:
     # Deadline of each gateway call the console makes on a user's behalf.
     call_timeout_seconds: float
     log_level: str
+    # Where Prometheus scrapes the console's own metrics (None: not served).
+    metrics_address: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -54,6 +56,9 @@ class ConsoleSettings:
             poll_seconds=env.float("TUTTI_CONSOLE_POLL_SECONDS", 2.0, minimum=0.2),
             call_timeout_seconds=env.float("TUTTI_CONSOLE_CALL_TIMEOUT_SECONDS", 10.0, minimum=0.5),
             log_level=env.choice("TUTTI_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            metrics_address=env.optional_address(
+                "TUTTI_CONSOLE_METRICS_ADDR", DEFAULT_METRICS_ADDRESSES["console"]
+            ),
         )
 
     @property

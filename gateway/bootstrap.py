@@ -14,12 +14,14 @@ from tutti.gateway.v1 import gateway_pb2_grpc
 
 from gateway import identity
 from gateway.credentials import CredentialStore
+from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Rule
 from gateway.proxy import Gateway
 from gateway.ratelimit import RateLimiter
 from gateway.routes import build_routes, discover_services
 from gateway.settings import GatewaySettings
 from runtime.grpc_server import Wiring, client_channel
+from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,21 @@ async def build_gateway(
     if services is None:
         services = discover_services(gateway_settings.backends)
     routes = build_routes(dict(services), policies)
+    metrics = Metrics("gateway")
     channels: dict[str, grpc.aio.Channel] = {}
     for backend, descriptors in services.items():
         if descriptors:
-            channel = client_channel(settings.addresses[backend])
+            channel = client_channel(settings.addresses[backend], metrics)
             stack.push_async_callback(channel.close)
             channels[backend] = channel
     gateway = Gateway(
-        routes, credentials, RateLimiter(), channels, gateway_settings.default_timeout_seconds, order_lookup
+        routes,
+        credentials,
+        RateLimiter(),
+        channels,
+        gateway_settings.default_timeout_seconds,
+        order_lookup,
+        counters=GatewayCounters(metrics),
     )
     names = [service.full_name for descriptors in services.values() for service in descriptors]
     names.append(identity.SERVICE_NAME)
@@ -97,6 +106,7 @@ async def build_gateway(
         ready=gateway.ready,
         server_credentials=_tls(gateway_settings),
         max_receive_message_bytes=gateway_settings.max_message_bytes,
+        metrics=metrics,
     )
 
 

@@ -24,11 +24,13 @@ from grpc_status import rpc_status
 
 from gateway import scope
 from gateway.credentials import CredentialStore, Kind, Principal
+from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route
 from runtime import errors, telemetry, validation
 from runtime.grpc_server import drain
+from runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,11 @@ class Gateway:
         channels: Mapping[str, grpc.aio.Channel],
         default_timeout_seconds: float,
         order_lookup: str = ORDER_LOOKUP_METHOD,
+        counters: GatewayCounters | None = None,
     ) -> None:
+        counters = counters or GatewayCounters(Metrics("gateway"))
+        self._admitted = counters.admitted
+        self._limited = counters.rate_limited
         self._order_lookup = f"/{order_lookup}"
         self._routes = dict(routes)
         self._credentials = credentials
@@ -273,6 +279,7 @@ class Gateway:
             raise errors.Unauthenticated("unknown API key")
         wait = self._limiter.acquire(principal.id, principal.rate_per_second, principal.burst)
         if wait > 0:
+            self._limited[principal.kind].inc()
             if requests is not None:
                 await drain(requests)
             exc = errors.ResourceExhausted(
@@ -286,6 +293,7 @@ class Gateway:
                 status.details,
                 (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
             )
+        self._admitted[principal.kind].inc()
         return principal
 
     def _prepare(self, route: Route, principal: Principal, request: bytes) -> tuple[bytes, Message]:

@@ -2,7 +2,8 @@
 
 A service describes itself as a ``Wiring`` (servicers, readiness probe, background tasks);
 ``serve`` runs it: health (SERVING only once dependencies answer, NOT_SERVING while shutting
-down), reflection, error mapping, tracing, and an ordered graceful shutdown on SIGTERM/SIGINT.
+down), reflection, error mapping, tracing, metrics (``/metrics`` on the process's metrics port), and
+an ordered graceful shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
 
 from runtime import deadlines, errors, telemetry, validation
+from runtime.metrics import Metrics, MetricsInterceptor, serving_metrics, time_unary_calls
 from runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class Wiring:
     # Largest message the server accepts (larger: RESOURCE_EXHAUSTED, answered by grpc itself);
     # None keeps MAX_MESSAGE_BYTES, which internal batch calls (stock snapshots) need.
     max_receive_message_bytes: int | None = None
+    # The process's registry, with the service's own series declared on it; None: the runtime
+    # makes one with its RPC series only.
+    metrics: Metrics | None = None
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -161,6 +167,15 @@ def _passthrough(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
 
 
+def _attach_caller_trace(context: grpc.aio.ServicerContext) -> object | None:
+    """With tracing off, the caller's trace context (if it sent one) for the handler's logs and
+    the events it writes; with tracing on, the tracing interceptor has done it."""
+    if telemetry.tracing_enabled():
+        return None
+    caller = telemetry.caller_context(context.invocation_metadata() or ())
+    return None if caller is None else otel_context.attach(caller)
+
+
 Decode = Callable[[bytes], Any] | None
 
 
@@ -198,6 +213,7 @@ def _wrap_unary(
     behavior: Callable[..., Awaitable[Any]], method: str, decode: Decode, *, streaming: bool = False
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = _attach_caller_trace(context)
         try:
             with deadlines.caller_deadline(context.time_remaining()):
                 return await behavior(_checked(request, decode, streaming), context)
@@ -207,6 +223,9 @@ def _wrap_unary(
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     return wrapped
 
@@ -215,6 +234,7 @@ def _wrap_stream(
     behavior: Callable[..., AsyncIterator[Any]], method: str, decode: Decode, *, streaming: bool = False
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        token = _attach_caller_trace(context)
         try:
             async for response in behavior(_checked(request, decode, streaming), context):
                 yield response
@@ -224,6 +244,9 @@ def _wrap_stream(
             if _passthrough(exc) or not isinstance(exc, Exception):
                 raise
             await abort_with(context, exc, method)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     return wrapped
 
@@ -264,6 +287,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     bound: Callable[[int], None] | None = None,
+    metrics_bound: Callable[[int], None] | None = None,
 ) -> None:
     """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order:
     NOT_SERVING → drain calls → stop background loops (they commit offsets) → close resources
@@ -276,7 +300,13 @@ async def serve(
 
     async with AsyncExitStack() as stack:
         wiring = await build(settings, stack)
-        interceptors: list[Any] = [*telemetry.server_interceptors(), ErrorMappingInterceptor()]
+        metrics = wiring.metrics or Metrics(settings.service)
+        # Metrics outside the error mapping: they record the status the caller receives.
+        interceptors: list[Any] = [
+            *telemetry.server_interceptors(),
+            MetricsInterceptor(metrics),
+            ErrorMappingInterceptor(),
+        ]
         options = SERVER_OPTIONS
         if wiring.max_receive_message_bytes is not None:
             options = [
@@ -301,6 +331,8 @@ async def serve(
             port = server.add_insecure_port(settings.listen_address)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen_address}")
+        # Served until the resources close, so a scrape during shutdown still answers.
+        stack.enter_context(serving_metrics(metrics, settings.metrics_address, metrics_bound))
         await server.start()
         log.info("listening", extra={"address": settings.listen_address, "port": port})
         if bound is not None:
@@ -309,7 +341,7 @@ async def serve(
         tasks = [asyncio.create_task(_announce_when_ready(health, wiring, names, stopping), name="health")]
         tasks += [
             asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job"))
-            for job in wiring.background
+            for job in (*wiring.background, metrics.sample_forever)
         ]
 
         await stopping.wait()
@@ -349,10 +381,12 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
             delay = min(delay * 2, 10.0)
 
 
-def client_channel(address: str) -> grpc.aio.Channel:
-    """A channel to another Tutti service, with tracing and the same message limits."""
-    return grpc.aio.insecure_channel(
+def client_channel(address: str, metrics: Metrics | None = None) -> grpc.aio.Channel:
+    """A channel to another Tutti service, with tracing, call durations in ``metrics`` and the
+    same message limits."""
+    channel = grpc.aio.insecure_channel(
         address,
         options=[*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)],
         interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
     )
+    return channel if metrics is None else time_unary_calls(channel, metrics)

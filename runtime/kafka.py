@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as aiokafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -27,6 +28,7 @@ from opentelemetry import trace
 from tutti.events.v1 import envelope_pb2
 
 from runtime import telemetry
+from runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,10 @@ class EventConsumer:
     # When set, called once per partition batch instead of ``handler`` once per record; the
     # offset is committed after it returns, as with ``handler``.
     batch_handler: BatchHandler | None = None
+    # Lag per partition and handling time go there when given.
+    metrics: Metrics | None = None
+    # Lag is read from the consumer's own fetch state, at most this often.
+    lag_interval_seconds: float = 1.0
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -248,6 +254,8 @@ class EventConsumer:
         )
         await consumer.start()
         self.started.set()
+        lag_due = 0.0
+        lagging: set[TopicPartition] = set()
         try:
             while True:
                 batches = await consumer.getmany(
@@ -255,14 +263,46 @@ class EventConsumer:
                 )
                 for tp, records in batches.items():
                     if self.batch_handler is not None:
+                        start = time.perf_counter()
                         await self._handle_batch(self.batch_handler, records)
+                        self._observe(tp, time.perf_counter() - start)
                     else:
                         for record in records:
+                            start = time.perf_counter()
                             await self._handle(record)
+                            self._observe(tp, time.perf_counter() - start)
                     await consumer.commit({tp: records[-1].offset + 1})
+                    if self.metrics is not None:
+                        self.metrics.events_handled.labels(self.group_id, tp.topic).inc(len(records))
+                if self.metrics is not None and time.monotonic() >= lag_due:
+                    lag_due = time.monotonic() + self.lag_interval_seconds
+                    lagging = await self._record_lag(consumer, self.metrics, lagging)
         finally:
             # Offsets of fully handled batches are already committed; stopping leaves the group cleanly.
             await consumer.stop()
+
+    def _observe(self, tp: TopicPartition, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.event_duration.labels(self.group_id, tp.topic).observe(seconds)
+
+    async def _record_lag(
+        self, consumer: AIOKafkaConsumer, metrics: Metrics, before: set[TopicPartition]
+    ) -> set[TopicPartition]:
+        """Lag = high watermark (from the last fetch) - position, for each assigned partition;
+        partitions this member no longer owns drop out (another member reports them)."""
+        assigned = set(consumer.assignment())
+        for tp in before - assigned:
+            with contextlib.suppress(KeyError):
+                metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched yet: unknown, not zero
+            position = await consumer.position(tp)
+            metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(
+                max(0, highwater - position)
+            )
+        return assigned
 
     @staticmethod
     def _parse(record: ConsumerRecord) -> envelope_pb2.EventEnvelope | None:

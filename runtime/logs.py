@@ -1,4 +1,9 @@
-"""Structured logging: one JSON object per line (or plain text for humans at a terminal)."""
+"""Structured logging: one JSON object per line (or plain text for humans at a terminal).
+
+A JSON line written while a span is active carries its ``trace_id`` and ``span_id`` (hex, as
+trace back ends show them). With tracing off there are no spans, but a call that came with a
+``traceparent`` header runs in its caller's context (runtime.grpc_server), as does the handling
+of a Kafka record that carried one: its lines carry the caller's trace id and span id."""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from runtime.telemetry import current_ids
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -24,6 +31,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ids = current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         # Anything passed through `extra=` becomes a field of its own.
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):

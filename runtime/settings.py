@@ -26,6 +26,16 @@ DEFAULT_ADDRESSES: Mapping[str, str] = {
     "tracking": "127.0.0.1:50055",
 }
 
+# Where each part serves its Prometheus metrics by default (TUTTI_<NAME>_METRICS_ADDR).
+DEFAULT_METRICS_ADDRESSES: Mapping[str, str] = {
+    "gateway": "127.0.0.1:9451",
+    "inventory": "127.0.0.1:9452",
+    "orchestrator": "127.0.0.1:9453",
+    "returns": "127.0.0.1:9454",
+    "tracking": "127.0.0.1:9455",
+    "console": "127.0.0.1:9456",
+}
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -89,6 +99,19 @@ class Env:
             raise SettingsError(f"{name} must be host:port, got {value!r}")
         return value
 
+    def optional_address(self, name: str, default: str) -> str | None:
+        """host:port (port 0: any free port), or None when set to 0 or to the empty string."""
+        value = self._environ.get(name)
+        if value is None:
+            value = default
+        value = value.strip()
+        if value in ("", "0"):
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise SettingsError(f"{name} must be host:port, or 0 or empty to disable, got {value!r}")
+        return value
+
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         value = self.str(name, default)
         parsed = urlparse(value)
@@ -117,6 +140,8 @@ class CommonSettings:
     traces_exporter: str
     shutdown_grace_seconds: float
     addresses: Mapping[str, str]
+    # Where /metrics is served; None: not served.
+    metrics_address: str | None = None
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Self:
@@ -136,4 +161,7 @@ class CommonSettings:
             traces_exporter=env.choice("OTEL_TRACES_EXPORTER", "none", ("none", "console", "otlp")),
             shutdown_grace_seconds=env.float("TUTTI_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0.0),
             addresses=addresses,
+            metrics_address=env.optional_address(
+                f"TUTTI_{service.upper()}_METRICS_ADDR", DEFAULT_METRICS_ADDRESSES.get(service, "")
+            ),
         )

@@ -11,6 +11,7 @@ forwards a caller's W3C trace headers untouched.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -73,6 +74,28 @@ def client_interceptors() -> list[object]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def caller_context(metadata: Iterable[Any]) -> otel_context.Context | None:
+    """The trace context a caller sent (W3C traceparent), or None when it sent none. Used with
+    tracing off, where no interceptor reads it: the handler's log lines still carry the
+    caller's trace id, and its events carry the trace on to Kafka. Parsing one header is cheap."""
+    carrier = {item[0]: item[1] for item in metadata if item[0] in _TRACE_HEADERS}
+    if not carrier:
+        return None
+    extracted = propagate.extract(carrier)
+    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the active span, or of the caller's context; None without."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def inject_kafka_headers(headers: list[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:

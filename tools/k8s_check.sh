@@ -7,11 +7,15 @@
 # Tools are installed under .tutti/ (git-ignored) on first use, by name from the Go module proxy
 # (kustomize, kubeconform) and PyPI (kubernetes-validate, which ships the Kubernetes JSON
 # schemas: kubeconform's default schema download from GitHub is not reachable everywhere).
+# The prometheus-operator objects (ServiceMonitor, PrometheusRule) are checked against the CRDs
+# of the prometheus-operator Go module (from the module proxy too), converted to JSON schemas.
+# promtool (the Prometheus module, a long build on first use) checks the alert rules.
 #
 #   tools/k8s_check.sh              install what is missing, render, validate; exit 1 on any error
 #   tools/k8s_check.sh install      only install the tools (exit 3 when one cannot be installed)
 #   tools/k8s_check.sh render DIR   print the rendered manifests of a kustomization directory
 #   tools/k8s_check.sh validate FILE...  kubeconform -strict on rendered manifest files
+#   tools/k8s_check.sh promtool ARG...   run promtool (installed on first use)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +29,10 @@ OVERLAYS=(dev production)
 COMPONENTS=(gateway-tls) # each validated on top of the production overlay
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 SCHEMAS="$WORK/k8s/schemas-$SCHEMAS_VERSION"
+OPERATOR_VERSION=v0.85.0 # prometheus-operator: the CRDs of ServiceMonitor and PrometheusRule
+CRD_KINDS=(servicemonitors prometheusrules)
+CRD_SCHEMAS="$WORK/k8s/crd-schemas-$OPERATOR_VERSION"
+PROMETHEUS_VERSION=v0.316.0 # the Go module's version of Prometheus 3.x, for promtool
 
 die() { echo "k8s_check: $*" >&2; exit "${2:-1}"; }
 
@@ -92,11 +100,58 @@ PY
     rm -rf "$SCHEMAS" && mv "$staging" "$SCHEMAS"
 }
 
+install_crd_schemas() {
+    [[ -e "$CRD_SCHEMAS/.complete" ]] && return 0
+    command -v go >/dev/null || die "cannot fetch the prometheus-operator CRDs: the Go toolchain is missing" 3
+    local dir staging="$CRD_SCHEMAS.tmp.$$"
+    echo "k8s_check: fetching the prometheus-operator $OPERATOR_VERSION CRDs (Go module proxy)" >&2
+    dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$OPERATOR_VERSION" \
+        | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')" \
+        || die "cannot download github.com/prometheus-operator/prometheus-operator@$OPERATOR_VERSION" 3
+    rm -rf "$staging"
+    # Each version's openAPIV3Schema, as kubeconform wants it: strict (objects that list their
+    # properties accept no other), named <group>/<kind>_<version>.json.
+    "$PYTHON" - "$dir/example/prometheus-operator-crd" "$staging" "${CRD_KINDS[@]}" <<'PY' || die "cannot convert the CRDs" 3
+import json, sys
+from pathlib import Path
+
+import yaml
+
+source, target, kinds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+
+
+def strict(node):
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        for value in node.values():
+            strict(value)
+    elif isinstance(node, list):
+        for value in node:
+            strict(value)
+
+
+for kind in kinds:
+    crd = yaml.safe_load((source / f"monitoring.coreos.com_{kind}.yaml").read_text())
+    group, name = crd["spec"]["group"], crd["spec"]["names"]["kind"].lower()
+    for version in crd["spec"]["versions"]:
+        schema = version["schema"]["openAPIV3Schema"]
+        strict(schema)
+        out = target / group / f"{name}_{version['name']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(schema))
+PY
+    touch "$staging/.complete"
+    rm -rf "$CRD_SCHEMAS" && mv "$staging" "$CRD_SCHEMAS"
+}
+
 install_all() {
     mkdir -p "$BIN" "$WORK/k8s"
     go_install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
     go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
     install_schemas
+    install_crd_schemas
 }
 
 render() { "$BIN/kustomize" build "$1"; }
@@ -107,6 +162,7 @@ kubeconform() { # files...
         echo "k8s_check: kubeconform -strict, Kubernetes $version" >&2
         "$BIN/kubeconform" -strict -summary -kubernetes-version "$version" \
             -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+            -schema-location "$CRD_SCHEMAS/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
             "$@" || failed=1
     done
     return $failed
@@ -144,5 +200,11 @@ case "${1:-check}" in
         kubeconform "$@" || die "invalid manifests (see above)"
         ;;
     check) install_all && validate ;;
-    *) die "usage: $0 [check|install|render DIR|validate FILE...]" 2 ;;
+    promtool)
+        shift
+        mkdir -p "$BIN"
+        go_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION"
+        exec "$BIN/promtool" "$@"
+        ;;
+    *) die "usage: $0 [check|install|render DIR|validate FILE...|promtool ARG...]" 2 ;;
 esac

@@ -16,7 +16,9 @@ from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 from runtime.grpc_server import Wiring
 from runtime.kafka import create_producer
+from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, Env
+from services.inventory.adapters.metrics import PrometheusStockCounters
 from services.inventory.adapters.redis_store import RedisStore
 from services.inventory.adapters.relay import OutboxRelay
 from services.inventory.adapters.watch import AvailabilityHub
@@ -67,6 +69,8 @@ async def build(
     cfg = inventory or InventorySettings.from_env(settings)
     redis = Redis.from_url(cfg.redis_url, max_connections=64, health_check_interval=30, socket_keepalive=True)
     stack.push_async_callback(redis.aclose)
+    metrics = Metrics("inventory")
+    metrics.watch_redis_pool("inventory", redis)
     store = RedisStore(
         redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
     )
@@ -77,12 +81,14 @@ async def build(
         pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s,
         snapshot_max_future_s=cfg.snapshot_max_future_s,
         pos_sale_retention_s=cfg.pos_sale_retention_s,
+        counters=PrometheusStockCounters(metrics),
     )
 
     producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")
     producer_started = asyncio.Event()
     stack.push_async_callback(producer.stop)
     relay = OutboxRelay(redis, producer, relayed_channel=store.relayed_channel, batch=cfg.relay_batch)
+    metrics.watch_outbox("inventory", relay.backlog)
 
     async def start_producer() -> None:
         await producer.start()
@@ -127,4 +133,5 @@ async def build(
         service_names=[inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name],
         ready=ready,
         background=(relay_outbox, sweep_holds, fan_out),
+        metrics=metrics,
     )

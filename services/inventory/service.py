@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tutti.inventory.v1 import events_pb2
 
-from runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import (
     RedisStore,
@@ -57,6 +57,22 @@ class WatchUpdate:
     snapshot_complete: bool = False
 
 
+class StockCounters(Protocol):
+    """Business counters (adapters/metrics.py exports them to Prometheus)."""
+
+    def reservation_refused(self, channel: str) -> None: ...
+
+    def pos_recorded(self, is_return: bool) -> None: ...
+
+
+class NoCounters:
+    def reservation_refused(self, channel: str) -> None:
+        pass
+
+    def pos_recorded(self, is_return: bool) -> None:
+        pass
+
+
 class InventoryService:
     def __init__(
         self,
@@ -66,7 +82,9 @@ class InventoryService:
         pos_ack_after_ledger_s: float = 0.0,
         snapshot_max_future_s: float = 300.0,
         pos_sale_retention_s: int = 60 * 86400,
+        counters: StockCounters | None = None,
     ) -> None:
+        self.counters = counters or NoCounters()
         self.store = store
         self.hub = hub
         # How long a till sale stays readable (GetPosSale) for returns to check receipts against:
@@ -358,7 +376,12 @@ class InventoryService:
         fp = model.fingerprint(
             sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s
         )
-        return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
+        try:
+            return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
+        except FailedPrecondition:
+            # The reserve script refuses only for stock (not enough available at a location).
+            self.counters.reservation_refused(channel)
+            raise
 
     async def confirm(self, reservation_id: str, order_id: str = "") -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
@@ -793,6 +816,8 @@ class InventoryService:
         if self.pos_ack_after_ledger_s > 0 and self.hub is not None:
             await self._wait_on_ledger(idem_key, receipt_key)
         shortfall = {op["s"]: int(op["sf"]) for op in result.ops if int(op.get("sf") or 0) > 0}
+        if not result.duplicate:
+            self.counters.pos_recorded(is_return)
         return PosResult(result.duplicate, shortfall)
 
     async def get_pos_sale(self, terminal_id: str, sale_id: str) -> model.PosSale:

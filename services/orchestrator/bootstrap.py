@@ -13,9 +13,11 @@ from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from runtime.errors import InvalidArgument
 from runtime.grpc_server import Wiring, client_channel
 from runtime.kafka import INVENTORY_MOVEMENTS, EventConsumer, create_producer
+from runtime.metrics import Metrics
 from runtime.postgres import OutboxRelay, apply_migrations, create_pool
 from runtime.settings import CommonSettings, Env, SettingsError
 from services.orchestrator.adapters.inventory import GrpcInventory
+from services.orchestrator.adapters.metrics import PrometheusOrderCounters
 from services.orchestrator.entrypoints.events import LocationEvents
 from services.orchestrator.entrypoints.grpc import OrderServicer, RulesServicer
 from services.orchestrator.service import Config, OrderService, RulesBook, parse_document
@@ -73,11 +75,13 @@ async def build(
     except InvalidArgument as exc:
         raise SettingsError(f"TUTTI_ORCHESTRATOR_DEFAULT_RULES is not valid: {exc}") from None
 
+    metrics = Metrics("orchestrator")
     await apply_migrations(settings.database_url, orchestrator.schema, [MIGRATIONS])
     pool = await create_pool(settings.database_url, orchestrator.schema, max_size=orchestrator.pool_size)
     stack.push_async_callback(pool.close)
+    metrics.watch_pg_pool(orchestrator.schema, pool)
 
-    channel = client_channel(settings.addresses["inventory"])
+    channel = client_channel(settings.addresses["inventory"], metrics)
     stack.push_async_callback(channel.close)
     inventory = GrpcInventory(channel)
 
@@ -85,6 +89,7 @@ async def build(
     await producer.start()
     stack.push_async_callback(producer.stop)
     relay = OutboxRelay(pool, producer, orchestrator.schema)
+    metrics.watch_outbox(orchestrator.schema, relay.backlog)
 
     rules = RulesBook(pool, default_document)
     await rules.ensure_live()
@@ -98,6 +103,7 @@ async def build(
             quote_ttl_seconds=orchestrator.quote_ttl_seconds,
             abandoned_placement_seconds=orchestrator.abandoned_placement_seconds,
         ),
+        counters=PrometheusOrderCounters(metrics),
     )
     stack.push_async_callback(service.watchers.close)
     consumer = EventConsumer(
@@ -106,6 +112,7 @@ async def build(
         topics=[INVENTORY_MOVEMENTS.name],
         handler=LocationEvents(service),
         client_id="tutti-orchestrator",
+        metrics=metrics,
     )
 
     def register(server: object) -> None:
@@ -134,4 +141,5 @@ async def build(
         ],
         ready=ready,
         background=(relay_outbox, sweep_unaccepted, follow_locations),
+        metrics=metrics,
     )

@@ -115,6 +115,36 @@ class Inventory(Protocol):
     async def ping(self) -> None: ...
 
 
+class OrderCounters(Protocol):
+    """Business counters (adapters/metrics.py exports them to Prometheus)."""
+
+    def placed(self, channel: str) -> None: ...
+
+    def refused(self, channel: str, reason: str) -> None: ...
+
+    def reallocated(self, trigger: str, resourced: bool) -> None: ...
+
+
+class NoCounters:
+    def placed(self, channel: str) -> None:
+        pass
+
+    def refused(self, channel: str, reason: str) -> None:
+        pass
+
+    def reallocated(self, trigger: str, resourced: bool) -> None:
+        pass
+
+
+# Why a placement was refused, from the error it raised (a closed list: a metric label).
+REFUSAL_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidArgument, "invalid"),
+    (AlreadyExists, "conflict"),
+    (NotFound, "not_found"),
+    (FailedPrecondition, "unsourceable"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     accept_timeout_seconds: float = 900.0
@@ -480,7 +510,9 @@ class OrderService:
         rules: RulesBook,
         config: Config,
         clock: Clock = utc_now,
+        counters: OrderCounters | None = None,
     ) -> None:
+        self._counters = counters or NoCounters()
         self._pool = pool
         self._inventory = inventory
         self._rules = rules
@@ -793,6 +825,20 @@ class OrderService:
             raise InvalidArgument.of(violations)
 
     async def place(self, cmd: PlaceOrder) -> tuple[Order, bool]:
+        try:
+            order, replayed = await self._place(cmd)
+        except Exception as exc:
+            reason = next((why for kind, why in REFUSAL_REASONS if isinstance(exc, kind)), None)
+            if reason is not None:
+                if reason == "unsourceable" and cmd.quote_id and "quoted promise" in str(exc):
+                    reason = "quote_not_kept"
+                self._counters.refused(cmd.channel, reason)
+            raise
+        if not replayed:
+            self._counters.placed(cmd.channel)
+        return order, replayed
+
+    async def _place(self, cmd: PlaceOrder) -> tuple[Order, bool]:
         self._validate_place(cmd)
         payload_hash = hashlib.sha256(
             json.dumps(dataclasses.asdict(cmd), sort_keys=True, default=str).encode()
@@ -1292,6 +1338,7 @@ class OrderService:
         await pg.save_changes(conn, order, after, now, resourced=ids if s.decision.sourced else ())
         events.status(order, after)
         await events.write(conn, now)
+        self._counters.reallocated(trigger, s.decision.sourced)
         return FulfilmentResult(after, *result_ids)
 
     async def location_offline(self, location_id: str, reason: str) -> tuple[list[str], list[str]]:

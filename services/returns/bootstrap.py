@@ -13,9 +13,11 @@ from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 from runtime.errors import Unavailable
 from runtime.grpc_server import Wiring, client_channel
 from runtime.kafka import create_producer
+from runtime.metrics import Metrics
 from runtime.postgres import OutboxRelay, apply_migrations, create_pool
 from runtime.settings import CommonSettings, Env, SettingsError
 from services.returns.adapters.inventory import InventoryClient
+from services.returns.adapters.metrics import PrometheusReturnCounters
 from services.returns.adapters.orders import OrchestratorOrders
 from services.returns.adapters.postgres import PgReturnsStore
 from services.returns.adapters.rules_file import DEFAULT_RULES_FILE, load_rules
@@ -69,13 +71,15 @@ async def build(
     settings: CommonSettings, stack: AsyncExitStack, returns: ReturnsSettings | None = None
 ) -> Wiring:
     returns = returns or ReturnsSettings.from_env()
+    metrics = Metrics("returns")
     await apply_migrations(settings.database_url, SCHEMA, [MIGRATIONS])
     pool = await create_pool(settings.database_url, SCHEMA, max_size=returns.pool_size)
     stack.push_async_callback(pool.close)
+    metrics.watch_pg_pool(SCHEMA, pool)
     producer = create_producer(settings.kafka_bootstrap, "tutti-returns")
     await producer.start()
     stack.push_async_callback(producer.stop)
-    channels = {name: client_channel(settings.addresses[name]) for name in DEPENDENCIES}
+    channels = {name: client_channel(settings.addresses[name], metrics) for name in DEPENDENCIES}
     for channel in channels.values():
         stack.push_async_callback(channel.close)
 
@@ -83,9 +87,15 @@ async def build(
     inventory = InventoryClient(channels["inventory"])
     orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
     service = ReturnsService(
-        store, orders, inventory, returns.rules, check_till_receipts=returns.check_till_receipts
+        store,
+        orders,
+        inventory,
+        returns.rules,
+        check_till_receipts=returns.check_till_receipts,
+        counters=PrometheusReturnCounters(metrics),
     )
     relay = OutboxRelay(pool, producer, SCHEMA)
+    metrics.watch_outbox(SCHEMA, relay.backlog)
     worker = TaskWorker(store, inventory, poll_seconds=returns.task_retry_seconds)
 
     async def ready() -> None:
@@ -107,4 +117,5 @@ async def build(
         service_names=[returns_pb2.DESCRIPTOR.services_by_name["ReturnsService"].full_name],
         ready=ready,
         background=(relay_outbox, retry_inventory_effects),
+        metrics=metrics,
     )

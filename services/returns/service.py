@@ -143,6 +143,22 @@ def _fingerprint(cmd: CreateReturn, extra: str = "") -> str:
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
+class ReturnCounters(Protocol):
+    """Business counters (adapters/metrics.py exports them to Prometheus)."""
+
+    def created(self, channel: str, kind: str) -> None: ...
+
+    def received(self, location_type: str) -> None: ...
+
+
+class NoCounters:
+    def created(self, channel: str, kind: str) -> None:
+        pass
+
+    def received(self, location_type: str) -> None:
+        pass
+
+
 class ReturnsService:
     def __init__(
         self,
@@ -153,7 +169,9 @@ class ReturnsService:
         clock: type[datetime] = datetime,
         *,
         check_till_receipts: bool = True,
+        counters: ReturnCounters | None = None,
     ) -> None:
+        self._counters = counters or NoCounters()
         self._store = store
         self._orders = orders
         self._inventory = inventory
@@ -253,6 +271,12 @@ class ReturnsService:
         return await tx.view(ret.return_id, self._rules)
 
     async def create_return(self, cmd: CreateReturn) -> tuple[ReturnView, bool]:
+        view, replayed = await self._create_return(cmd)
+        if not replayed:
+            self._counters.created(cmd.channel, "return")
+        return view, replayed
+
+    async def _create_return(self, cmd: CreateReturn) -> tuple[ReturnView, bool]:
         await self._validate_create(cmd)
         fingerprint = _fingerprint(cmd)
         async with self._store.transaction() as tx:
@@ -292,6 +316,12 @@ class ReturnsService:
     # --- exchange --------------------------------------------------------------------------
 
     async def create_exchange(self, cmd: CreateExchange) -> tuple[ReturnView, bool]:
+        view, replayed = await self._create_exchange(cmd)
+        if not replayed:
+            self._counters.created(cmd.request.channel, "exchange")
+        return view, replayed
+
+    async def _create_exchange(self, cmd: CreateExchange) -> tuple[ReturnView, bool]:
         await self._validate_create(cmd.request)
         if not cmd.replacement_sku:
             raise InvalidArgument("replacement_sku", "required")
@@ -438,6 +468,7 @@ class ReturnsService:
             view = await tx.view(ret.return_id, self._rules)
         await self.apply_tasks(tasks)
         assert view is not None
+        self._counters.received(location_type)
         return view, receipt, False
 
     # --- cancel ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 from runtime.errors import Unavailable
 from runtime.grpc_server import Wiring
 from runtime.kafka import INVENTORY_MOVEMENTS, ORDER_EVENTS, RETURN_EVENTS, EventConsumer
+from runtime.metrics import Metrics
 from runtime.postgres import apply_migrations, create_pool
 from runtime.settings import CommonSettings, Env, SettingsError
 from services.tracking.adapters.events import register_generated_types
@@ -59,9 +60,11 @@ async def build(
 ) -> Wiring:
     tracking = tracking or TrackingSettings.from_env()
     register_generated_types()
+    metrics = Metrics("tracking")
     await apply_migrations(settings.database_url, SCHEMA, [MIGRATIONS])
     pool = await create_pool(settings.database_url, SCHEMA, max_size=tracking.pool_size)
     stack.push_async_callback(pool.close)
+    metrics.watch_pg_pool(SCHEMA, pool)
 
     store = PostgresTrackingStore(pool)
     notifications = PostgresTimelineNotifications(settings.database_url)
@@ -74,6 +77,7 @@ async def build(
         handler=handler,
         batch_handler=handler.batch,
         client_id="tutti-tracking",
+        metrics=metrics,
     )
 
     async def ready() -> None:
@@ -95,4 +99,5 @@ async def build(
         service_names=[tracking_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name],
         ready=ready,
         background=(consume, listen),
+        metrics=metrics,
     )

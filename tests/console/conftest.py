@@ -26,6 +26,8 @@ from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from tutti.tracking.v1 import tracking_pb2_grpc
 
+from runtime.settings import DEFAULT_METRICS_ADDRESSES
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TUTTI_TEST_CHROMIUM", "/usr/bin/chromium")
 PORTS = {"gateway": 62051, "inventory": 62052, "orchestrator": 62053, "returns": 62054, "tracking": 62055}
@@ -64,6 +66,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     )
     for name, port in PORTS.items():
         env[f"TUTTI_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+    for name in DEFAULT_METRICS_ADDRESSES:  # on free ports: a developer's stack keeps the defaults
+        env[f"TUTTI_{name.upper()}_METRICS_ADDR"] = "127.0.0.1:0"
     started = subprocess.run(
         [sys.executable, "-m", "tools.stack", "up"],
         cwd=ROOT,

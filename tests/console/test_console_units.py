@@ -50,7 +50,7 @@ class FakeGateway:
 
 
 def settings(**changes: Any) -> ConsoleSettings:
-    base = ConsoleSettings.from_env({})
+    base = ConsoleSettings.from_env({"TUTTI_CONSOLE_METRICS_ADDR": "0"})
     return ConsoleSettings(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **changes})
 
 
@@ -265,3 +265,26 @@ def test_annotate_puts_every_problem_somewhere() -> None:
     assert lines[0] == {"number": 0, "text": "", "problems": [("document", "is not valid")]}
     flagged = [line for line in lines if line["problems"] and line["number"]]
     assert [(line["number"], line["text"]) for line in flagged] == [(9, "  distance: -1")]
+
+
+def test_the_console_measures_its_requests_and_sessions() -> None:
+    app = create_app(settings(metrics_address="127.0.0.1:0"), FakeGateway())  # type: ignore[arg-type]
+    with TestClient(app, base_url=ORIGIN) as c:
+        sign_in(c, "admin-key")
+        c.get("/login")
+        registry = app.state.metrics.metrics.registry
+        assert registry.get_sample_value("tutti_console_sessions") == 1
+        assert (
+            registry.get_sample_value(
+                "http_server_duration_seconds_count",
+                {"http_page": "login", "http_method": "GET", "http_status_code": "200"},
+            )
+            == 1
+        )
+        assert (
+            registry.get_sample_value(
+                "http_server_duration_seconds_count",
+                {"http_page": "login", "http_method": "POST", "http_status_code": "303"},
+            )
+            == 1
+        )

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from runtime.settings import DEFAULT_ADDRESSES
+from runtime.settings import DEFAULT_ADDRESSES, DEFAULT_METRICS_ADDRESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "tools" / "k8s_check.sh"
@@ -106,6 +106,10 @@ def _config(docs: list[Doc]) -> dict[str, str]:
     return config["data"]
 
 
+def _metrics_port(name: str) -> int:
+    return int(DEFAULT_METRICS_ADDRESSES[name].rpartition(":")[2])
+
+
 def _server(docs: list[Doc], name: str) -> Doc:
     container: Doc = _kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
     return container
@@ -115,6 +119,7 @@ def names_read_by_code() -> set[str]:
     """Every TUTTI_* / OTEL_* variable some shipped code reads (string literals), and the
     address variables runtime.settings builds from DEFAULT_ADDRESSES."""
     names = {f"TUTTI_{name.upper()}_ADDR" for name in DEFAULT_ADDRESSES}
+    names |= {f"TUTTI_{name.upper()}_METRICS_ADDR" for name in DEFAULT_METRICS_ADDRESSES}
     literal = re.compile(r"""["'](TUTTI_[A-Z0-9_]+|OTEL_[A-Z0-9_]+)["']""")
     for package in ("runtime", "services", "gateway", "console", "tools"):
         for path in (ROOT / package).rglob("*.py"):
@@ -169,10 +174,15 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
         assert accounts[name]["automountServiceAccountToken"] is False
         (container,) = pod["spec"]["containers"]
         assert container["command"] == ["python", "-m", module]
-        assert container["ports"] == [{"name": "grpc", "containerPort": port}]
+        metrics = _metrics_port(name)
+        assert container["ports"] == [
+            {"name": "grpc", "containerPort": port},
+            {"name": "metrics", "containerPort": metrics},
+        ]
         service = services[name]
         assert service["spec"]["ports"] == [
-            {"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}
+            {"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"},
+            {"name": "metrics", "port": metrics, "targetPort": "metrics", "appProtocol": "http"},
         ]
         selector = service["spec"]["selector"]
         assert selector.items() <= pod["metadata"]["labels"].items()
@@ -182,8 +192,9 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
 def test_every_service_port_is_named_by_its_protocol(rendered: dict[str, list[Doc]]) -> None:
     for rendering, docs in rendered.items():
         for name, service in _kind(docs, "Service").items():
-            expected = ["http"] if name in WEB else ["grpc"]
-            assert [p["name"] for p in service["spec"]["ports"]] == expected, f"{rendering}: Service/{name}"
+            names = [p["name"] for p in service["spec"]["ports"]]
+            expected = ["http", "metrics"] if name in WEB else ["grpc", "metrics"]
+            assert names == expected, f"{rendering}: Service/{name}"
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
@@ -194,8 +205,13 @@ def test_the_console_serves_http_probed_on_its_own_paths_and_dials_the_gateway(
     ((module, port),) = WEB.values()
     container = _server(docs, "console")
     assert container["command"] == ["python", "-m", module]
-    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    metrics = _metrics_port("console")
+    assert container["ports"] == [
+        {"name": "http", "containerPort": port},
+        {"name": "metrics", "containerPort": metrics},
+    ]
     env = _env(container)
+    assert env["TUTTI_CONSOLE_METRICS_ADDR"]["value"] == f"0.0.0.0:{metrics}"
     assert env["TUTTI_CONSOLE_ADDR"]["value"] == f"0.0.0.0:{port}"
     assert env["TUTTI_CONSOLE_SECURE_COOKIES"]["value"] == "true"
     assert "TUTTI_GATEWAY_ADDR" not in env  # it dials the gateway's Service, from tutti-config
@@ -206,7 +222,8 @@ def test_the_console_serves_http_probed_on_its_own_paths_and_dials_the_gateway(
     assert paths == {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     service = _kind(docs, "Service")["console"]
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"}
+        {"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"},
+        {"name": "metrics", "port": metrics, "targetPort": "metrics", "appProtocol": "http"},
     ]
     ingresses = _kind(docs, "Ingress")
     if rendering.startswith("production"):
@@ -313,10 +330,39 @@ def test_each_server_listens_on_all_interfaces_while_the_others_dial_its_service
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
+def test_each_server_serves_metrics_on_its_pod_and_production_scrapes_them(
+    rendered: dict[str, list[Doc]], rendering: str
+) -> None:
+    docs = rendered[rendering]
+    for name in (*SERVERS, *WEB):
+        variable = f"TUTTI_{name.upper()}_METRICS_ADDR"
+        # Its default is loopback: the pod must listen on every interface for Prometheus.
+        assert _env(_server(docs, name))[variable]["value"] == f"0.0.0.0:{_metrics_port(name)}"
+        assert variable not in _config(docs), "one port per process: not shared configuration"
+    monitors, rules = _kind(docs, "ServiceMonitor"), _kind(docs, "PrometheusRule")
+    if rendering == "dev":
+        assert not monitors and not rules  # dev clusters rarely run prometheus-operator
+        return
+    (monitor,) = monitors.values()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = _kind(docs, "Service")
+    scraped = {n for n, svc in services.items() if selector.items() <= svc["metadata"]["labels"].items()}
+    assert scraped == set(SERVERS) | set(WEB)
+    assert monitor["metadata"]["namespace"] == "tutti"
+    (rule,) = rules.values()
+    assert rule["spec"]["groups"], "alerts"
+    dashboards = [doc for n, doc in _kind(docs, "ConfigMap").items() if n.startswith("tutti-dashboards")]
+    assert len(dashboards) == 1 and dashboards[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
 def test_every_variable_set_is_one_the_code_reads(rendered: dict[str, list[Doc]], rendering: str) -> None:
     known = names_read_by_code()
     docs = rendered[rendering]
     for name, config in _kind(docs, "ConfigMap").items():
+        if not name.startswith("tutti-config"):
+            continue  # not environment (the dashboards' JSON)
         unknown = set(config["data"]) - known
         assert not unknown, f"ConfigMap/{name} sets variables no code reads: {sorted(unknown)}"
     for where, pod in _pod_templates(docs):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.settings import DEFAULT_METRICS_ADDRESSES as METRICS_ADDRESSES
 from tools.stack import PROCESSES
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +45,9 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name, port in PORTS.items():
         env[f"TUTTI_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
     env["TUTTI_CONSOLE_ADDR"] = CONSOLE
+    # Metrics on free ports: a developer's own stack keeps the default ones.
+    for name in METRICS_ADDRESSES:
+        env[f"TUTTI_{name.upper()}_METRICS_ADDR"] = "127.0.0.1:0"
     return env
 
 

@@ -64,6 +64,8 @@ async def test_a_placement_killed_between_reserve_and_commit_gives_its_stock_bac
         env = dict(
             os.environ,
             TUTTI_ORCHESTRATOR_ADDR=f"127.0.0.1:{_free_port()}",
+            # Any free port: the default one may be another stack's.
+            TUTTI_ORCHESTRATOR_METRICS_ADDR="127.0.0.1:0",
             TUTTI_INVENTORY_ADDR=proxy.address,  # the orchestrator reaches inventory through it
             TUTTI_ORCHESTRATOR_SCHEMA=schema,
             TUTTI_ORCHESTRATOR_CONSUMER_GROUP=random_id("orchestrator-test"),

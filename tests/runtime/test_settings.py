@@ -10,6 +10,19 @@ def test_defaults_point_at_the_local_infrastructure() -> None:
     assert settings.database_url.startswith("postgresql://")
     assert settings.listen_address == "127.0.0.1:50052"
     assert settings.addresses["gateway"] == "127.0.0.1:50051"
+    assert settings.metrics_address == "127.0.0.1:9452"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.0.0.0:9453", "0.0.0.0:9453"), ("127.0.0.1:0", "127.0.0.1:0"), ("0", None), ("", None)],
+)
+def test_metrics_are_served_where_set_and_not_at_all_when_disabled(value: str, expected: str | None) -> None:
+    settings = CommonSettings.from_env("orchestrator", environ={"TUTTI_ORCHESTRATOR_METRICS_ADDR": value})
+    assert settings.metrics_address == expected
+    # Another process's variable is not this one's.
+    other = CommonSettings.from_env("returns", environ={"TUTTI_ORCHESTRATOR_METRICS_ADDR": value})
+    assert other.metrics_address == "127.0.0.1:9454"
 
 
 def test_external_servers_come_from_the_environment() -> None:
@@ -34,6 +47,7 @@ def test_external_servers_come_from_the_environment() -> None:
         ("TUTTI_DATABASE_URL", "mysql://x/y", "TUTTI_DATABASE_URL must be a postgresql"),
         ("TUTTI_GATEWAY_ADDR", "nonsense", "TUTTI_GATEWAY_ADDR must be host:port"),
         ("TUTTI_INVENTORY_ADDR", "127.0.0.1:99999", "TUTTI_INVENTORY_ADDR must be host:port"),
+        ("TUTTI_INVENTORY_METRICS_ADDR", "9452", "TUTTI_INVENTORY_METRICS_ADDR must be host:port"),
         ("TUTTI_LOG_LEVEL", "loud", "TUTTI_LOG_LEVEL must be one of"),
         ("TUTTI_SHUTDOWN_GRACE_SECONDS", "-1", "TUTTI_SHUTDOWN_GRACE_SECONDS must be >= 0"),
         ("TUTTI_SHUTDOWN_GRACE_SECONDS", "soon", "TUTTI_SHUTDOWN_GRACE_SECONDS must be a number"),

@@ -53,6 +53,8 @@ class RunningService:
     settings: CommonSettings
     stop: asyncio.Event
     task: asyncio.Task[None]
+    # http://127.0.0.1:<port>/metrics of this service's own registry.
+    metrics_url: str = ""
 
 
 @asynccontextmanager
@@ -63,18 +65,25 @@ async def running_service(
     ready_timeout: float = 30.0,
     shutdown_grace_seconds: float = 2.0,
 ) -> AsyncIterator[RunningService]:
-    """Run a service's real composition root in this event loop on an ephemeral port, wait
-    until its health check says SERVING, and shut it down gracefully afterwards."""
+    """Run a service's real composition root in this event loop on an ephemeral port (its
+    metrics on another), wait until its health check says SERVING, and shut it down gracefully
+    afterwards."""
     from grpc_health.v1 import health_pb2
 
     from tools.stack import health
 
     settings = dataclasses.replace(
-        settings, listen_address="127.0.0.1:0", shutdown_grace_seconds=shutdown_grace_seconds
+        settings,
+        listen_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+        shutdown_grace_seconds=shutdown_grace_seconds,
     )
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, build, stop=stop, bound=port.set_result))
+    metrics_port: list[int] = []
+    task = asyncio.create_task(
+        serve(settings, build, stop=stop, bound=port.set_result, metrics_bound=metrics_port.append)
+    )
     done, _ = await asyncio.wait({task, port}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # re-raise the start-up failure
@@ -92,7 +101,9 @@ async def running_service(
 
     try:
         await wait_for(is_serving, timeout=ready_timeout, message=f"service at {address} SERVING")
-        yield RunningService(address, settings, stop, task)
+        yield RunningService(
+            address, settings, stop, task, f"http://127.0.0.1:{metrics_port[0]}/metrics"
+        )
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -110,6 +111,19 @@ class OutboxRelay:
         self._block_ms = block_ms
         self._owner = uuid.uuid4().hex
         self._relayed = redis.register_script((LUA / "relayed.lua").read_text())
+
+    async def backlog(self) -> tuple[int, float | None]:
+        """Entries waiting in the outbox stream and the age in seconds of the oldest (its id is
+        the millisecond Redis appended it)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(OUTBOX)
+            pipe.xrange(OUTBOX, count=1)
+            waiting, oldest = await pipe.execute()
+        if not oldest:
+            return int(waiting), None
+        entry_id = oldest[0][0]
+        appended_ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
+        return int(waiting), max(0.0, time.time() - appended_ms / 1000)
 
     async def _hold_lease(self) -> bool:
         if await self._redis.set(LEASE_KEY, self._owner, nx=True, px=self._lease_ms):
