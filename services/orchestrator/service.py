@@ -1073,7 +1073,7 @@ class OrderService:
             violations.append(
                 FieldViolation("reason", "is required for a rejection (for example 'not found on the shelf')")
             )
-        _check_id(cmd.update_id, "update_id", violations, required=False)
+        _check_id(cmd.update_id, "update_id", violations)
         if violations:
             raise InvalidArgument.of(violations)
         async with self._pool.acquire() as conn, conn.transaction():
