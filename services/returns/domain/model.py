@@ -140,9 +140,12 @@ class Purchase:
         return next((line for line in self.lines if line.line_id == line_id), None)
 
 
+POS_ORDER_PREFIX = "pos:"
+
+
 def pos_order_id(terminal_id: str, sale_id: str) -> str:
     """The order id a POS sale is known by in returns and on timelines."""
-    return f"pos:{terminal_id}:{sale_id}"
+    return f"{POS_ORDER_PREFIX}{terminal_id}:{sale_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,3 +216,13 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
         )
         exchange, address, duplicate = await self._service.hand_over_exchange(command)
         return pb.HandOverExchangeResponse(exchange=codec.exchange_pb(exchange, address), duplicate=duplicate)
+
+    async def GetOrderParties(
+        self, request: pb.GetOrderPartiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOrderPartiesResponse:
+        channel, locations = await self._service.order_parties(request.order_id)
+        return pb.GetOrderPartiesResponse(
+            order_id=request.order_id,
+            channel=codec.CHANNELS.get(channel, common_pb2.CHANNEL_UNSPECIFIED),
+            location_ids=locations,
+        )
