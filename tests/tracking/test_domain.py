@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -454,3 +455,30 @@ def test_each_lifecycle_step_of_a_change_appears_once() -> None:
     for event in folded:
         facts = apply(facts, event, T0)
     assert facts is not None and facts.status != STATUS_CHANGED
+
+
+def test_folding_repeated_steps_leaves_the_kpis_unchanged() -> None:
+    """The KPIs count facts (placed, prepared, cancelled… times); the specific event of a
+    change carries the same step at the same time as its status change, so folding the status
+    change changes no KPI."""
+    o = "tutti.orchestrator.v1."
+    events = [
+        tracked(o + "OrderPlaced", {"channel": "CHANNEL_WEB"}, sequence=1),
+        tracked(o + "OrderSourced", {}, sequence=1),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_SOURCED"}, sequence=1),
+        tracked(o + "OrderFulfilmentUpdated", {"event": "FULFILMENT_EVENT_READY_FOR_PICKUP"},
+                at=T0 + timedelta(minutes=30), sequence=2),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_READY_FOR_PICKUP"},
+                at=T0 + timedelta(minutes=30), sequence=2),
+    ]
+
+    def facts_of(evs: list[TrackedEvent]) -> Any:
+        facts = None
+        for event in evs:
+            facts = apply(facts, event, T0)
+        return facts
+
+    folded = fold_repeated_steps(events, {})
+    assert [e.step for e in folded].count(STATUS_CHANGED) == 2
+    assert contributions(facts_of(folded)) == contributions(facts_of(events))
+    assert contributions(facts_of(folded))
