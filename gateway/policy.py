@@ -72,6 +72,12 @@ ORDERS = "tutti.orchestrator.v1.OrderService/"
 RETURNS = "tutti.returns.v1.ReturnsService/"
 TRACKING = "tutti.tracking.v1.TrackingService/"
 
+# Who an order concerns, its returns included: its channel, its fulfilment and pickup locations,
+# and the locations its returns are received or expected at (a till purchase: channel STORE).
+# The lookup for reads a store taking back a return needs (the order, its returns). It has no
+# row of its own: called directly, it is admin-only.
+ORDER_PARTIES = RETURNS + "GetOrderParties"
+
 # "package.Service/Method" → rule. "package.Service/*" applies to every method of the service
 # without a row of its own. Methods absent here are admin-only: inventory's reservation RPCs
 # (ReserveStock, ConfirmReservation, ...) are the orchestrator's, called directly, not through here.
@@ -84,7 +90,8 @@ POLICIES: dict[str, Rule] = {
     INVENTORY + "GetLocation": _rule(C, S, T, SVC, required=("location_id",)),
     # Catalogue entries (category, returnable) are the same for every channel: no scoping.
     INVENTORY + "GetSkus": _rule(C, S, T, SVC, required=("skus",)),
-    INVENTORY + "GetStockLevels": _rule(S, SVC, required=("sku",)),
+    # Raw counters: a store reads its own location's only (it must name it, or it is filled in).
+    INVENTORY + "GetStockLevels": _rule(S, SVC, scope_location=True, required=("sku",)),
     # POS sales: a terminal or store app reports sales of its own location (and terminal) only.
     INVENTORY + "StreamPosSales": _rule(S, T, SVC, scope_location=True),
     # Stock movements a store makes itself, at its own location.
@@ -105,7 +112,11 @@ POLICIES: dict[str, Rule] = {
     ORDERS + "PlaceOrder": _rule(
         C, scope_channel=True, required=("channel_order_id", "customer_id", "lines")
     ),
-    ORDERS + "GetOrder": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
+    # A channel reads its orders; a store those involving its location — fulfilment, pickup, or
+    # a return of the order received or expected there: returns knows all of them.
+    ORDERS + "GetOrder": _rule(
+        C, S, SVC, owner=Owner.ORDER, lookup=ORDER_PARTIES, required=("order_id",)
+    ),
     # A customer's orders (or the one placed under a channel order id), as far as the calling
     # channel placed them; the orchestrator requires customer_id or channel_order_id.
     ORDERS + "ListOrders": _rule(C, SVC, scope_channel=True, owner=Owner.FILTER),
@@ -114,14 +125,17 @@ POLICIES: dict[str, Rule] = {
     # Fulfilment updates come from the store or warehouse doing the work, for its own location.
     ORDERS + "UpdateFulfilment": _rule(S, SVC, scope_location=True, required=("order_id", "update_id")),
     ORDERS + "ReportLocationOffline": _rule(S, SVC, scope_location=True),
-    ORDERS + "GetSourcingDecision": _rule(SVC, required=("order_id",)),
+    # Why an order went where it did: its channel, the stores it involves, trusted integrations.
+    ORDERS + "GetSourcingDecision": _rule(C, S, SVC, owner=Owner.ORDER, required=("order_id",)),
     # Sourcing rules are business configuration: back-office only.
     "tutti.orchestrator.v1.RulesService/*": ADMIN_ONLY,
     # --- returns: any channel or store takes a return, whatever the purchase channel ------
     RETURNS + "CreateReturn": _rule(C, S, SVC, scope_channel=True, required=("request_id",)),
     RETURNS + "CreateExchange": _rule(C, S, SVC, scope_channel=True),
     RETURNS + "GetReturn": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("return_id",)),
-    RETURNS + "ListReturns": _rule(C, S, SVC, owner=Owner.ORDER, required=("order_id",)),
+    RETURNS + "ListReturns": _rule(
+        C, S, SVC, owner=Owner.ORDER, lookup=ORDER_PARTIES, required=("order_id",)
+    ),
     # The store (or warehouse) receiving the parcel grades it, at its own location.
     RETURNS + "ReceiveReturn": _rule(S, SVC, scope_location=True, required=("return_id",)),
     RETURNS + "CancelReturn": _rule(SVC, required=("return_id",)),

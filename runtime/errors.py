@@ -110,16 +110,21 @@ class FailedPrecondition(TuttiError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
-    def __init__(self, message: str, violations: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, message: str, violations: Sequence[tuple[str, str]] = (), *, type_: str = "STOCK"
+    ) -> None:
         super().__init__(message)
         self.violations = list(violations)
+        # The PreconditionFailure violation type: what kind of precondition failed ("STOCK",
+        # "RETURN_POLICY", "LIFECYCLE"…), for a client that branches on it.
+        self.type = type_
 
     def details(self) -> list[any_pb2.Any]:
         if not self.violations:
             return []
         failure = error_details_pb2.PreconditionFailure(
             violations=[
-                error_details_pb2.PreconditionFailure.Violation(type="STOCK", subject=s, description=d)
+                error_details_pb2.PreconditionFailure.Violation(type=self.type, subject=s, description=d)
                 for s, d in self.violations
             ]
         )

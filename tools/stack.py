@@ -1,8 +1,16 @@
-"""Start, stop and inspect the five Tutti processes on this machine.
+"""Start, stop and inspect the Tutti processes on this machine (five gRPC services and the web
+console).
 
 ``run`` keeps them in the foreground (Ctrl-C stops everything), ``up`` leaves them in the
 background with pid files and logs under .tutti/, ``down`` stops them (SIGTERM, then SIGKILL
-after a deadline) and ``status`` asks each one the standard gRPC health check.
+after a deadline) and ``status`` asks each one its health (gRPC health check; the console's
+``GET /readyz``).
+
+A pid file is believed only while its process is alive — not a zombie (``/proc/<pid>/stat``)
+— and really runs that part (its ``/proc/<pid>/cmdline``), so a dead service whose pid the
+kernel gave to another program is started again, and ``down`` never signals a stranger. When a
+part fails to start, ``up`` stops only what it started itself: parts that were already running
+and healthy stay up.
 """
 
 from __future__ import annotations
@@ -85,9 +93,43 @@ def _pid_file(name: str) -> Path:
     return RUN_DIR / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    # A service `run` started is our child: once it exits it stays a zombie, which
-    # answers kill(0), until it is reaped, so reap it here.
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc/<pid>/stat ("R", "S", "Z"…), None when there is no
+    such process or no /proc to ask."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) S …": comm may contain spaces and parentheses, the state follows the last ")".
+    rest = stat[stat.rfind(")") + 1 :].split()
+    return rest[0] if rest else None
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The argv of ``pid`` as /proc has it, None when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_process_of(name: str, pid: int) -> bool:
+    """Whether ``pid`` runs ``name``'s command: its arguments after the interpreter (``-m
+    services.inventory``) end its command line. A pid the kernel gave to another program since
+    the service died is not the service."""
+    argv = _command_line(pid)
+    if argv is None:
+        return not Path("/proc").is_dir()  # no /proc (not Linux): the liveness check must do
+    tail = PROCESSES[name][1:]
+    return len(argv) > len(tail) and argv[-len(tail) :] == tail
+
+
+def _alive(pid: int, name: str | None = None) -> bool:
+    """Whether ``pid`` is a live process (and, given ``name``, that service's process). A zombie
+    (exited, not yet reaped by its parent) answers kill(0) but is dead."""
+    # A service `run` started is our child: once it exits it stays a zombie until it is
+    # reaped, so reap it here.
     with contextlib.suppress(ChildProcessError):
         reaped, _ = os.waitpid(pid, os.WNOHANG)
         if reaped:
@@ -97,16 +139,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    if _state(pid) in ("Z", "X", "x"):
+        return False
+    return name is None or _is_process_of(name, pid)
 
 
 def _read_pid(name: str) -> int | None:
+    """The pid in ``name``'s pid file when that process is alive and really ``name``."""
     try:
         pid = int(_pid_file(name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if _alive(pid, name) else None
 
 
 async def health(address: str, timeout: float = 1.0) -> str:  # noqa: ASYNC109 - timeout is the gRPC deadline of Check
@@ -169,6 +214,24 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]] | None = None, timeout: f
     for name, proc in (procs or {}).items():
         if proc.poll() is None:
             pids.setdefault(name, proc.pid)
+    _stop(pids, timeout)
+    for name in PROCESSES:
+        _pid_file(name).unlink(missing_ok=True)
+
+
+def stop_started(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """Stop only the children this invocation started (``procs``) and remove their pid files:
+    services that were already running before it stay up, whatever went wrong here."""
+    pids = {name: proc.pid for name, proc in reversed(procs.items()) if proc.poll() is None}
+    _stop(pids, timeout)
+    for name, proc in procs.items():
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(_pid_file(name).read_text().strip()) == proc.pid:
+                _pid_file(name).unlink(missing_ok=True)
+
+
+def _stop(pids: dict[str, int], timeout: float) -> None:
+    """SIGTERM each process, then SIGKILL those still alive after ``timeout``."""
     for pid in pids.values():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -181,8 +244,6 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]] | None = None, timeout: f
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         print(f"  {name:<13} stopped")
-    for name in PROCESSES:
-        _pid_file(name).unlink(missing_ok=True)
 
 
 def load_demo(settings: CommonSettings) -> None:
@@ -233,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    started = False
     try:
         start_all(procs)
         asyncio.run(wait_serving(addresses_of(settings), args.timeout, procs))
@@ -240,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             load_demo(settings)
         if STOPPING.is_set():
             raise Interrupted
+        started = True
         banner(settings)
         if args.command == "up":
             return 0
@@ -251,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tutti: {', '.join(dead)} exited; stopping everything", file=sys.stderr)
     except Interrupted:
         print("\nstopping…", flush=True)
-        if args.command == "up":  # interrupted while starting: the infrastructure stays
-            _stop_uninterrupted(procs, keep_infra=True)
+        if args.command == "up" and not started:
+            # Interrupted while starting: stop what this invocation started, nothing else
+            # (the services already running stay up, and so does the infrastructure).
+            _stop_uninterrupted(procs, keep_infra=True, only_started=True)
             return 1
     except RuntimeError as exc:
+        # One part did not start: stop what this invocation started, never the services that
+        # were already running and healthy before it.
         print(f"tutti: {exc}", file=sys.stderr)
-        _stop_uninterrupted(procs, keep_infra=True)
+        _stop_uninterrupted(procs, keep_infra=True, only_started=True)
         return 1
     _stop_uninterrupted(procs, keep_infra=args.keep_infra)
     return 0
@@ -270,10 +337,15 @@ def _interrupt(signum: int, frame: object) -> None:
     STOPPING.set()
 
 
-def _stop_uninterrupted(procs: dict[str, subprocess.Popen[bytes]], *, keep_infra: bool) -> None:
+def _stop_uninterrupted(
+    procs: dict[str, subprocess.Popen[bytes]], *, keep_infra: bool, only_started: bool = False
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_all(procs)
+    if only_started:
+        stop_started(procs)
+    else:
+        stop_all(procs)
     if not keep_infra:
         subprocess.run([str(ROOT / "infra" / "infra.sh"), "down"], check=False)  # noqa: S603
 

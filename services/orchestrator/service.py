@@ -79,6 +79,15 @@ class StockShortage(Exception):
     """A reservation was refused for lack of stock (someone else got there first)."""
 
 
+class UnknownSku(Exception):
+    """Inventory does not know a SKU the caller asked for (``index``: its place in the SKUs asked)."""
+
+    def __init__(self, index: int, sku: str) -> None:
+        super().__init__(f"unknown SKU {sku}")
+        self.index = index
+        self.sku = sku
+
+
 class ReservationConflict(Exception):
     """The reservation id is already used with other lines (an interrupted earlier attempt)."""
 
@@ -539,9 +548,17 @@ class OrderService:
         pickup_location_id: str | None,
         now: datetime,
     ) -> tuple[list[Candidate], Candidate | None]:
-        locations, stock = await asyncio.gather(
-            self._all_locations(), self._inventory.availability(skus, channel)
-        )
+        try:
+            locations, stock = await asyncio.gather(
+                self._all_locations(), self._inventory.availability(skus, channel)
+            )
+        except UnknownSku as exc:
+            # Name the field of the caller's request (lines[i].sku), not inventory's skus[i]:
+            # the SKUs are asked in the order of the lines.
+            subject = f"lines[{exc.index}].sku" if 0 <= exc.index < len(skus) else "lines"
+            raise FailedPrecondition(
+                f"{subject}: unknown SKU {exc.sku}", [(subject, f"unknown SKU {exc.sku}")], type_="SKU"
+            ) from None
         known = {loc.location_id for loc in locations}
         if any(location_id not in known for location_id in stock) or (
             pickup_location_id and pickup_location_id not in known
@@ -1120,7 +1137,7 @@ class OrderService:
             violations.append(
                 FieldViolation("reason", "is required for a rejection (for example 'not found on the shelf')")
             )
-        _check_id(cmd.update_id, "update_id", violations, required=False)
+        _check_id(cmd.update_id, "update_id", violations)
         if violations:
             raise InvalidArgument.of(violations)
         async with self._pool.acquire() as conn, conn.transaction():

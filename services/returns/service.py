@@ -37,6 +37,9 @@ class OrderDirectory(Protocol):
 
     async def get_purchase(self, order_id: str) -> m.Purchase | None: ...
 
+    async def order_parties(self, order_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """The order's channel and locations (fulfilment, pickup); None when unknown."""
+
 
 class InventoryPort(Protocol):
     """Inventory effects and the facts disposition rules need."""
@@ -206,6 +209,31 @@ class ReturnsService:
                 if view is not None:
                     views.append(view)
         return views
+
+    async def order_parties(self, order_id: str) -> tuple[str, tuple[str, ...]]:
+        """Whom the order and its returns concern: its channel ("store" for a till purchase)
+        and its locations with every location a return of it is (or was) received or expected
+        at. NotFound when neither the orchestrator nor returns knows the order."""
+        if not order_id:
+            raise InvalidArgument("order_id", "required")
+        views = await self.list_returns(order_id)
+        locations: set[str] = set()
+        for view in views:
+            locations.add(view.ret.receiving_location_id)
+            locations.update(step.location_id for step in view.steps)
+            if view.exchange is not None:
+                locations.add(view.exchange.location_id)
+        if order_id.startswith(m.POS_ORDER_PREFIX):
+            if not views:
+                raise NotFound(f"order {order_id} not found")
+            channel = views[0].ret.purchase_channel
+        else:
+            known = await self._orders.order_parties(order_id)
+            if known is None:
+                raise NotFound(f"order {order_id} not found")
+            channel, order_locations = known
+            locations.update(order_locations)
+        return channel, tuple(sorted(loc for loc in locations if loc))
 
     # --- create ----------------------------------------------------------------------------
 

@@ -13,7 +13,15 @@ from typing import Protocol
 
 from runtime.errors import NotFound
 from services.tracking.domain import queries
-from services.tracking.domain.events import RawEvent, Skipped, TrackedEvent, extract
+from services.tracking.domain.events import (
+    ChangeKey,
+    RawEvent,
+    Skipped,
+    TrackedEvent,
+    extract,
+    fold_repeated_steps,
+    status_changes_to_fold,
+)
 from services.tracking.domain.model import (
     ChannelReport,
     KpiKey,
@@ -38,6 +46,9 @@ class RecordingTransaction(Protocol):
         """The orders' facts (None when unseen), locked until the end of the transaction, in
         order_id order so concurrent transactions cannot deadlock — unseen orders included, so
         two replicas seeing an order's first events at once are serialised too."""
+
+    async def recorded_steps(self, changes: Sequence[ChangeKey]) -> dict[ChangeKey, set[str]]:
+        """The steps already recorded for each change (order, source, sequence)."""
 
     async def insert_entries(self, events: Sequence[TrackedEvent]) -> dict[str, datetime]:
         """Insert the timeline entries (watchers are notified at commit); event_id → received_at
@@ -107,6 +118,10 @@ class TrackingService:
             if not fresh:
                 return 0
             before = await tx.lock_orders(sorted({e.order_id for e in fresh}))
+            # Once the orders are locked: each lifecycle step of a change appears once.
+            changes = status_changes_to_fold(fresh)
+            recorded = await tx.recorded_steps(sorted(changes)) if changes else {}
+            fresh = fold_repeated_steps(fresh, recorded)
             received = await tx.insert_entries(fresh)
             after = dict(before)
             for event in fresh:

@@ -360,6 +360,7 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     started = now_ms()
     reply = await orders.UpdateFulfilment(
         pb.UpdateFulfilmentRequest(
+            update_id=random_id("upd"),
             order_id=placed.order_id,
             location_id=ids["near"],
             event=pb.FULFILMENT_EVENT_REJECTED,
@@ -400,6 +401,7 @@ async def test_rejected_lines_are_reallocated(orders, stock, settings) -> None: 
     # The second store rejects too: nowhere left, the line is cancelled and nothing held.
     reply = await orders.UpdateFulfilment(
         pb.UpdateFulfilmentRequest(
+            update_id=random_id("upd"),
             order_id=placed.order_id,
             location_id=ids["next"],
             event=pb.FULFILMENT_EVENT_REJECTED,
@@ -475,7 +477,9 @@ async def test_fulfilment_moves_state_and_stock(orders, stock) -> None:  # type:
         pb.FULFILMENT_EVENT_DELIVERED,
     ):
         reply = await orders.UpdateFulfilment(
-            pb.UpdateFulfilmentRequest(order_id=placed.order_id, location_id=ids["s"], event=event)
+            pb.UpdateFulfilmentRequest(
+                order_id=placed.order_id, location_id=ids["s"], event=event, update_id=random_id("upd")
+            )
         )
         statuses.append(reply.order.status)
     assert statuses == [
@@ -494,6 +498,7 @@ async def test_fulfilment_moves_state_and_stock(orders, stock) -> None:  # type:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await orders.UpdateFulfilment(
             pb.UpdateFulfilmentRequest(
+                update_id=random_id("upd"),
                 order_id=placed.order_id,
                 location_id=ids["s"],
                 event=pb.FULFILMENT_EVENT_ACCEPTED,
@@ -681,6 +686,7 @@ async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, s
         # The new store accepts in time: the line stays.
         await stub.UpdateFulfilment(
             pb.UpdateFulfilmentRequest(
+                update_id=random_id("upd"),
                 order_id=placed.order_id, location_id=ids["quick"], event=pb.FULFILMENT_EVENT_ACCEPTED
             )
         )

@@ -292,3 +292,13 @@ def test_no_candidates() -> None:
     decision = source(request(("sku-a", 1)), [], rules())
     assert not decision.sourced
     assert decision.failures == ("line l1 (sku-a x1): no eligible location has it available",)
+
+
+def test_a_refusal_for_capacity_says_capacity_not_missing_stock() -> None:
+    """A full DC holding the stock: the refusal names the DC and its capacity, not "nowhere"."""
+    full_dc = loc("dc-full", 5, {"sku-a": 50}, kind="distribution_centre", daily_capacity=10, open_orders=10)
+    decision = source(request(("sku-a", 1)), [full_dc], rules(fallbacks=[]))
+    assert not decision.sourced
+    (failure,) = decision.failures
+    assert "dc-full: capacity exhausted (10/10 orders today)" in failure
+    assert "no eligible location has it available" not in failure

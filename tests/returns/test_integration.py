@@ -615,7 +615,12 @@ async def collected_order(
                 opb.FULFILMENT_EVENT_COLLECTED,
             ):
                 await orders.UpdateFulfilment(
-                    opb.UpdateFulfilmentRequest(order_id=order.order_id, location_id=location_id, event=event)
+                    opb.UpdateFulfilmentRequest(
+                        order_id=order.order_id,
+                        location_id=location_id,
+                        event=event,
+                        update_id=random_id("upd"),
+                    )
                 )
         return order.order_id
 

@@ -36,6 +36,10 @@ class FakeOrders:
     async def get_purchase(self, order_id: str) -> m.Purchase | None:
         return self.purchases.get(order_id)
 
+    async def order_parties(self, order_id: str) -> tuple[str, tuple[str, ...]] | None:
+        purchase = self.purchases.get(order_id)
+        return None if purchase is None else (purchase.channel, ())
+
 
 class FakeInventory:
     def __init__(self) -> None:

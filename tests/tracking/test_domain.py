@@ -6,19 +6,23 @@ import dataclasses
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from runtime.errors import InvalidArgument
 from services.tracking.domain import queries
 from services.tracking.domain.events import (
+    STATUS_CHANGED,
     Cost,
     RawEvent,
     Skipped,
     TrackedEvent,
     extract,
+    fold_repeated_steps,
     normalise_channel,
     parse_timestamp,
+    status_changes_to_fold,
     step_name,
 )
 from services.tracking.domain.model import (
@@ -420,3 +424,61 @@ def test_lines_of_the_placing_event_give_their_locations() -> None:
     )
     assert isinstance(event, TrackedEvent)
     assert event.location_ids == ("S2", "S3")
+
+
+def test_each_lifecycle_step_of_a_change_appears_once() -> None:
+    """Placing publishes OrderPlaced, OrderSourced and OrderStatusChanged{SOURCED}; accepting
+    OrderFulfilmentUpdated{ACCEPTED} and OrderStatusChanged{ACCEPTED}: the status changes keep
+    their entries (and details) as ``status_changed``, the lifecycle steps appear once, and
+    neither the order's status nor its facts move."""
+    o = "tutti.orchestrator.v1."
+    placing = [
+        tracked(o + "OrderPlaced", {"channel": "CHANNEL_WEB"}, sequence=1),
+        tracked(o + "OrderSourced", {}, sequence=1),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_SOURCED"}, sequence=1),
+    ]
+    folded = fold_repeated_steps(placing, {})
+    assert [e.step for e in folded] == ["placed", "sourced", STATUS_CHANGED]
+    assert folded[2].details == placing[2].details
+    # The accepting change, its fulfilment event recorded by an earlier batch.
+    accepted = tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_ACCEPTED"}, sequence=2)
+    assert status_changes_to_fold([accepted]) == {("o-1", "orchestrator", 2)}
+    (kept,) = fold_repeated_steps([accepted], {("o-1", "orchestrator", 2): {"accepted"}})
+    assert kept.step == STATUS_CHANGED
+    # A status change whose step nothing else of its change records keeps it (cancelled).
+    cancelled = [
+        tracked(o + "OrderLinesCancelled", {}, sequence=3),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_CANCELLED"}, sequence=3),
+    ]
+    assert [e.step for e in fold_repeated_steps(cancelled, {})] == ["lines_cancelled", "cancelled"]
+    facts = None
+    for event in folded:
+        facts = apply(facts, event, T0)
+    assert facts is not None and facts.status != STATUS_CHANGED
+
+
+def test_folding_repeated_steps_leaves_the_kpis_unchanged() -> None:
+    """The KPIs count facts (placed, prepared, cancelled… times); the specific event of a
+    change carries the same step at the same time as its status change, so folding the status
+    change changes no KPI."""
+    o = "tutti.orchestrator.v1."
+    events = [
+        tracked(o + "OrderPlaced", {"channel": "CHANNEL_WEB"}, sequence=1),
+        tracked(o + "OrderSourced", {}, sequence=1),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_SOURCED"}, sequence=1),
+        tracked(o + "OrderFulfilmentUpdated", {"event": "FULFILMENT_EVENT_READY_FOR_PICKUP"},
+                at=T0 + timedelta(minutes=30), sequence=2),
+        tracked(o + "OrderStatusChanged", {"status": "ORDER_STATUS_READY_FOR_PICKUP"},
+                at=T0 + timedelta(minutes=30), sequence=2),
+    ]
+
+    def facts_of(evs: list[TrackedEvent]) -> Any:
+        facts = None
+        for event in evs:
+            facts = apply(facts, event, T0)
+        return facts
+
+    folded = fold_repeated_steps(events, {})
+    assert [e.step for e in folded].count(STATUS_CHANGED) == 2
+    assert contributions(facts_of(folded)) == contributions(facts_of(events))
+    assert contributions(facts_of(folded))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import time
 
@@ -13,7 +14,13 @@ from runtime import deadlines
 from runtime.errors import FailedPrecondition, Unavailable
 from services.orchestrator.adapters.enums import channel_value, location_type_name, to_name
 from services.orchestrator.domain.model import Candidate, OpeningWindow, Point
-from services.orchestrator.service import ReservationConflict, ReservationSpent, ReserveLine, StockShortage
+from services.orchestrator.service import (
+    ReservationConflict,
+    ReservationSpent,
+    ReserveLine,
+    StockShortage,
+    UnknownSku,
+)
 
 _TIMEOUT = 5.0
 # Reservations that still hold stock.
@@ -24,6 +31,8 @@ _UNAVAILABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
 }
+# How inventory names a SKU it does not know in a batch read ("skus[1]: unknown SKU X").
+_UNKNOWN_SKU = re.compile(r"skus\[(\d+)\]: unknown SKU (\S+)")
 _REFUSED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.ALREADY_EXISTS,
@@ -91,6 +100,9 @@ class GrpcInventory:
         try:
             reply = await self._stub.BatchGetAvailability(request, timeout=deadlines.timeout(_TIMEOUT))
         except grpc.aio.AioRpcError as exc:
+            unknown = _UNKNOWN_SKU.search(exc.details() or "")
+            if exc.code() == grpc.StatusCode.NOT_FOUND and unknown:
+                raise UnknownSku(int(unknown.group(1)), unknown.group(2)) from exc
             raise _unavailable(exc) from exc
         out: dict[str, dict[str, int]] = {}
         for sku in reply.availabilities:

@@ -380,22 +380,29 @@ async def insert_rule_version(
     conn: asyncpg.Connection, *, name: str, document: str, author: str, comment: str, request_id: str = ""
 ) -> tuple[asyncpg.Record, bool]:
     """Stores a draft; with a request id, a second call returns the first one's row. Returns the
-    row and whether it was stored by an earlier call."""
-    row = await conn.fetchrow(
-        "INSERT INTO rule_versions (status, name, document, author, comment, request_id)"
-        " VALUES ('draft', $1, $2, $3, $4, NULLIF($5, ''))"
-        " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING *",
-        name,
-        document,
-        author,
-        comment,
-        request_id,
-    )
-    if row is not None:
-        return row, False
-    earlier = await conn.fetchrow("SELECT * FROM rule_versions WHERE request_id = $1", request_id)
-    assert earlier is not None
-    return earlier, True
+    row and whether it was stored by an earlier call.
+
+    Version numbers have no gaps: drafts are numbered one after the other under a lock that
+    serialises their writers (reads go on), and a retried request finds its row before any
+    number is taken — a sequence would burn one per conflicting or rolled-back insert."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE rule_versions IN SHARE ROW EXCLUSIVE MODE")
+        if request_id:
+            earlier = await conn.fetchrow("SELECT * FROM rule_versions WHERE request_id = $1", request_id)
+            if earlier is not None:
+                return earlier, True
+        row = await conn.fetchrow(
+            "INSERT INTO rule_versions (version, status, name, document, author, comment, request_id)"
+            " SELECT COALESCE(MAX(version), 0) + 1, 'draft', $1, $2, $3, $4, NULLIF($5, '')"
+            " FROM rule_versions RETURNING *",
+            name,
+            document,
+            author,
+            comment,
+            request_id,
+        )
+    assert row is not None
+    return row, False
 
 
 async def get_rule_version(conn: asyncpg.Connection, version: int) -> asyncpg.Record | None:

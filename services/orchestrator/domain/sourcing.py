@@ -321,7 +321,7 @@ def _choose(
         best = max(full, key=lambda r: r.score)
         return [(best, all_ids)], []
     if policy.max_splits <= 1:
-        reasons = _line_failures(request, eligible)
+        reasons = _line_failures(request, reports)
         if not reasons:
             reasons = [
                 f"no single location can serve all {len(all_ids)} lines and the rules allow one shipment"
@@ -343,7 +343,7 @@ def _choose(
         chosen.append(pick)
         remaining = [i for i in remaining if i not in pick[1]]
     if remaining:
-        reasons = _line_failures(request, eligible)
+        reasons = _line_failures(request, reports)
         if not reasons:
             reasons = [
                 f"the lines need more than {policy.max_splits} shipment(s), the maximum the rules allow"
@@ -352,10 +352,26 @@ def _choose(
     return chosen, []
 
 
-def _line_failures(request: SourcingRequest, eligible: list[CandidateReport]) -> list[str]:
+# How many locations a refusal names per line (the decision lists every candidate).
+_HOLDERS_NAMED = 3
+
+
+def _line_failures(request: SourcingRequest, reports: list[CandidateReport]) -> list[str]:
+    """Why each line no eligible location can serve went unsourced: where it is held but
+    may not be sourced from (capacity reached, offline, too far…), or that nowhere has it."""
     out = []
     for line in request.lines:
-        if not any(line.line_id in r.servable_line_ids for r in eligible):
+        if any(r.eligible and line.line_id in r.servable_line_ids for r in reports):
+            continue
+        holders = [r for r in reports if not r.eligible and line.line_id in r.servable_line_ids]
+        if holders:
+            why = "; ".join(f"{r.location_id}: {r.reason}" for r in holders[:_HOLDERS_NAMED])
+            more = len(holders) - _HOLDERS_NAMED
+            out.append(
+                f"line {line.line_id} ({line.sku} x{line.quantity}): available only where it cannot be "
+                f"sourced from — {why}" + (f"; and {more} more" if more > 0 else "")
+            )
+        else:
             out.append(
                 f"line {line.line_id} ({line.sku} x{line.quantity}): no eligible location has it available"
             )

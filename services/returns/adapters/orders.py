@@ -65,6 +65,21 @@ class OrchestratorOrders:
         self._catalogue = catalogue
         self._timeout = timeout
 
+    async def order_parties(self, order_id: str) -> tuple[str, tuple[str, ...]] | None:
+        try:
+            reply = await self._stub.GetOrder(
+                opb.GetOrderRequest(order_id=order_id), timeout=deadlines.timeout(self._timeout)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise Unavailable(
+                f"orchestrator could not be asked for order {order_id}: {exc.code().name}"
+            ) from exc
+        order = reply.order
+        locations = {line.location_id for line in order.lines} | {order.pickup_location_id}
+        return codec.channel_name(order.channel), tuple(sorted(loc for loc in locations if loc))
+
     async def get_purchase(self, order_id: str) -> m.Purchase | None:
         try:
             reply = await self._stub.GetOrder(

@@ -23,6 +23,11 @@ from runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, 
 if TYPE_CHECKING:
     from services.returns.domain.rules import ReturnRules
 
+# PreconditionFailure violation types of a refused return (never "STOCK": nothing is short).
+RETURN_POLICY = "RETURN_POLICY"  # quantity beyond what was bought, window ended, not returnable
+PURCHASE = "PURCHASE"  # a till receipt that does not match the recorded sale
+RECEIPT = "RECEIPT"  # received goods that do not match the return
+
 
 class Grade(StrEnum):
     RESELLABLE = "resellable"
@@ -135,9 +140,12 @@ class Purchase:
         return next((line for line in self.lines if line.line_id == line_id), None)
 
 
+POS_ORDER_PREFIX = "pos:"
+
+
 def pos_order_id(terminal_id: str, sale_id: str) -> str:
     """The order id a POS sale is known by in returns and on timelines."""
-    return f"pos:{terminal_id}:{sale_id}"
+    return f"{POS_ORDER_PREFIX}{terminal_id}:{sale_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +167,14 @@ def check_receipt(purchase: Purchase, sale: RecordedTillSale) -> Purchase:
     dated after its record would stretch the window)."""
     subject = f"receipt {sale.terminal_id}/{sale.sale_id}"
     if sale.is_return:
-        raise FailedPrecondition(f"{subject} is a till return, not a sale", [(subject, "not a sale")])
+        raise FailedPrecondition(
+            f"{subject} is a till return, not a sale", [(subject, "not a sale")], type_=PURCHASE
+        )
     if purchase.location_id and purchase.location_id != sale.location_id:
         raise FailedPrecondition(
             f"{subject} names store {purchase.location_id} but the sale was recorded at {sale.location_id}",
             [(subject, f"sold at {sale.location_id}")],
+            type_=PURCHASE,
         )
     claimed: dict[str, int] = {}
     for line in purchase.lines:
@@ -177,6 +188,7 @@ def check_receipt(purchase: Purchase, sale: RecordedTillSale) -> Purchase:
         raise FailedPrecondition(
             f"{subject} does not match the recorded sale: " + "; ".join(f"{k}: {d}" for k, d in mismatches),
             [(f"{subject} {sku}", why) for sku, why in mismatches],
+            type_=PURCHASE,
         )
     return replace(
         purchase,
@@ -347,7 +359,9 @@ def check_eligibility(
             )
         )
     if problems:
-        raise FailedPrecondition("return not allowed: " + "; ".join(d for _, d in problems), problems)
+        raise FailedPrecondition(
+            "return not allowed: " + "; ".join(d for _, d in problems), problems, type_=RETURN_POLICY
+        )
     return tuple(lines)
 
 
@@ -570,7 +584,9 @@ def grade_receipt(
         )
     if problems:
         raise FailedPrecondition(
-            "receipt does not match the return: " + "; ".join(d for _, d in problems), problems
+            "receipt does not match the return: " + "; ".join(d for _, d in problems),
+            problems,
+            type_=RECEIPT,
         )
     return tuple(items)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+from tutti.common.v1 import common_pb2
 from tutti.returns.v1 import returns_pb2 as pb
 from tutti.returns.v1 import returns_pb2_grpc
 
-from runtime.errors import FieldViolation, InvalidArgument
+from runtime.caller import Caller
+from runtime.errors import FieldViolation, InvalidArgument, PermissionDenied
 from services.returns.adapters import codec
 from services.returns.domain import model as m
 from services.returns.service import (
@@ -20,6 +22,34 @@ from services.returns.service import (
 )
 
 MAX_LINES = 200
+# Principals acting for a store: what they take back is taken in the store.
+STORE_KINDS = ("store", "terminal")
+
+
+def _caller(context: grpc.aio.ServicerContext) -> Caller:
+    return Caller.from_metadata(context.invocation_metadata())
+
+
+def _channel(requested: int, caller: Caller) -> str:
+    """The channel a return is opened on: a store's is CHANNEL_STORE (filled in when unset,
+    another one refused); anyone else's is the request's (the gateway already checked a
+    channel principal's own)."""
+    if caller.kind in STORE_KINDS:
+        if requested not in (common_pb2.CHANNEL_UNSPECIFIED, common_pb2.CHANNEL_STORE):
+            raise PermissionDenied(
+                f"channel: {caller.id} is a store; the returns it takes are on CHANNEL_STORE, "
+                f"not {common_pb2.Channel.Name(requested)}"
+            )
+        return codec.channel_name(common_pb2.CHANNEL_STORE)
+    return codec.channel_name(requested)
+
+
+def _shown(rma: pb.Return, caller: Caller) -> pb.Return:
+    """The return as this caller may see it: a channel other than the one the goods were bought
+    on does not see the customer of that purchase (another channel's customer)."""
+    if caller.kind == "channel" and common_pb2.Channel.Name(rma.purchase_channel) != caller.channel:
+        rma.customer_id = ""
+    return rma
 
 
 def _requested(lines: Sequence[pb.ReturnLineRequest], field: str) -> tuple[m.RequestedLine, ...]:
@@ -70,7 +100,9 @@ def _pos_purchase(receipt: pb.PosReceipt) -> m.Purchase:
 
 
 def _create_command(
-    request: pb.CreateReturnRequest | pb.CreateExchangeRequest, lines: tuple[m.RequestedLine, ...]
+    request: pb.CreateReturnRequest | pb.CreateExchangeRequest,
+    lines: tuple[m.RequestedLine, ...],
+    caller: Caller,
 ) -> CreateReturn:
     purchase = request.WhichOneof("purchase")
     if purchase is None:
@@ -87,7 +119,7 @@ def _create_command(
         lines=lines,
         method=codec.METHOD_OF[request.method],
         receiving_location_id=request.receiving_location_id,
-        channel=codec.channel_name(request.channel),
+        channel=_channel(request.channel, caller),
         pos_sale=(request.pos_receipt.terminal_id, request.pos_receipt.sale_id) if pos else None,
     )
 
@@ -99,20 +131,23 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
     async def CreateReturn(
         self, request: pb.CreateReturnRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateReturnResponse:
-        command = _create_command(request, _requested(request.lines, "lines"))
+        caller = _caller(context)
+        command = _create_command(request, _requested(request.lines, "lines"), caller)
         view, duplicate = await self._service.create_return(command)
-        return pb.CreateReturnResponse(rma=codec.return_pb(view), duplicate=duplicate)
+        return pb.CreateReturnResponse(rma=_shown(codec.return_pb(view), caller), duplicate=duplicate)
 
     async def GetReturn(
         self, request: pb.GetReturnRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReturnResponse:
-        return pb.GetReturnResponse(rma=codec.return_pb(await self._service.get_return(request.return_id)))
+        view = await self._service.get_return(request.return_id)
+        return pb.GetReturnResponse(rma=_shown(codec.return_pb(view), _caller(context)))
 
     async def ListReturns(
         self, request: pb.ListReturnsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReturnsResponse:
         views = await self._service.list_returns(request.order_id)
-        return pb.ListReturnsResponse(returns=[codec.return_pb(v) for v in views])
+        caller = _caller(context)
+        return pb.ListReturnsResponse(returns=[_shown(codec.return_pb(v), caller) for v in views])
 
     async def ReceiveReturn(
         self, request: pb.ReceiveReturnRequest, context: grpc.aio.ServicerContext
@@ -137,24 +172,27 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
         )
         view, receipt, duplicate = await self._service.receive_return(command)
         return pb.ReceiveReturnResponse(
-            rma=codec.return_pb(view), receipt=codec.receipt_pb(receipt), duplicate=duplicate
+            rma=_shown(codec.return_pb(view), _caller(context)),
+            receipt=codec.receipt_pb(receipt),
+            duplicate=duplicate,
         )
 
     async def CancelReturn(
         self, request: pb.CancelReturnRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelReturnResponse:
         view = await self._service.cancel_return(request.return_id, request.reason)
-        return pb.CancelReturnResponse(rma=codec.return_pb(view))
+        return pb.CancelReturnResponse(rma=_shown(codec.return_pb(view), _caller(context)))
 
     async def CreateExchange(
         self, request: pb.CreateExchangeRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateExchangeResponse:
+        caller = _caller(context)
         if not request.HasField("line"):
             raise InvalidArgument("line", "required")
         if request.fulfilment not in codec.FULFILMENT_OF:
             raise InvalidArgument("fulfilment", "required: SHIP or COLLECT")
         command = CreateExchange(
-            request=_create_command(request, _requested([request.line], "line")),
+            request=_create_command(request, _requested([request.line], "line"), caller),
             replacement_sku=request.replacement_sku,
             fulfilment=codec.FULFILMENT_OF[request.fulfilment],
             location_id=request.location_id,
@@ -166,7 +204,7 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
         assert view.exchange is not None
         return pb.CreateExchangeResponse(
             exchange=codec.exchange_pb(view.exchange, view.exchange_address),
-            rma=codec.return_pb(view),
+            rma=_shown(codec.return_pb(view), caller),
             duplicate=duplicate,
         )
 
@@ -178,3 +216,13 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
         )
         exchange, address, duplicate = await self._service.hand_over_exchange(command)
         return pb.HandOverExchangeResponse(exchange=codec.exchange_pb(exchange, address), duplicate=duplicate)
+
+    async def GetOrderParties(
+        self, request: pb.GetOrderPartiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOrderPartiesResponse:
+        channel, locations = await self._service.order_parties(request.order_id)
+        return pb.GetOrderPartiesResponse(
+            order_id=request.order_id,
+            channel=codec.CHANNELS.get(channel, common_pb2.CHANNEL_UNSPECIFIED),
+            location_ids=locations,
+        )

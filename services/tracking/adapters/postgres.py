@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from runtime.postgres import claim_event
-from services.tracking.domain.events import Cost, TrackedEvent
+from services.tracking.domain.events import ChangeKey, Cost, TrackedEvent
 from services.tracking.domain.model import (
     KpiKey,
     OrderFacts,
@@ -147,6 +147,20 @@ class _Recording:
         for row in rows:
             if row["entry_count"] > 0:
                 found[row["order_id"]] = _facts(row)
+        return found
+
+    async def recorded_steps(self, changes: Sequence[ChangeKey]) -> dict[ChangeKey, set[str]]:
+        rows = await self._conn.fetch(
+            "SELECT order_id, source, sequence, step FROM timeline_entries"
+            " JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS c(o, so, sq)"
+            " ON order_id = c.o AND source = c.so AND sequence = c.sq",
+            [c[0] for c in changes],
+            [c[1] for c in changes],
+            [min(c[2], _BIGINT_MAX) for c in changes],
+        )
+        found: dict[ChangeKey, set[str]] = {}
+        for row in rows:
+            found.setdefault((row["order_id"], row["source"], int(row["sequence"])), set()).add(row["step"])
         return found
 
     async def insert_entries(self, events: Sequence[TrackedEvent]) -> dict[str, datetime]:

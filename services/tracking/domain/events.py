@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,6 +110,52 @@ def _is_generic(step: str) -> bool:
 STOCK_STEPS = frozenset(
     {"reserved", "reservation_confirmed", "reservation_released", "reservation_expired", "fulfilled"}
 )
+
+
+# The step of a status change whose lifecycle step another event of the same change already
+# records (OrderFulfilmentUpdated{ACCEPTED} and OrderStatusChanged{ACCEPTED}): its entry stays,
+# with its details, but the step appears once on the timeline. Never the order's status either.
+STATUS_CHANGED = "status_changed"
+NOT_STATUS_STEPS = STOCK_STEPS | {STATUS_CHANGED}
+
+# One change of an order: its events share the order, the producer and the producer's sequence.
+ChangeKey = tuple[str, str, int]
+
+
+def is_status_change(event_type: str) -> bool:
+    return step_name(event_type) == STATUS_CHANGED
+
+
+def change_key(event: TrackedEvent) -> ChangeKey | None:
+    """The change an event belongs to, when its producer numbers changes (sequence > 0)."""
+    return (event.order_id, event.source, event.sequence) if event.sequence > 0 else None
+
+
+def status_changes_to_fold(events: Sequence[TrackedEvent]) -> set[ChangeKey]:
+    """The changes whose recorded steps must be known to fold ``events``' status changes."""
+    keys = {change_key(e) for e in events if is_status_change(e.type) and e.step != STATUS_CHANGED}
+    return {k for k in keys if k is not None}
+
+
+def fold_repeated_steps(
+    events: Sequence[TrackedEvent], recorded: Mapping[ChangeKey, set[str]]
+) -> list[TrackedEvent]:
+    """Each lifecycle step once per change: a status change whose step another event of the same
+    change records (in ``events`` or already ``recorded``) is kept as a ``status_changed``
+    entry. Events of a change arrive in the order they were published (one partition, keyed by
+    order), so the specific event is seen first or in the same batch."""
+    steps: dict[ChangeKey, set[str]] = {k: set(v) for k, v in recorded.items()}
+    for event in events:
+        key = change_key(event)
+        if key is not None and not is_status_change(event.type):
+            steps.setdefault(key, set()).add(event.step)
+    out = []
+    for event in events:
+        key = change_key(event)
+        if key is not None and is_status_change(event.type) and event.step in steps.get(key, ()):
+            event = replace(event, step=STATUS_CHANGED)
+        out.append(event)
+    return out
 
 
 def enum_step(value: str) -> str:

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from services.tracking.domain.events import (
     CANCELLED_STEPS,
     FULFILLED_STEPS,
+    NOT_STATUS_STEPS,
     PLACED_STEPS,
     PREPARED_STEPS,
-    STOCK_STEPS,
     Cost,
     TrackedEvent,
     is_refusal,
@@ -80,7 +80,7 @@ def apply(facts: OrderFacts | None, event: TrackedEvent, received_at: datetime) 
         facts = OrderFacts(order_id=event.order_id, first_seen_at=received_at)
     key = event.order_key
     changes: dict[str, object] = {"entry_count": facts.entry_count + 1}
-    if event.step not in STOCK_STEPS and (facts.last_key is None or key > facts.last_key):
+    if event.step not in NOT_STATUS_STEPS and (facts.last_key is None or key > facts.last_key):
         changes["last_key"] = key
         changes["status"] = event.step
     # The placing event is authoritative for customer and channel; others only fill gaps.
