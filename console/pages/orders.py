@@ -22,8 +22,9 @@ from console.errors import ApiError
 from console.gateway import UserGateway
 
 SEARCH_BY = {"order": "Order id", "channel_order": "Channel order id", "customer": "Customer id"}
-# Who may read sourcing decisions through the gateway today.
-DECISION_READERS = ("admin", "service")
+# Who may read sourcing decisions through the gateway: everyone but a till (a channel its own
+# orders', a store those of orders involving it).
+DECISION_READERS = ("admin", "service", "channel", "store")
 CANCELLERS = ("admin", "channel")
 
 

@@ -258,6 +258,8 @@ async def test_an_order_line_is_cancelled_with_a_reason_and_the_page_follows(
     await cancel.click()  # no reason: refused in words, nothing cancelled
     await expect(page.get_by_test_id("order-status")).to_have_text("sourced")
     await page.get_by_label("Reason to cancel line 1").fill("customer changed their mind")
+    # The channel reads why its order went where it did.
+    await expect(page.get_by_test_id("decision").first).to_contain_text(PARIS)
     await cancel.click()
     await expect(page.get_by_test_id("order-status")).to_have_text("cancelled")
     await expect(page.get_by_test_id("timeline").locator('[data-step="cancelled"]').first).to_be_visible()
