@@ -129,6 +129,15 @@ def fragment(request: Request, name: str, context: dict[str, Any], status_code: 
     )
 
 
+def form_error(request: Request, sentence: str, fields: dict[str, str] | None = None) -> HTMLResponse:
+    """A refusal shown above the form that was sent: the sentence, then each field it names."""
+    return fragment(request, "_form_error.html", {"sentence": sentence, "fields": fields or {}})
+
+
+def refused_by_api(request: Request, error: ApiError) -> HTMLResponse:
+    return form_error(request, error.sentence, error.fields)
+
+
 def render(name: str, **context: Any) -> str:
     """A fragment as a string, for server push."""
     return templates.get_template(name).render(**context)

@@ -9,15 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from tutti.tracking.v1 import tracking_pb2
 
 from console import present
 from console.app import gateway_of, page, render, require, settings_of
-from console.errors import ApiError
 from console.gateway import UserGateway
+from console.live import Push, polled, stream
 
 # Window choices: (label, length, chart bucket).
 WINDOWS = {
@@ -120,31 +119,24 @@ async def live(request: Request) -> Response:
     gw = gateway_of(request).as_user(session.key)
     poll = settings_of(request).poll_seconds
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        last_table = last_charts = ""
-        pushes = 0
-        while True:
-            try:
-                figures = await table(gw, window)
-                html = render("_kpis.html", kpis=figures, updated=datetime.now(UTC))
-                # The table changes only with the figures: compare without the clock line.
-                signature = figures.SerializeToString(deterministic=True).hex()
-                if signature != last_table:
-                    last_table = signature
-                    yield {"event": "kpis", "data": html}
-                if pushes % CHART_EVERY == 0:
-                    charts = _json(await series(gw, window))
-                    if charts != last_charts:
-                        last_charts = charts
-                        yield {"event": "charts", "data": render("_charts.html", charts=charts)}
-                pushes += 1
-            except ApiError as error:
-                yield {"event": "kpis", "data": render("_error.html", error=error)}
-                if error.signed_out:
-                    return
-            await asyncio.sleep(poll)
+    last = {"kpis": "", "charts": ""}
+    pushes = [0]
 
-    return EventSourceResponse(events(), ping=15)
+    async def changes() -> AsyncIterator[Push]:
+        figures = await table(gw, window)
+        # The table changes only with the figures: compare them, not the clock line.
+        signature = figures.SerializeToString(deterministic=True).hex()
+        if signature != last["kpis"]:
+            last["kpis"] = signature
+            yield {"event": "kpis", "data": render("_kpis.html", kpis=figures, updated=datetime.now(UTC))}
+        if pushes[0] % CHART_EVERY == 0:
+            charts = _json(await series(gw, window))
+            if charts != last["charts"]:
+                last["charts"] = charts
+                yield {"event": "charts", "data": render("_charts.html", charts=charts)}
+        pushes[0] += 1
+
+    return stream(polled(changes, poll, "kpis"))
 
 
 ROUTES = [

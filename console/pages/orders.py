@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from tutti.common.v1 import common_pb2
@@ -17,9 +16,10 @@ from tutti.returns.v1 import returns_pb2 as rpb
 from tutti.tracking.v1 import tracking_pb2 as tpb
 
 from console import present
-from console.app import fragment, gateway_of, is_htmx, page, render, require
+from console.app import form_error, fragment, gateway_of, is_htmx, page, refused_by_api, render, require
 from console.errors import ApiError
 from console.gateway import UserGateway
+from console.live import Push, polled, stream
 
 SEARCH_BY = {"order": "Order id", "channel_order": "Channel order id", "customer": "Customer id"}
 # Who may read sourcing decisions through the gateway: everyone but a till (a channel its own
@@ -119,22 +119,15 @@ async def recent_live(request: Request) -> Response:
     gw = gateway_of(request).as_user(session.key)
     poll = settings_of(request).poll_seconds
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        last = ""
-        while True:
-            try:
-                rows = [_summary_row(s) for s in await recent(gw)]
-                html = render("_recent.html", recent=rows)
-                if html != last:
-                    last = html
-                    yield {"event": "recent", "data": html}
-            except ApiError as error:
-                yield {"event": "recent", "data": render("_error.html", error=error)}
-                if error.signed_out:
-                    return
-            await asyncio.sleep(poll)
+    last = [""]
 
-    return EventSourceResponse(events(), ping=15)
+    async def changes() -> AsyncIterator[Push]:
+        html = render("_recent.html", recent=[_summary_row(s) for s in await recent(gw)])
+        if html != last[0]:
+            last[0] = html
+            yield {"event": "recent", "data": html}
+
+    return stream(polled(changes, poll, "recent"))
 
 
 async def _decisions(gw: UserGateway, order_id: str, kind: str) -> list[opb.SourcingDecision] | None:
@@ -262,7 +255,7 @@ async def order_live(request: Request) -> Response:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    return EventSourceResponse(events(), ping=15)
+    return stream(events())
 
 
 async def cancel_line(request: Request) -> Response:
@@ -273,9 +266,7 @@ async def cancel_line(request: Request) -> Response:
     reason = str(form.get("reason") or "").strip()
     gw = gateway_of(request).as_user(session.key)
     if not reason:
-        return fragment(
-            request, "_form_error.html", {"sentence": "Say why the line is cancelled.", "field": "reason"}
-        )
+        return form_error(request, "Say why the line is cancelled.")
     try:
         reply = await gw.call(
             "orders",
@@ -283,11 +274,7 @@ async def cancel_line(request: Request) -> Response:
             opb.CancelOrderRequest(order_id=order_id, line_ids=[line_id] if line_id else [], reason=reason),
         )
     except ApiError as error:
-        return fragment(
-            request,
-            "_form_error.html",
-            {"sentence": error.sentence, "field": "reason", "fields": error.fields},
-        )
+        return refused_by_api(request, error)
     if not is_htmx(request):
         session.notices.append((f"Line {line_id} cancelled.", "ok"))
         return RedirectResponse(f"/orders/{order_id}", status_code=303)

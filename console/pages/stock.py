@@ -8,16 +8,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as ipb
 
 from console import present
-from console.app import fragment, gateway_of, is_htmx, page, render, require
+from console.app import form_error, fragment, gateway_of, is_htmx, page, refused_by_api, render, require
 from console.errors import ApiError
 from console.gateway import Caller, UserGateway
+from console.live import stream
 
 # Coalesce a burst of stock movements into one re-read.
 SETTLE_SECONDS = 0.15
@@ -131,7 +131,7 @@ async def live(request: Request) -> Response:
             with contextlib.suppress(asyncio.CancelledError, ApiError):
                 await watcher
 
-    return EventSourceResponse(events(), ping=15)
+    return stream(events())
 
 
 def _int(form: Any, name: str) -> int | None:
@@ -149,9 +149,7 @@ async def set_safety_stock(request: Request) -> Response:
     location_id = str(form.get("location_id") or "")
     units = _int(form, "safety_stock")
     if units is None or units < 0:
-        return fragment(
-            request, "_form_error.html", {"sentence": "Safety stock is a whole number of units, 0 or more."}
-        )
+        return form_error(request, "Safety stock is a whole number of units, 0 or more.")
     gw = gateway_of(request).as_user(session.key)
     try:
         await gw.call(
@@ -162,7 +160,7 @@ async def set_safety_stock(request: Request) -> Response:
             ),
         )
     except ApiError as error:
-        return fragment(request, "_form_error.html", {"sentence": error.sentence, "fields": error.fields})
+        return refused_by_api(request, error)
     if not is_htmx(request):
         return RedirectResponse(f"/stock?sku={sku}", status_code=303)
     return fragment(
@@ -181,9 +179,7 @@ async def set_channel_policy(request: Request) -> Response:
         if x.strip()
     ]
     if buffer_units is None or buffer_units < 0:
-        return fragment(
-            request, "_form_error.html", {"sentence": "The buffer is a whole number of units, 0 or more."}
-        )
+        return form_error(request, "The buffer is a whole number of units, 0 or more.")
     gw = gateway_of(request).as_user(session.key)
     try:
         await gw.call(
@@ -196,7 +192,7 @@ async def set_channel_policy(request: Request) -> Response:
             ),
         )
     except ApiError as error:
-        return fragment(request, "_form_error.html", {"sentence": error.sentence, "fields": error.fields})
+        return refused_by_api(request, error)
     if not is_htmx(request):
         return RedirectResponse("/stock", status_code=303)
     name = present.words(common_pb2.Channel, channel)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -20,9 +19,20 @@ from tutti.returns.v1 import returns_pb2 as rpb
 from tutti.tracking.v1 import tracking_pb2 as tpb
 
 from console import present
-from console.app import fragment, gateway_of, is_htmx, page, render, require, settings_of
+from console.app import (
+    form_error,
+    fragment,
+    gateway_of,
+    is_htmx,
+    page,
+    refused_by_api,
+    render,
+    require,
+    settings_of,
+)
 from console.errors import ApiError
 from console.gateway import UserGateway
+from console.live import Push, polled, stream
 
 STORE_KINDS = ("store",)
 TO_PICK = (opb.LINE_STATUS_ACCEPTED, opb.LINE_STATUS_PICKED, opb.LINE_STATUS_PACKED)
@@ -148,35 +158,30 @@ async def live(request: Request) -> Response:
     board = Board(gateway_of(request).as_user(session.key), session.caller.location_id)
     poll = settings_of(request).poll_seconds
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        known: set[str] | None = None
-        last = ""
-        while True:
-            try:
-                columns = await board.refresh()
-                waiting = {c["order"].order_id for c in columns["accept"]}
-                html = render("_queue.html", **_board_context(columns), session=session)
-                # Compare without the per-render update ids and clock.
-                signature = repr(
-                    [(k, [(c["order"].order_id, c["order"].version) for c in v]) for k, v in columns.items()]
-                )
-                if signature != last:
-                    last = signature
-                    yield {"event": "queue", "data": html}
-                arrived = waiting - known if known is not None else set()
-                if arrived:
-                    yield {
-                        "event": "arrival",
-                        "data": render("_arrival.html", orders=sorted(arrived), now=datetime.now(UTC)),
-                    }
-                known = waiting
-            except ApiError as error:
-                yield {"event": "queue", "data": render("_error.html", error=error)}
-                if error.signed_out:
-                    return
-            await asyncio.sleep(poll)
+    seen: dict[str, Any] = {"waiting": None, "signature": ""}
 
-    return EventSourceResponse(events(), ping=15)
+    async def changes() -> AsyncIterator[Push]:
+        columns = await board.refresh()
+        waiting = {c["order"].order_id for c in columns["accept"]}
+        # Compare the orders and their versions, not the per-render update ids and clock.
+        signature = repr(
+            [(k, [(c["order"].order_id, c["order"].version) for c in v]) for k, v in columns.items()]
+        )
+        if signature != seen["signature"]:
+            seen["signature"] = signature
+            yield {
+                "event": "queue",
+                "data": render("_queue.html", **_board_context(columns), session=session),
+            }
+        arrived = waiting - seen["waiting"] if seen["waiting"] is not None else set()
+        if arrived:
+            yield {
+                "event": "arrival",
+                "data": render("_arrival.html", orders=sorted(arrived), now=datetime.now(UTC)),
+            }
+        seen["waiting"] = waiting
+
+    return stream(polled(changes, poll, "queue"))
 
 
 async def act(request: Request) -> Response:
@@ -188,9 +193,7 @@ async def act(request: Request) -> Response:
     form = await request.form()
     reason = str(form.get("reason") or "").strip()
     if action == "reject" and not reason:
-        return fragment(
-            request, "_form_error.html", {"sentence": "Say why the store cannot serve it.", "field": "reason"}
-        )
+        return form_error(request, "Say why the store cannot serve it.")
     event, applies_to = ACTIONS[action]
     gw = gateway_of(request).as_user(session.key)
     here = session.caller.location_id
@@ -212,7 +215,7 @@ async def act(request: Request) -> Response:
             ),
         )
     except ApiError as error:
-        return fragment(request, "_form_error.html", {"sentence": error.sentence, "fields": error.fields})
+        return refused_by_api(request, error)
     board = Board(gw, here)
     columns = await board.refresh()
     if not is_htmx(request):
@@ -225,11 +228,7 @@ async def hand_over(request: Request) -> Response:
     form = await request.form()
     exchange_id = str(form.get("exchange_id") or "").strip()
     if not exchange_id:
-        return fragment(
-            request,
-            "_form_error.html",
-            {"sentence": "Enter the exchange id from the customer's receipt.", "field": "exchange_id"},
-        )
+        return form_error(request, "Enter the exchange id from the customer's receipt.")
     gw = gateway_of(request).as_user(session.key)
     try:
         reply = await gw.call(
@@ -238,7 +237,7 @@ async def hand_over(request: Request) -> Response:
             rpb.HandOverExchangeRequest(exchange_id=exchange_id, update_id=str(form.get("update_id") or "")),
         )
     except ApiError as error:
-        return fragment(request, "_form_error.html", {"sentence": error.sentence, "fields": error.fields})
+        return refused_by_api(request, error)
     again = " (it had already been handed over)" if reply.duplicate else ""
     return fragment(
         request, "_saved.html", {"sentence": f"Exchange {reply.exchange.exchange_id} handed over{again}."}
@@ -299,9 +298,7 @@ async def receive_return(request: Request) -> Response:
         )
         received.append(rpb.ReceivedLine(line_id=line_id, quantity=quantity, grade=grade))
     if not lines:
-        return fragment(
-            request, "_form_error.html", {"sentence": "Enter how many units of at least one line come back."}
-        )
+        return form_error(request, "Enter how many units of at least one line come back.")
     gw = gateway_of(request).as_user(session.key)
     try:
         opened = await gw.call(
@@ -323,7 +320,7 @@ async def receive_return(request: Request) -> Response:
             ),
         )
     except ApiError as error:
-        return fragment(request, "_form_error.html", {"sentence": error.sentence, "fields": error.fields})
+        return refused_by_api(request, error)
     return fragment(
         request,
         "_return_done.html",
