@@ -20,7 +20,7 @@ from gateway.proxy import Gateway
 from gateway.ratelimit import RateLimiter
 from gateway.routes import build_routes, discover_services
 from gateway.settings import GatewaySettings
-from runtime.grpc_server import Wiring, client_channel
+from runtime.grpc_server import Component, Wiring, client_channel
 from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, SettingsError
 
@@ -100,14 +100,29 @@ async def build_gateway(
             identity.IdentityServicer(gateway.authenticate), server
         )
 
+    # Ready as soon as it listens: a backend down makes only that backend's methods UNAVAILABLE
+    # (naming it), so it must not take every gateway pod out of service. Each backend's status
+    # is its own health name: "tutti.<backend>", and the full names of the services it serves.
+    components = [
+        Component(
+            names=(backend_health_name(backend), *(service.full_name for service in services[backend])),
+            check=functools.partial(gateway.backend_ready, backend),
+        )
+        for backend in gateway.backends
+    ]
     return Wiring(
         register=register,
         service_names=names,
-        ready=gateway.ready,
+        components=components,
         server_credentials=_tls(gateway_settings),
         max_receive_message_bytes=gateway_settings.max_message_bytes,
         metrics=metrics,
     )
+
+
+def backend_health_name(backend: str) -> str:
+    """The gateway's health service name reporting one backend: ``tutti.inventory``..."""
+    return f"tutti.{backend}"
 
 
 def _tls(gateway_settings: GatewaySettings) -> grpc.ServerCredentials | None:

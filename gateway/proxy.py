@@ -138,22 +138,24 @@ class Gateway:
                 )
         return _GenericHandler(handlers)
 
-    async def ready(self) -> None:
-        """Each backend the gateway routes to answers its health check with SERVING."""
+    @property
+    def backends(self) -> list[str]:
+        return list(self._channels)
 
-        async def check(name: str, channel: grpc.aio.Channel) -> None:
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=2
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise errors.Unavailable(f"{name} does not answer: {exc.code().name}") from None
-            if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                raise errors.Unavailable(
-                    f"{name} is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
-                )
-
-        await asyncio.gather(*(check(name, channel) for name, channel in self._channels.items()))
+    async def backend_ready(self, name: str) -> None:
+        """The backend ``name`` answers its health check with SERVING. The gateway's own
+        readiness does not depend on it: it reports each backend under a health name of its own,
+        and answers UNAVAILABLE naming the backend for that backend's methods only."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channels[name]).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise errors.Unavailable(f"{name} does not answer: {exc.code().name}") from None
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise errors.Unavailable(
+                f"{name} is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            )
 
     # --- the four call shapes ----------------------------------------------------------------
 

@@ -34,13 +34,38 @@ log = logging.getLogger(__name__)
 # Large batch calls (stock snapshots) exceed gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
+# Clients ping an idle connection this often (CLIENT_OPTIONS); servers accept pings that
+# frequent (a server answers pings closer than its minimum with GOAWAY "too_many_pings").
+CLIENT_KEEPALIVE_MS = 20_000
+MIN_PING_INTERVAL_MS = 10_000
+# A connection lives at most this long (gRPC adds +/-10% jitter), then the server sends GOAWAY:
+# the client reconnects, re-resolving DNS, so a replica added by a scale-up gets its share.
+# Calls in flight (long-lived watch streams too) finish on the old connection: no grace limit.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
     ("grpc.so_reuseport", 1),
+]
+
+# Between services: every address the target resolves to is connected and calls go round-robin
+# over them (a headless Service's DNS name gives one address per ready pod; pick_first, gRPC's
+# default, would send everything to the first); keepalive notices a dead peer in seconds, not
+# at the kernel's TCP timeout.
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    *SERVER_OPTIONS[:2],
+    ("grpc.enable_retries", 1),
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 
@@ -54,6 +79,16 @@ LIVENESS = "liveness"
 DRAIN_SECONDS = 2.0
 DRAIN_IDLE_SECONDS = 0.2
 DRAIN_MESSAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Component:
+    """A part only some methods depend on (a gateway's backend): its health names are SERVING
+    while ``check`` passes, NOT_SERVING while it raises, and the server's overall status ("")
+    does not follow it."""
+
+    names: Sequence[str]
+    check: Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -76,6 +111,9 @@ class Wiring:
     # The process's registry, with the service's own series declared on it; None: the runtime
     # makes one with its RPC series only.
     metrics: Metrics | None = None
+    # Parts with a health status of their own (names in service_names among them follow their
+    # component, not ``ready``).
+    components: Sequence[Component] = field(default_factory=tuple)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -252,25 +290,29 @@ def _wrap_stream(
 
 
 async def _announce_when_ready(
-    health: health_aio.HealthServicer, wiring: Wiring, names: Sequence[str], stopping: asyncio.Event
+    health: health_aio.HealthServicer,
+    probe: Callable[[], Awaitable[None]] | None,
+    names: Sequence[str],
+    stopping: asyncio.Event,
 ) -> None:
-    """Probe dependencies; SERVING while they answer, NOT_SERVING when one stops answering."""
+    """Probe dependencies; ``names`` SERVING while they answer, NOT_SERVING when one stops
+    answering."""
     serving: bool | None = None
     delay = 0.2
     while not stopping.is_set():
         try:
-            if wiring.ready is not None:
-                await asyncio.wait_for(wiring.ready(), timeout=5)
+            if probe is not None:
+                await asyncio.wait_for(probe(), timeout=5)
             ok = True
         except Exception as exc:  # noqa: BLE001 - readiness probe: every failure is "not ready", logged
             ok = False
             if serving is not False:
-                log.warning("dependency not ready: %r", exc)
-        if ok != serving:
+                log.warning("dependency not ready: %r", exc, extra={"services": list(names)})
+        if ok != serving and not stopping.is_set():
             status = (
                 health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for name in ("", *names):
+            for name in names:
                 await health.set(name, status)
             if ok:
                 log.info("serving", extra={"services": list(names)})
@@ -318,7 +360,9 @@ async def serve(
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = list(wiring.service_names)
-        for name in ("", *names):
+        component_names = [name for component in wiring.components for name in component.names]
+        own_names = ["", *(name for name in names if name not in component_names)]
+        for name in (*own_names, *component_names):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         # "liveness" answers SERVING while the process is responsive, whatever its dependencies:
         # an orchestrator restarting pods during a database outage would only slow recovery.
@@ -338,7 +382,18 @@ async def serve(
         if bound is not None:
             bound(port)
 
-        tasks = [asyncio.create_task(_announce_when_ready(health, wiring, names, stopping), name="health")]
+        tasks = [
+            asyncio.create_task(
+                _announce_when_ready(health, wiring.ready, own_names, stopping), name="health"
+            ),
+            *(
+                asyncio.create_task(
+                    _announce_when_ready(health, component.check, component.names, stopping),
+                    name=f"health {component.names[0]}",
+                )
+                for component in wiring.components
+            ),
+        ]
         tasks += [
             asyncio.create_task(_supervise(job, stopping), name=getattr(job, "__name__", "job"))
             for job in (*wiring.background, metrics.sample_forever)
@@ -382,11 +437,12 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
 
 
 def client_channel(address: str, metrics: Metrics | None = None) -> grpc.aio.Channel:
-    """A channel to another Tutti service, with tracing, call durations in ``metrics`` and the
-    same message limits."""
+    """A channel to another Tutti service, with tracing, call durations in ``metrics``, the same
+    message limits, round-robin over every address ``address`` resolves to (``host:port`` or
+    ``dns:///host:port``: in Kubernetes a headless Service's name) and keepalive."""
     channel = grpc.aio.insecure_channel(
         address,
-        options=[*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)],
+        options=CLIENT_OPTIONS,
         interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
     )
     return channel if metrics is None else time_unary_calls(channel, metrics)

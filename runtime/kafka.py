@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka import errors as aiokafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
@@ -29,6 +30,7 @@ from tutti.events.v1 import envelope_pb2
 
 from runtime import telemetry
 from runtime.metrics import Metrics
+from runtime.settings import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +73,34 @@ RETURN_EVENTS = Topic(
 TOPICS: tuple[Topic, ...] = (INVENTORY_MOVEMENTS, INVENTORY_AVAILABILITY, ORDER_EVENTS, RETURN_EVENTS)
 
 
+def security_options(security: KafkaSecurity | None) -> dict[str, Any]:
+    """aiokafka client arguments for ``security`` (TUTTI_KAFKA_SECURITY_PROTOCOL and friends):
+    TLS checked against the CA file (or the system's trust store), SASL PLAIN or SCRAM."""
+    if security is None or security.protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.tls:
+        options["ssl_context"] = create_ssl_context(cafile=security.ca_file)
+    if security.sasl:
+        options.update(
+            sasl_mechanism=security.sasl_mechanism,
+            sasl_plain_username=security.username,
+            sasl_plain_password=security.password,
+        )
+    return options
+
+
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[Topic] = TOPICS, replication_factor: int = 1
+    bootstrap: str,
+    topics: Iterable[Topic] = TOPICS,
+    replication_factor: int = 1,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create missing topics; returns the names created. Safe to run concurrently and repeatedly."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15_000, **security_options(security)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -132,9 +157,12 @@ class RenewableProducer:
         await self._current.start()
 
 
-def create_producer(bootstrap: str, client_id: str, **overrides: object) -> RenewableProducer:
+def create_producer(
+    bootstrap: str, client_id: str, *, security: KafkaSecurity | None = None, **overrides: object
+) -> RenewableProducer:
     """An idempotent producer: acks=all, retries without duplicates or reordering."""
     options: dict[str, object] = {
+        **security_options(security),
         "bootstrap_servers": bootstrap,
         "client_id": client_id,
         "acks": "all",
@@ -240,6 +268,8 @@ class EventConsumer:
     metrics: Metrics | None = None
     # Lag is read from the consumer's own fetch state, at most this often.
     lag_interval_seconds: float = 1.0
+    # TLS and SASL towards the brokers (CommonSettings.kafka_security); None: PLAINTEXT.
+    security: KafkaSecurity | None = None
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -251,6 +281,7 @@ class EventConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.max_records,
+            **security_options(self.security),
         )
         await consumer.start()
         self.started.set()

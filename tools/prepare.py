@@ -20,7 +20,9 @@ def migration_sets() -> dict[str, Path]:
 
 
 async def prepare(settings: CommonSettings, replication_factor: int = 1) -> None:
-    created = await ensure_topics(settings.kafka_bootstrap, replication_factor=replication_factor)
+    created = await ensure_topics(
+        settings.kafka_bootstrap, replication_factor=replication_factor, security=settings.kafka_security
+    )
     print(f"kafka topics: {', '.join(created) if created else 'all present'}")
     for schema, directory in migration_sets().items():
         applied = await apply_migrations(settings.database_url, schema, [directory])

@@ -28,6 +28,12 @@ from services.inventory.service import InventoryService
 log = logging.getLogger(__name__)
 
 
+def redis_tls_options(ca_file: str | None) -> dict[str, str]:
+    """redis-py arguments for a rediss:// URL checked against TUTTI_REDIS_CA_FILE (the URL's own
+    ssl_ca_certs query parameter works too); nothing when no CA file is set."""
+    return {} if ca_file is None else {"ssl_ca_certs": ca_file}
+
+
 @dataclass(frozen=True, slots=True)
 class InventorySettings:
     redis_url: str
@@ -67,7 +73,13 @@ async def build(
     settings: CommonSettings, stack: AsyncExitStack, inventory: InventorySettings | None = None
 ) -> Wiring:
     cfg = inventory or InventorySettings.from_env(settings)
-    redis = Redis.from_url(cfg.redis_url, max_connections=64, health_check_interval=30, socket_keepalive=True)
+    redis = Redis.from_url(
+        cfg.redis_url,
+        max_connections=64,
+        health_check_interval=30,
+        socket_keepalive=True,
+        **redis_tls_options(settings.redis_ca_file),
+    )
     stack.push_async_callback(redis.aclose)
     metrics = Metrics("inventory")
     metrics.watch_redis_pool("inventory", redis)
@@ -84,7 +96,7 @@ async def build(
         counters=PrometheusStockCounters(metrics),
     )
 
-    producer = create_producer(settings.kafka_bootstrap, "tutti-inventory")
+    producer = create_producer(settings.kafka_bootstrap, "tutti-inventory", security=settings.kafka_security)
     producer_started = asyncio.Event()
     stack.push_async_callback(producer.stop)
     relay = OutboxRelay(redis, producer, relayed_channel=store.relayed_channel, batch=cfg.relay_batch)

@@ -33,8 +33,8 @@ from tutti.events.v1 import envelope_pb2
 from tutti.inventory.v1 import events_pb2
 from tutti.inventory.v1 import inventory_pb2 as pb
 
-from runtime.kafka import INVENTORY_MOVEMENTS
-from runtime.settings import CommonSettings
+from runtime.kafka import INVENTORY_MOVEMENTS, security_options
+from runtime.settings import CommonSettings, KafkaSecurity
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import (
     OUTBOX,
@@ -186,6 +186,7 @@ async def read_ledger(
     since_ms: int | None = None,
     skus: Collection[str] | None = None,
     topic: str = INVENTORY_MOVEMENTS.name,
+    security: KafkaSecurity | None = None,
 ) -> LedgerState:
     """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
     state = LedgerState()
@@ -194,6 +195,7 @@ async def read_ledger(
         enable_auto_commit=False,
         isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        **security_options(security),
     )
     await consumer.start()
     try:
@@ -365,9 +367,14 @@ async def _outbox_after(redis: Redis, last: tuple[int, int]) -> None:
 
 
 async def rebuild(
-    bootstrap: str, redis: Redis, *, since_ms: int | None = None, skus: Collection[str] | None = None
+    bootstrap: str,
+    redis: Redis,
+    *,
+    since_ms: int | None = None,
+    skus: Collection[str] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
-    state = await read_ledger(bootstrap, since_ms=since_ms, skus=skus)
+    state = await read_ledger(bootstrap, since_ms=since_ms, skus=skus, security=security)
     return await write_state(redis, state)
 
 
@@ -419,7 +426,10 @@ async def dump_state(
 
 async def _main(args: argparse.Namespace) -> int:
     settings = CommonSettings.from_env("inventory")
-    redis = Redis.from_url(args.redis_url or settings.redis_url)
+    redis = Redis.from_url(
+        args.redis_url or settings.redis_url,
+        **({"ssl_ca_certs": settings.redis_ca_file} if settings.redis_ca_file else {}),
+    )
     try:
         if await redis.dbsize() and not args.force:
             print(
@@ -428,7 +438,10 @@ async def _main(args: argparse.Namespace) -> int:
             )
             return 2
         counts = await rebuild(
-            args.kafka_bootstrap or settings.kafka_bootstrap, redis, skus=set(args.sku) if args.sku else None
+            args.kafka_bootstrap or settings.kafka_bootstrap,
+            redis,
+            skus=set(args.sku) if args.sku else None,
+            security=settings.kafka_security,
         )
     finally:
         await redis.aclose()

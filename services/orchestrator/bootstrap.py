@@ -85,7 +85,9 @@ async def build(
     stack.push_async_callback(channel.close)
     inventory = GrpcInventory(channel)
 
-    producer = create_producer(settings.kafka_bootstrap, "tutti-orchestrator")
+    producer = create_producer(
+        settings.kafka_bootstrap, "tutti-orchestrator", security=settings.kafka_security
+    )
     await producer.start()
     stack.push_async_callback(producer.stop)
     relay = OutboxRelay(pool, producer, orchestrator.schema)
@@ -113,6 +115,7 @@ async def build(
         handler=LocationEvents(service),
         client_id="tutti-orchestrator",
         metrics=metrics,
+        security=settings.kafka_security,
     )
 
     def register(server: object) -> None:

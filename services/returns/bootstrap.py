@@ -76,7 +76,7 @@ async def build(
     pool = await create_pool(settings.database_url, SCHEMA, max_size=returns.pool_size)
     stack.push_async_callback(pool.close)
     metrics.watch_pg_pool(SCHEMA, pool)
-    producer = create_producer(settings.kafka_bootstrap, "tutti-returns")
+    producer = create_producer(settings.kafka_bootstrap, "tutti-returns", security=settings.kafka_security)
     await producer.start()
     stack.push_async_callback(producer.stop)
     channels = {name: client_channel(settings.addresses[name], metrics) for name in DEPENDENCIES}

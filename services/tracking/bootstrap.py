@@ -78,6 +78,7 @@ async def build(
         batch_handler=handler.batch,
         client_id="tutti-tracking",
         metrics=metrics,
+        security=settings.kafka_security,
     )
 
     async def ready() -> None:

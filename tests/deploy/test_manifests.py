@@ -24,6 +24,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from gateway.settings import BACKENDS
 from runtime.settings import DEFAULT_ADDRESSES, DEFAULT_METRICS_ADDRESSES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,6 +188,20 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
         selector = service["spec"]["selector"]
         assert selector.items() <= pod["metadata"]["labels"].items()
         assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_backends_are_headless_so_callers_balance_over_every_pod(
+    rendered: dict[str, list[Doc]], rendering: str
+) -> None:
+    """The gateway and the orchestrator dial the backends with round_robin over what DNS
+    returns: a headless Service returns every ready pod (a virtual IP would be one address, so
+    one connection, so one pod). The gateway stays behind a virtual IP: its callers are outside."""
+    services = _kind(rendered[rendering], "Service")
+    for name in BACKENDS:
+        assert services[name]["spec"].get("clusterIP") == "None", f"{rendering}: Service/{name}"
+        assert not services[name]["spec"].get("publishNotReadyAddresses"), "only ready pods get calls"
+    assert services["gateway"]["spec"].get("clusterIP") != "None"
 
 
 def test_every_service_port_is_named_by_its_protocol(rendered: dict[str, list[Doc]]) -> None:

@@ -74,3 +74,80 @@ def test_a_service_with_a_bad_setting_exits_with_one_line(tmp_path) -> None:
     assert lines == [
         "tutti-inventory: invalid setting: TUTTI_REDIS_URL must be a redis/rediss/unix URL, got 'nope'"
     ]
+
+
+def test_kafka_sasl_ssl_redis_acl_and_postgres_tls_come_from_the_environment(tmp_path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed here")
+    settings = CommonSettings.from_env(
+        "orchestrator",
+        environ={
+            "TUTTI_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "TUTTI_KAFKA_SASL_MECHANISM": "scram-sha-256",
+            "TUTTI_KAFKA_SASL_USERNAME": "tutti",
+            "TUTTI_KAFKA_SASL_PASSWORD": "s3cret",
+            "TUTTI_KAFKA_CA_FILE": str(ca),
+            "TUTTI_REDIS_URL": "rediss://tutti:s3cret@redis.example:6380/0",
+            "TUTTI_REDIS_CA_FILE": str(ca),
+            "TUTTI_DATABASE_URL": f"postgresql://tutti:s3cret@db.example/tutti?sslmode=verify-full&sslrootcert={ca}",
+        },
+    )
+    security = settings.kafka_security
+    assert (security.protocol, security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-256")
+    assert security.username == "tutti"
+    assert security.tls and security.sasl and security.ca_file == str(ca)
+    assert settings.redis_ca_file == str(ca)
+    plain = CommonSettings.from_env("orchestrator", environ={})
+    assert plain.kafka_security.protocol == "PLAINTEXT" and plain.redis_ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"TUTTI_KAFKA_SECURITY_PROTOCOL": "TLS"}, "TUTTI_KAFKA_SECURITY_PROTOCOL"),
+        (
+            {"TUTTI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "TUTTI_KAFKA_SASL_USERNAME": "u"},
+            "TUTTI_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"TUTTI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "TUTTI_KAFKA_SASL_PASSWORD": "p"},
+            "TUTTI_KAFKA_SASL_USERNAME",
+        ),
+        (
+            {"TUTTI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "TUTTI_KAFKA_SASL_MECHANISM": "GSSAPI",
+             "TUTTI_KAFKA_SASL_USERNAME": "u", "TUTTI_KAFKA_SASL_PASSWORD": "p"},
+            "TUTTI_KAFKA_SASL_MECHANISM",
+        ),
+        ({"TUTTI_KAFKA_SASL_USERNAME": "u"}, "TUTTI_KAFKA_SASL_USERNAME"),
+        ({"TUTTI_KAFKA_CA_FILE": "/etc/hosts"}, "TUTTI_KAFKA_CA_FILE"),
+        (
+            {"TUTTI_KAFKA_SECURITY_PROTOCOL": "SSL", "TUTTI_KAFKA_CA_FILE": "/nonexistent/ca.pem"},
+            "TUTTI_KAFKA_CA_FILE",
+        ),
+        ({"TUTTI_REDIS_CA_FILE": "/etc/hosts"}, "TUTTI_REDIS_CA_FILE"),
+        (
+            {"TUTTI_REDIS_URL": "rediss://h:6380/0", "TUTTI_REDIS_CA_FILE": "/nonexistent/ca.pem"},
+            "TUTTI_REDIS_CA_FILE",
+        ),
+        ({"TUTTI_DATABASE_URL": "postgresql://u:p@h/db?sslmode=always"}, "TUTTI_DATABASE_URL"),
+        ({"TUTTI_DATABASE_URL": "postgresql://u:p@h/db?sslmode=verify-full"}, "TUTTI_DATABASE_URL"),
+        (
+            {"TUTTI_DATABASE_URL": "postgresql://u:p@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"},
+            "TUTTI_DATABASE_URL",
+        ),
+    ],
+)
+def test_a_bad_infrastructure_security_combination_names_its_variable(
+    environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        CommonSettings.from_env("orchestrator", environ=environ)
+    message = str(raised.value)
+    assert message.startswith(named), message
+    assert "\n" not in message and "p@" not in message  # one line, no password
+
+
+def test_a_malformed_url_is_named_without_its_password() -> None:
+    with pytest.raises(SettingsError, match=r"TUTTI_DATABASE_URL .*\*\*\*") as raised:
+        CommonSettings.from_env("orchestrator", environ={"TUTTI_DATABASE_URL": "mysql://tutti:hunter2@db/x"})
+    assert "hunter2" not in str(raised.value)
