@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 from urllib.parse import urlparse
 
@@ -127,6 +128,28 @@ class Env:
 
 
 @dataclass(frozen=True, slots=True)
+class InternalTls:
+    """Where a process's internal mTLS material is (PEM files, read and reloaded by runtime.tls):
+    ``TUTTI_TLS_CA``/``TUTTI_TLS_CERT``/``TUTTI_TLS_KEY``, each defaulting to ``ca.crt``,
+    ``<service>.crt``, ``<service>.key`` in ``TUTTI_INTERNAL_TLS_DIR`` (``$TUTTI_HOME/tls``)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> InternalTls:
+        env = Env(environ)
+        home = env.str("TUTTI_HOME", ".tutti")
+        directory = Path(env.str("TUTTI_INTERNAL_TLS_DIR", str(Path(home) / "tls")))
+        return cls(
+            ca=Path(env.str("TUTTI_TLS_CA", str(directory / "ca.crt"))),
+            cert=Path(env.str("TUTTI_TLS_CERT", str(directory / f"{service}.crt"))),
+            key=Path(env.str("TUTTI_TLS_KEY", str(directory / f"{service}.key"))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CommonSettings:
     """What every service reads: where the infrastructure is and how to log and trace."""
 
@@ -142,6 +165,12 @@ class CommonSettings:
     addresses: Mapping[str, str]
     # Where /metrics is served; None: not served.
     metrics_address: str | None = None
+    # Internal mTLS: this process's certificate, key and the CA it trusts (runtime.tls);
+    # from_env always sets it (None only for code that builds settings by hand: plaintext).
+    internal_tls: InternalTls | None = None
+    # A plaintext port answering only the health service (kubelet gRPC probes cannot present a
+    # client certificate); None: none.
+    probe_address: str | None = None
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Self:
@@ -164,4 +193,6 @@ class CommonSettings:
             metrics_address=env.optional_address(
                 f"TUTTI_{service.upper()}_METRICS_ADDR", DEFAULT_METRICS_ADDRESSES.get(service, "")
             ),
+            internal_tls=InternalTls.from_env(service, environ),
+            probe_address=env.optional_address(f"TUTTI_{service.upper()}_PROBE_ADDR", ""),
         )
