@@ -50,7 +50,7 @@ from services.orchestrator import bootstrap as orchestrator_bootstrap
 from services.returns import bootstrap as returns_bootstrap
 from services.tracking import bootstrap as tracking_bootstrap
 from tests.gateway.conftest import gateway_settings
-from tests.support import RunningService, random_id, running_service
+from tests.support import RunningService, internal_channel, random_id, running_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -405,7 +405,11 @@ async def fuzz(stack: Stack, callers: tuple[str, ...], address_of: Callable[[Rou
     ]
     generated = time.monotonic() - started
     limit = asyncio.Semaphore(CONCURRENCY)
-    channels = {address: grpc.aio.insecure_channel(address) for address in map(address_of, routes.values())}
+    # The gateway's public port in plaintext; a backend's internal port over mTLS, as the gateway.
+    channels = {
+        address: grpc.aio.insecure_channel(address) if address == stack.gateway else internal_channel(address)
+        for address in map(address_of, routes.values())
+    }
     try:
 
         async def one(item: tuple[Route, str, bytes]) -> Outcome:
