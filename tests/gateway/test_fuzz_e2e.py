@@ -379,7 +379,7 @@ async def call(channel: grpc.aio.Channel, route: Route, who: str, raw: bytes) ->
 
 
 async def health(address: str) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with internal_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     return int(reply.status)
 

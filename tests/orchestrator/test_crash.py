@@ -20,7 +20,7 @@ from tutti.orchestrator.v1 import orchestrator_pb2_grpc
 from runtime.settings import CommonSettings
 from services.orchestrator.service import order_id_for, placement_reservation_ids
 from tests.orchestrator.test_integration import available, network, order_request
-from tests.support import RunningService, internal_channel, random_id, wait_for
+from tests.support import RunningService, internal_channel, internal_credentials, random_id, wait_for
 from tests.support.proxy import FreezableProxy
 from tools.stack import health
 
@@ -44,7 +44,7 @@ async def _start_orchestrator(env: dict[str, str]) -> asyncio.subprocess.Process
 
     async def serving() -> bool:
         assert process.returncode is None, f"the orchestrator exited; see {env['TUTTI_TEST_LOG']}"
-        return await health(env["TUTTI_ORCHESTRATOR_ADDR"]) == "serving"
+        return await health(env["TUTTI_ORCHESTRATOR_ADDR"], credentials=internal_credentials()) == "serving"
 
     await wait_for(serving, timeout=60, message="the orchestrator process SERVING")
     return process

@@ -28,7 +28,15 @@ from runtime.settings import CommonSettings
 from services.orchestrator.bootstrap import DEFAULT_RULES, OrchestratorSettings
 from services.orchestrator.bootstrap import build as build_orchestrator
 from services.orchestrator.service import order_id_for, placement_reservation_ids
-from tests.support import RunningService, internal_channel, random_id, read_events, running_service, wait_for
+from tests.support import (
+    RunningService,
+    internal_channel,
+    internal_credentials,
+    random_id,
+    read_events,
+    running_service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -652,7 +660,12 @@ async def test_simulation_report(orders, rules, stock) -> None:  # type: ignore[
 async def test_health_serving(orchestrator) -> None:  # type: ignore[no-untyped-def]
     from tools.stack import health
 
-    assert await wait_for(lambda: health(orchestrator.address), message="orchestrator health") == "serving"
+    credentials = internal_credentials()
+
+    async def state() -> str:
+        return await health(orchestrator.address, credentials=credentials)
+
+    assert await wait_for(state, message="orchestrator health") == "serving"
 
 
 async def test_concurrent_retries_place_one_order(orders, stock) -> None:  # type: ignore[no-untyped-def]

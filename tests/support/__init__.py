@@ -58,9 +58,14 @@ def internal_tls(identity: str | None = None) -> InternalTls:
     return InternalTls(mine.ca, mine.ca.with_name(f"{identity}.crt"), mine.ca.with_name(f"{identity}.key"))
 
 
+def internal_credentials(identity: str | None = None) -> grpc.ChannelCredentials:
+    """Client credentials for a backend's internal mTLS port, as the gateway (or ``identity``)."""
+    return tls.channel_credentials(internal_tls(identity))
+
+
 def internal_channel(address: str, identity: str | None = None) -> grpc.aio.Channel:
     """A channel to a backend's internal mTLS port, as the gateway (or as ``identity``)."""
-    return grpc.aio.secure_channel(address, tls.channel_credentials(internal_tls(identity)))
+    return grpc.aio.secure_channel(address, internal_credentials(identity))
 
 
 @dataclasses.dataclass
@@ -113,8 +118,12 @@ async def running_service(
     async def is_serving() -> bool:
         if task.done():
             task.result()
-        credentials = tls.channel_credentials(settings.internal_tls) if settings.internal_tls else None
-        return await health(address, credentials=credentials) == serving
+        # A backend's port is mTLS (runtime.tls); the gateway's public one is not.
+        if settings.internal_tls is not None:
+            credentials = tls.channel_credentials(settings.internal_tls)
+            if await health(address, credentials=credentials) == serving:
+                return True
+        return await health(address) == serving
 
     try:
         await wait_for(is_serving, timeout=ready_timeout, message=f"service at {address} SERVING")
