@@ -438,14 +438,18 @@ def client_channel(
 ) -> grpc.aio.Channel:
     """A channel to another Tutti service, with tracing, call durations in ``metrics`` and the
     same message limits; over mTLS with this process's certificate when ``internal_tls`` is
-    given (its files are read now: a rotated client certificate is used after a restart)."""
+    given, re-made when its files change (runtime.tls.ReloadingChannel)."""
     options = [*SERVER_OPTIONS[:2], ("grpc.enable_retries", 1)]
     interceptors = telemetry.client_interceptors()
-    channel = (
-        grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)  # type: ignore[arg-type]
-        if internal_tls is None
-        else grpc.aio.secure_channel(
-            address, tls.channel_credentials(internal_tls), options=options, interceptors=interceptors  # type: ignore[arg-type]
-        )
-    )
+    channel: grpc.aio.Channel
+    if internal_tls is None:
+        channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)  # type: ignore[arg-type]
+    else:
+        files = internal_tls
+
+        def make() -> grpc.aio.Channel:
+            credentials = tls.channel_credentials(files)
+            return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)  # type: ignore[arg-type]
+
+        channel = tls.ReloadingChannel(make, files)  # type: ignore[assignment]
     return channel if metrics is None else time_unary_calls(channel, metrics)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2 as ipb
 from tutti.inventory.v1 import inventory_pb2_grpc
 
+from runtime import tls
 from runtime.caller import Caller
 from runtime.grpc_server import Wiring
 from runtime.settings import CommonSettings, InternalTls
@@ -226,3 +227,42 @@ async def test_a_certificate_rotated_on_disk_is_served_without_a_restart(
             (served / f"{name}.partial").replace(served / name)
         assert await list_locations(as_gateway_of(new)) == grpc.StatusCode.OK
         assert await list_locations(as_gateway_of(old)) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_client_certificate_rotated_on_disk_is_used_by_new_calls(
+    inventory: tuple[RunningService, str], tmp_path: Path
+) -> None:
+    """A client channel follows its files: once they hold a certificate of another CA, its next
+    call goes over a new channel presenting it (refused by this server, which trusts only the
+    test CA); back to the test CA's files, calls are admitted again — no new channel made by
+    the caller, no restart."""
+    svc, _ = inventory
+    mine, stranger, used = internal_tls("orchestrator"), tmp_path / "stranger", tmp_path / "used"
+    certs.ensure(stranger, ["orchestrator"])
+    used.mkdir()
+
+    def install(ca: Path, cert: Path, key: Path) -> None:
+        for source, name in ((key, "tls.key"), (ca, "ca.crt"), (cert, "tls.crt")):
+            shutil.copy(source, used / f"{name}.partial")
+            (used / f"{name}.partial").replace(used / name)
+
+    install(mine.ca, mine.cert, mine.key)
+    files = InternalTls(used / "ca.crt", used / "tls.crt", used / "tls.key")
+
+    def make() -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(svc.address, tls.channel_credentials(files))
+
+    channel = tls.ReloadingChannel(make, files, check_seconds=0, retire_seconds=0.5)
+    async with channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)  # made once, as services do
+
+        async def listed() -> grpc.StatusCode:
+            return (await code_of(stub.ListLocations(ipb.ListLocationsRequest(), timeout=5)))[0]
+
+        assert await listed() == grpc.StatusCode.OK
+        # The stranger's certificate, and its CA: the server (test CA) refuses the handshake.
+        install(stranger / "ca.crt", stranger / "orchestrator.crt", stranger / "orchestrator.key")
+        assert await listed() == grpc.StatusCode.UNAVAILABLE
+        install(mine.ca, mine.cert, mine.key)
+        assert await listed() == grpc.StatusCode.OK
+        assert channel.reloads == 2
