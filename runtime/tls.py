@@ -8,8 +8,9 @@ internal CA, and knows the caller by its common name (runtime.peers says what it
 * Servers reload: ``server_credentials`` gives grpc a certificate-config fetcher it calls on
   every new handshake; it re-reads the files when one of them changed (mtime, size, inode), so
   a rotated certificate or CA is served from the next connection on, without a restart.
-  Connections already open keep the certificate they were made with. A file that cannot be
-  read or parsed keeps the previous configuration (logged).
+  Connections already open keep the certificate they were made with. Files that cannot be
+  read or parsed, or a certificate whose key is not (yet) the one beside it — a rotation caught
+  half-way — keep the previous configuration until the next look.
 * Clients follow them too: grpc Python has no reloading channel credentials, so
   ``ReloadingChannel`` looks at the files at most every 30 s (on a call) and, when they changed,
   sends the next calls over a new channel made with them; the previous channel is closed an
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from runtime.settings import InternalTls, SettingsError
 
@@ -59,6 +62,22 @@ def _stamp(tls: InternalTls) -> tuple[tuple[int, int, int], ...]:
     return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
 
 
+def _matching(cert: bytes, key: bytes) -> bool:
+    """Whether ``key`` is the private key of ``cert`` (both PEM)."""
+    certificate = x509.load_pem_x509_certificate(cert)
+    private = serialization.load_pem_private_key(key, password=None)
+    return bool(certificate.public_key() == private.public_key())
+
+
+def _read_consistent(tls: InternalTls) -> tuple[bytes, bytes, bytes]:
+    """The files, once they form a pair: raises ValueError while a rotation is half-way."""
+    ca, cert, key = read(tls)
+    x509.load_pem_x509_certificates(ca)
+    if not _matching(cert, key):
+        raise ValueError(f"{tls.cert} and {tls.key} are not a pair (yet)")
+    return ca, cert, key
+
+
 def channel_credentials(tls: InternalTls) -> grpc.ChannelCredentials:
     """The process's client credentials, read now (a rotated certificate: after a restart)."""
     ca, cert, key = read(tls)
@@ -88,9 +107,9 @@ class _Fetcher:
                 stamp = _stamp(self._tls)
                 if stamp == self._stamp:
                     return None
-                config = self._config(*read(self._tls))
-            except (OSError, SettingsError) as exc:
-                log.warning("internal TLS files unreadable, keeping the current ones: %s", exc)
+                config = self._config(*_read_consistent(self._tls))
+            except (OSError, SettingsError, ValueError) as exc:
+                log.warning("internal TLS files not usable, keeping the current ones: %s", exc)
                 return None
             self._stamp = stamp
             self.reloads += 1
@@ -157,6 +176,7 @@ class ReloadingChannel:
             stamp = _stamp(self._tls)
             if stamp == self._stamp:
                 return
+            _read_consistent(self._tls)
             channel = self._make()
         except (OSError, SettingsError, ValueError) as exc:
             log.warning("internal TLS files unreadable, keeping the current channel: %s", exc)
