@@ -91,11 +91,13 @@ class _Fetcher:
     def __init__(self, tls: InternalTls) -> None:
         self._tls = tls
         self._lock = threading.Lock()
+        # Read first: a missing file is a SettingsError naming its variable.
+        self._initial = self._config(*read(tls))
         self._stamp = _stamp(tls)
         self.reloads = 0
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        return self._config(*read(self._tls))
+        return self._initial
 
     @staticmethod
     def _config(ca: bytes, cert: bytes, key: bytes) -> grpc.ServerCertificateConfiguration:
