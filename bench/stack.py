@@ -123,7 +123,7 @@ def stack_env(addresses: Mapping[str, str], credentials_file: Path) -> dict[str,
 async def _wait_serving(
     addresses: Mapping[str, str], children: Mapping[str, list[Child]], deadline_s: float
 ) -> None:
-    from tools.stack import health
+    from tools.stack import probe
 
     deadline = time.monotonic() + deadline_s
     pending = dict(addresses)
@@ -131,7 +131,7 @@ async def _wait_serving(
         for name, address in list(pending.items()):
             for child in children.get(name, []):
                 child.check_alive()
-            if await health(address) == "serving":
+            if await probe(name, address) == "serving":  # backends over mTLS, as the operator
                 del pending[name]
         if pending and time.monotonic() > deadline:
             raise RuntimeError(
@@ -164,14 +164,22 @@ def start(
     creds = write_credentials(BENCH_DIR / f"{tag}-credentials.yaml", retailer(sku_count).store_ids)
     env = stack_env(addresses, creds)
     stack = Stack(addresses={n: addresses[n] for n in [*wanted, *(["gateway"] if gateway else [])]}, env=env)
+    # Internal mTLS: the local CA (tools/certs.py), each process with its own certificate.
+    from tools.stack import ensure_certificates, identity_files
+
+    ensure_certificates()
     for name in wanted:
         replicas = inventory_replicas if name == "inventory" else 1
         for replica in range(replicas):
             # Replicas share the port: grpc.so_reuseport=1 (runtime SERVER_OPTIONS).
-            child = group.python(f"{tag}-{name}-{replica}", [f"services.{name}"], env)
+            child = group.python(
+                f"{tag}-{name}-{replica}", [f"services.{name}"], {**env, **identity_files(name)}
+            )
             stack.processes.setdefault(name, []).append(child)
     if gateway:
-        stack.processes["gateway"] = [group.python(f"{tag}-gateway", ["gateway"], env)]
+        stack.processes["gateway"] = [
+            group.python(f"{tag}-gateway", ["gateway"], {**env, **identity_files("gateway")})
+        ]
     # A gateway fronting only part of the services never reports SERVING (it probes every
     # backend); then waiting for its port is all that can be done.
     complete = set(SERVICES) <= set(wanted)

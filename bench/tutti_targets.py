@@ -33,6 +33,9 @@ from bench import report, stack
 from bench.ghz import Load, Result, run_ghz
 from bench.procs import BENCH_DIR, children, run_uvloop
 from bench.redis_baseline import percentile
+from runtime.grpc_server import client_channel
+from runtime.peers import OPERATOR
+from runtime.settings import InternalTls
 
 DC = "DC-ORLEANS"
 POS_STORE = "STORE-PARIS-RIVOLI"
@@ -113,7 +116,9 @@ def cancel_bench_orders(orchestrator: str, customers: Sequence[str]) -> int:
 
     async def cancel_all() -> int:
         cancelled = 0
-        async with grpc.aio.insecure_channel(orchestrator) as channel:
+        # The orchestrator's internal port: mTLS, as the local operator (tools/certs.py).
+        operator = InternalTls.from_env(OPERATOR)
+        async with client_channel(orchestrator, internal_tls=operator) as channel:
             stub = orchestrator_pb2_grpc.OrderServiceStub(channel)
             limit = asyncio.Semaphore(16)
 

@@ -69,7 +69,7 @@ async def build_gateway(
     channels: dict[str, grpc.aio.Channel] = {}
     for backend, descriptors in services.items():
         if descriptors:
-            channel = client_channel(settings.addresses[backend], metrics)
+            channel = client_channel(settings.addresses[backend], metrics, settings.internal_tls)
             stack.push_async_callback(channel.close)
             channels[backend] = channel
     gateway = Gateway(
@@ -115,6 +115,8 @@ async def build_gateway(
         service_names=names,
         components=components,
         server_credentials=_tls(gateway_settings),
+        # The public port: API keys (and optional public TLS), not internal mTLS.
+        internal=False,
         max_receive_message_bytes=gateway_settings.max_message_bytes,
         metrics=metrics,
     )

@@ -1,13 +1,20 @@
 """Who called, as the gateway tells a backend: the ``tutti-caller-*`` metadata it sets on every
-call it forwards (a caller's own ``tutti-caller-*`` keys are dropped by the gateway). A call that
-did not come through the gateway (another service, a test) carries none: ``Caller.kind`` is then
-empty, and a backend treats it as trusted, like the gateway's ``service`` principals."""
+call it forwards (a caller's own ``tutti-caller-*`` keys are dropped by the gateway). It is
+believed only from a peer whose internal mTLS certificate says ``gateway`` (``Caller.of``); from
+any other peer (another service, a forger) the headers are dropped. A call that did not come
+through the gateway has then an empty ``Caller.kind``, and a backend treats it as trusted, like
+the gateway's ``service`` principals: the peer got in only because runtime.peers lets its
+certificate call that method."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
+
+from runtime import peers, tls
 
 PREFIX = "tutti-caller-"
 
@@ -21,6 +28,14 @@ class Caller:
     channel: str = ""
     # The store's or terminal's location, else "".
     location_id: str = ""
+
+    @classmethod
+    def of(cls, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller the gateway vouches for, when the authenticated peer is the gateway;
+        else nobody (the ``tutti-caller-*`` headers of any other peer are ignored)."""
+        if tls.peer_identity(context) != peers.GATEWAY:
+            return cls()
+        return cls.from_metadata(context.invocation_metadata())
 
     @classmethod
     def from_metadata(cls, metadata: Iterable[Any] | None) -> Caller:

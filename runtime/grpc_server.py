@@ -25,9 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 
-from runtime import deadlines, errors, telemetry, validation
+from runtime import deadlines, errors, peers, telemetry, tls, validation
 from runtime.metrics import Metrics, MetricsInterceptor, serving_metrics, time_unary_calls
-from runtime.settings import CommonSettings
+from runtime.settings import CommonSettings, InternalTls
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,12 @@ class Wiring:
     # Long-running loops (consumers, relays, sweepers); cancelled after the server drains.
     background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
     # TLS for the listening port (the gateway, by configuration); None listens in plaintext.
+    # Only for a public port (internal=False): an internal port's credentials are mTLS.
     server_credentials: grpc.ServerCredentials | None = None
+    # An internal port (every backend): mutual TLS with the internal CA, each call authorised
+    # by the caller's certificate (runtime.peers), health also on the plaintext probe port.
+    # The gateway's public port is not internal: API keys, and its own optional TLS.
+    internal: bool = True
     # Largest message the server accepts (larger: RESOURCE_EXHAUSTED, answered by grpc itself);
     # None keeps MAX_MESSAGE_BYTES, which internal batch calls (stock snapshots) need.
     max_receive_message_bytes: int | None = None
@@ -123,7 +128,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     an unknown enum number or an out-of-range timestamp are INVALID_ARGUMENT naming the field,
     before the handler sees them; in a client stream, they end the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, authorize: Authorize | None = None) -> None:
+        # Called before the request is decoded; raises Unauthenticated / PermissionDenied.
+        self._authorize = authorize
         # Handlers are fixed once registered: wrap each once, not on every call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -139,33 +146,35 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler, method)
+        wrapped = self._wrap(handler, method, self._authorize)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(
+        handler: grpc.RpcMethodHandler, method: str, authorize: Authorize | None
+    ) -> grpc.RpcMethodHandler:
         # The request is decoded inside the wrapper, not by grpc: bytes that are not the
         # method's request are then INVALID_ARGUMENT, not grpc's UNKNOWN "Unexpected DecodeError".
         decode = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, decode),
+                _wrap_unary(handler.unary_unary, method, decode, authorize),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, decode),
+                _wrap_stream(handler.unary_stream, method, decode, authorize),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, decode, streaming=True),
+                _wrap_unary(handler.stream_unary, method, decode, authorize, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, decode, streaming=True),
+                _wrap_stream(handler.stream_stream, method, decode, authorize, streaming=True),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -215,6 +224,23 @@ def _attach_caller_trace(context: grpc.aio.ServicerContext) -> object | None:
 
 
 Decode = Callable[[bytes], Any] | None
+Authorize = Callable[[grpc.aio.ServicerContext, str], None]
+
+
+def authorize_peer(context: grpc.aio.ServicerContext, method: str) -> None:
+    """An internal port's check, before the request is read: health answers anyone; anything
+    else needs a peer certificate (only the plaintext probe port lets a call in without one)
+    whose identity runtime.peers allows to call ``method``."""
+    if peers.open_to_anyone(method):
+        return
+    identity = tls.peer_identity(context)
+    if identity is None:
+        raise errors.Unauthenticated(
+            "no client certificate: this port answers only grpc.health.v1.Health; "
+            "call the service's internal mTLS port with a certificate of the internal CA"
+        )
+    if not peers.allowed(identity, method):
+        raise errors.PermissionDenied(f"{identity} may not call {method.lstrip('/')}")
 
 
 def _decoded(raw: Any, decode: Decode) -> Any:
@@ -248,11 +274,18 @@ def _checked(request: Any, decode: Decode, streaming: bool) -> Any:
 
 
 def _wrap_unary(
-    behavior: Callable[..., Awaitable[Any]], method: str, decode: Decode, *, streaming: bool = False
+    behavior: Callable[..., Awaitable[Any]],
+    method: str,
+    decode: Decode,
+    authorize: Authorize | None = None,
+    *,
+    streaming: bool = False,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = _attach_caller_trace(context)
         try:
+            if authorize is not None:
+                authorize(context, method)
             with deadlines.caller_deadline(context.time_remaining()):
                 return await behavior(_checked(request, decode, streaming), context)
         except BaseException as exc:
@@ -269,11 +302,18 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[..., AsyncIterator[Any]], method: str, decode: Decode, *, streaming: bool = False
+    behavior: Callable[..., AsyncIterator[Any]],
+    method: str,
+    decode: Decode,
+    authorize: Authorize | None = None,
+    *,
+    streaming: bool = False,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         token = _attach_caller_trace(context)
         try:
+            if authorize is not None:
+                authorize(context, method)
             async for response in behavior(_checked(request, decode, streaming), context):
                 yield response
         except BaseException as exc:
@@ -343,11 +383,17 @@ async def serve(
     async with AsyncExitStack() as stack:
         wiring = await build(settings, stack)
         metrics = wiring.metrics or Metrics(settings.service)
+        internal = wiring.internal and settings.internal_tls is not None
+        credentials = (
+            tls.server_credentials(settings.internal_tls)
+            if internal and settings.internal_tls is not None
+            else wiring.server_credentials
+        )
         # Metrics outside the error mapping: they record the status the caller receives.
         interceptors: list[Any] = [
             *telemetry.server_interceptors(),
             MetricsInterceptor(metrics),
-            ErrorMappingInterceptor(),
+            ErrorMappingInterceptor(authorize_peer if internal else None),
         ]
         options = SERVER_OPTIONS
         if wiring.max_receive_message_bytes is not None:
@@ -369,12 +415,18 @@ async def serve(
         await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([*names, health_service, reflection.SERVICE_NAME], server)
-        if wiring.server_credentials is not None:
-            port = server.add_secure_port(settings.listen_address, wiring.server_credentials)
+        if credentials is not None:
+            port = server.add_secure_port(settings.listen_address, credentials)
         else:
             port = server.add_insecure_port(settings.listen_address)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen_address}")
+        # Plaintext, for kubelet gRPC probes: authorize_peer lets only the health service in.
+        if internal and settings.probe_address is not None:
+            probe_port = server.add_insecure_port(settings.probe_address)
+            if probe_port == 0:
+                raise OSError(f"cannot listen on {settings.probe_address}")
+            log.info("probe port (health only)", extra={"address": settings.probe_address})
         # Served until the resources close, so a scrape during shutdown still answers.
         stack.enter_context(serving_metrics(metrics, settings.metrics_address, metrics_bound))
         await server.start()
@@ -436,13 +488,26 @@ async def _supervise(job: Callable[[], Awaitable[None]], stopping: asyncio.Event
             delay = min(delay * 2, 10.0)
 
 
-def client_channel(address: str, metrics: Metrics | None = None) -> grpc.aio.Channel:
+def client_channel(
+    address: str, metrics: Metrics | None = None, internal_tls: InternalTls | None = None
+) -> grpc.aio.Channel:
     """A channel to another Tutti service, with tracing, call durations in ``metrics``, the same
     message limits, round-robin over every address ``address`` resolves to (``host:port`` or
-    ``dns:///host:port``: in Kubernetes a headless Service's name) and keepalive."""
-    channel = grpc.aio.insecure_channel(
-        address,
-        options=CLIENT_OPTIONS,
-        interceptors=telemetry.client_interceptors(),  # type: ignore[arg-type]
-    )
+    ``dns:///host:port``: in Kubernetes a headless Service's name) and keepalive; over mTLS with
+    this process's certificate when ``internal_tls`` is given, re-made when its files change
+    (runtime.tls.ReloadingChannel)."""
+    interceptors = telemetry.client_interceptors()
+    channel: grpc.aio.Channel
+    if internal_tls is None:
+        channel = grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=interceptors)  # type: ignore[arg-type]
+    else:
+        files = internal_tls
+
+        def make() -> grpc.aio.Channel:
+            credentials = tls.channel_credentials(files)
+            return grpc.aio.secure_channel(  # type: ignore[arg-type]
+                address, credentials, options=CLIENT_OPTIONS, interceptors=interceptors
+            )
+
+        channel = tls.ReloadingChannel(make, files)  # type: ignore[assignment]
     return channel if metrics is None else time_unary_calls(channel, metrics)

@@ -238,6 +238,28 @@ def check_postgres_tls(name: str, url: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class InternalTls:
+    """Where a process's internal mTLS material is (PEM files, read and reloaded by runtime.tls):
+    ``TUTTI_TLS_CA``/``TUTTI_TLS_CERT``/``TUTTI_TLS_KEY``, each defaulting to ``ca.crt``,
+    ``<service>.crt``, ``<service>.key`` in ``TUTTI_INTERNAL_TLS_DIR`` (``$TUTTI_HOME/tls``)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> InternalTls:
+        env = Env(environ)
+        home = env.str("TUTTI_HOME", ".tutti")
+        directory = Path(env.str("TUTTI_INTERNAL_TLS_DIR", str(Path(home) / "tls")))
+        return cls(
+            ca=Path(env.str("TUTTI_TLS_CA", str(directory / "ca.crt"))),
+            cert=Path(env.str("TUTTI_TLS_CERT", str(directory / f"{service}.crt"))),
+            key=Path(env.str("TUTTI_TLS_KEY", str(directory / f"{service}.key"))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CommonSettings:
     """What every service reads: where the infrastructure is and how to log and trace."""
 
@@ -256,6 +278,12 @@ class CommonSettings:
     kafka_security: KafkaSecurity = KafkaSecurity()
     # CA bundle for a rediss:// URL (TUTTI_REDIS_CA_FILE); None: the system's trust store.
     redis_ca_file: str | None = None
+    # Internal mTLS: this process's certificate, key and the CA it trusts (runtime.tls);
+    # from_env always sets it (None only for code that builds settings by hand: plaintext).
+    internal_tls: InternalTls | None = None
+    # A plaintext port answering only the health service (kubelet gRPC probes cannot present a
+    # client certificate); None: none.
+    probe_address: str | None = None
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Self:
@@ -284,4 +312,6 @@ class CommonSettings:
             kafka_security=KafkaSecurity.from_env(env),
             # Checked against the URL inventory uses (TUTTI_INVENTORY_REDIS_URL may override it).
             redis_ca_file=redis_ca_file(env, *_redis_url_used(env, redis_url)),
+            internal_tls=InternalTls.from_env(service, environ),
+            probe_address=env.optional_address(f"TUTTI_{service.upper()}_PROBE_ADDR", ""),
         )

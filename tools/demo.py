@@ -2,7 +2,9 @@
 stores in French cities (real coordinates, opening hours, daily capacity), a dropship supplier,
 a few thousand SKUs, stock everywhere, channel policies.
 
-`python -m tools.demo load` puts it into a running inventory service; `make run` does that.
+`python -m tools.demo load` puts it into a running inventory service; `make run` does that. It
+calls inventory's internal mTLS port as ``operator`` (the certificate tools/certs.py issues in
+``$TUTTI_INTERNAL_TLS_DIR``, or ``TUTTI_TLS_CERT``/``TUTTI_TLS_KEY``).
 Load tests and benchmarks import ``retailer()`` to pick SKUs and locations that exist.
 """
 
@@ -19,6 +21,10 @@ from functools import cache
 import grpc
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+from runtime.grpc_server import client_channel
+from runtime.peers import OPERATOR
+from runtime.settings import InternalTls
 
 SEED = 20261125
 DC_ID = "DC-ORLEANS"
@@ -198,10 +204,16 @@ def _chunks(items: list, size: int):
         yield items[start:start + size]
 
 
-async def load(address: str, sku_count: int, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+async def load(
+    address: str,
+    sku_count: int,
+    metadata: tuple[tuple[str, str], ...] = (),
+    internal_tls: InternalTls | None = None,
+) -> None:
     """Idempotent: snapshots carry fixed ids and an as-of, so loading twice changes nothing."""
     demo = retailer(sku_count)
-    async with grpc.aio.insecure_channel(address) as channel:
+    tls = internal_tls or InternalTls.from_env(OPERATOR)
+    async with client_channel(address, internal_tls=tls) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         await stub.UpsertLocations(inventory_pb2.UpsertLocationsRequest(locations=demo.locations),
                                    metadata=metadata, timeout=30)

@@ -6,6 +6,11 @@ background with pid files and logs under .tutti/, ``down`` stops them (SIGTERM, 
 after a deadline) and ``status`` asks each one its health (gRPC health check; the console's
 ``GET /readyz``).
 
+Internal mTLS (runtime.tls): before starting anything, the local CA and one certificate per
+process are made (or renewed) under ``$TUTTI_INTERNAL_TLS_DIR`` (default ``$TUTTI_HOME/tls``,
+tools/certs.py), and each child is given its own (``TUTTI_TLS_CA``/``CERT``/``KEY``). The
+supervisor asks the backends their health, and loads the demo, as ``operator``.
+
 A pid file is believed only while its process is alive — not a zombie (``/proc/<pid>/stat``)
 — and really runs that part (its ``/proc/<pid>/cmdline``), so a dead service whose pid the
 kernel gave to another program is started again, and ``down`` never signals a stranger. When a
@@ -29,7 +34,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime.settings import CommonSettings
+from runtime import tls
+from runtime.peers import OPERATOR
+from runtime.settings import CommonSettings, InternalTls
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("TUTTI_HOME", ROOT / ".tutti"))
@@ -57,6 +64,41 @@ PROCESSES: dict[str, list[str]] = {
 }
 # Parts that speak HTTP, not gRPC: ready when GET /readyz answers 200.
 HTTP_PROCESSES = frozenset({"console"})
+# Parts whose port is internal (mTLS): the supervisor dials them with the operator certificate.
+INTERNAL_PROCESSES = frozenset({"inventory", "orchestrator", "returns", "tracking"})
+
+
+def tls_dir() -> Path:
+    """The local internal CA's directory (TUTTI_INTERNAL_TLS_DIR, default $TUTTI_HOME/tls)."""
+    return Path(os.environ.get("TUTTI_INTERNAL_TLS_DIR") or HOME / "tls")
+
+
+def ensure_certificates() -> Path:
+    """The local CA and every process's certificate, made or renewed now; the directory is
+    exported so this process (demo loader, probes) and its children agree on it."""
+    from tools import certs
+
+    directory = certs.ensure(tls_dir())
+    os.environ["TUTTI_INTERNAL_TLS_DIR"] = str(directory)
+    return directory
+
+
+def identity_files(name: str) -> dict[str, str]:
+    """The environment giving process ``name`` its own certificate."""
+    directory = tls_dir()
+    return {
+        "TUTTI_INTERNAL_TLS_DIR": str(directory),
+        "TUTTI_TLS_CA": str(directory / "ca.crt"),
+        "TUTTI_TLS_CERT": str(directory / f"{name}.crt"),
+        "TUTTI_TLS_KEY": str(directory / f"{name}.key"),
+    }
+
+
+def operator_tls() -> InternalTls:
+    files = identity_files(OPERATOR)
+    return InternalTls(
+        Path(files["TUTTI_TLS_CA"]), Path(files["TUTTI_TLS_CERT"]), Path(files["TUTTI_TLS_KEY"])
+    )
 
 
 def addresses_of(settings: CommonSettings) -> dict[str, str]:
@@ -86,7 +128,15 @@ async def http_ready(address: str, timeout: float = 1.0) -> str:  # noqa: ASYNC1
 
 
 async def probe(name: str, address: str) -> str:
-    return await (http_ready(address) if name in HTTP_PROCESSES else health(address))
+    if name in HTTP_PROCESSES:
+        return await http_ready(address)
+    if name in INTERNAL_PROCESSES:
+        try:
+            credentials = tls.channel_credentials(operator_tls())
+        except ValueError as exc:  # SettingsError: no certificates (yet)
+            return f"down (no operator certificate: {exc})"
+        return await health(address, credentials=credentials)
+    return await health(address)
 
 
 def _pid_file(name: str) -> Path:
@@ -154,8 +204,19 @@ def _read_pid(name: str) -> int | None:
     return pid if _alive(pid, name) else None
 
 
-async def health(address: str, timeout: float = 1.0) -> str:  # noqa: ASYNC109 - timeout is the gRPC deadline of Check
-    async with grpc.aio.insecure_channel(address) as channel:
+async def health(
+    address: str,
+    timeout: float = 1.0,  # noqa: ASYNC109 - timeout is the gRPC deadline of Check
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
+    """The health of the server at ``address``; over TLS with ``credentials`` (an internal
+    port needs a client certificate of the internal CA)."""
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if credentials is None
+        else grpc.aio.secure_channel(address, credentials)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -192,6 +253,7 @@ def start_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     so an interrupt half-way still leaves the caller everything it must stop."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
+    ensure_certificates()
     for name, argv in PROCESSES.items():
         if STOPPING.is_set():
             raise Interrupted
@@ -199,7 +261,10 @@ def start_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             print(f"  {name:<13} already running")
             continue
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+        env = {**os.environ, **identity_files(name)}
+        proc = subprocess.Popen(  # noqa: S603
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs[name] = proc
         # Atomically: `status`, `down` and a second `up` may read it at any moment.
         partial = _pid_file(name).with_suffix(".pid.partial")

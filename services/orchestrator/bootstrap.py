@@ -81,7 +81,7 @@ async def build(
     stack.push_async_callback(pool.close)
     metrics.watch_pg_pool(orchestrator.schema, pool)
 
-    channel = client_channel(settings.addresses["inventory"], metrics)
+    channel = client_channel(settings.addresses["inventory"], metrics, settings.internal_tls)
     stack.push_async_callback(channel.close)
     inventory = GrpcInventory(channel)
 

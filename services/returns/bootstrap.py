@@ -79,7 +79,10 @@ async def build(
     producer = create_producer(settings.kafka_bootstrap, "tutti-returns", security=settings.kafka_security)
     await producer.start()
     stack.push_async_callback(producer.stop)
-    channels = {name: client_channel(settings.addresses[name], metrics) for name in DEPENDENCIES}
+    channels = {
+        name: client_channel(settings.addresses[name], metrics, settings.internal_tls)
+        for name in DEPENDENCIES
+    }
     for channel in channels.values():
         stack.push_async_callback(channel.close)
 

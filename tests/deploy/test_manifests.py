@@ -39,6 +39,10 @@ SERVERS = {
     "returns": ("services.returns", 50054),
     "tracking": ("services.tracking", 50055),
 }
+# The backends' plaintext probe ports (health only): internal mTLS on their gRPC port.
+PROBE_PORTS = {"inventory": 50062, "orchestrator": 50063, "returns": 50064, "tracking": 50065}
+# Made by cert-manager (base/internal-tls.example.yaml) in every namespace, dev included.
+INTERNAL_TLS_SECRETS = {f"tutti-{name}-internal-tls" for name in SERVERS}
 # The web console: an HTTP server, a client of the gateway.
 WEB = {"console": ("console", 8080)}
 AUTOSCALED = ("gateway", "inventory")
@@ -121,6 +125,7 @@ def names_read_by_code() -> set[str]:
     address variables runtime.settings builds from DEFAULT_ADDRESSES."""
     names = {f"TUTTI_{name.upper()}_ADDR" for name in DEFAULT_ADDRESSES}
     names |= {f"TUTTI_{name.upper()}_METRICS_ADDR" for name in DEFAULT_METRICS_ADDRESSES}
+    names |= {f"TUTTI_{name.upper()}_PROBE_ADDR" for name in DEFAULT_ADDRESSES}
     literal = re.compile(r"""["'](TUTTI_[A-Z0-9_]+|OTEL_[A-Z0-9_]+)["']""")
     for package in ("runtime", "services", "gateway", "console", "tools"):
         for path in (ROOT / package).rglob("*.py"):
@@ -176,9 +181,11 @@ def test_every_server_has_a_deployment_a_grpc_service_and_its_own_account(
         (container,) = pod["spec"]["containers"]
         assert container["command"] == ["python", "-m", module]
         metrics = _metrics_port(name)
+        probe = [{"name": "probe", "containerPort": PROBE_PORTS[name]}] if name in PROBE_PORTS else []
         assert container["ports"] == [
             {"name": "grpc", "containerPort": port},
             {"name": "metrics", "containerPort": metrics},
+            *probe,
         ]
         service = services[name]
         assert service["spec"]["ports"] == [
@@ -303,9 +310,10 @@ def test_every_server_is_probed_through_grpc_health(rendered: dict[str, list[Doc
             else:
                 # Liveness asks the "liveness" health name, which stays SERVING while the process
                 # answers: a dependency outage must not restart pods (readiness takes them out).
-                expected = (
-                    {"port": port, "service": "liveness"} if probe == "livenessProbe" else {"port": port}
-                )
+                # Backends are probed on their plaintext probe port: the kubelet cannot present
+                # the client certificate their mTLS port asks for.
+                at = PROBE_PORTS.get(name, port)
+                expected = {"port": at, "service": "liveness"} if probe == "livenessProbe" else {"port": at}
                 assert container[probe]["grpc"] == expected, f"{rendering}: {name} {probe}"
 
 
@@ -397,6 +405,8 @@ def test_every_reference_resolves(rendered: dict[str, list[Doc]], rendering: str
     def secret_has(name: str, key: str | None) -> bool:
         if name in secrets:
             return key is None or key in secrets[name]["data"]
+        if name in INTERNAL_TLS_SECRETS:
+            return name in documented and (key is None or key in documented[name])
         return rendering != "dev" and name in documented and (key is None or key in documented[name])
 
     for where, pod in _pod_templates(docs):

@@ -43,7 +43,7 @@ from services.returns.bootstrap import build as build_returns
 from services.tracking.bootstrap import TrackingSettings
 from services.tracking.bootstrap import build as build_tracking
 from tests.orchestrator.test_integration import ALL_CAPABILITIES, east, network, order_request
-from tests.support import random_id, running_service, wait_for
+from tests.support import internal_channel, random_id, running_service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -75,7 +75,7 @@ async def stack(settings: CommonSettings, tmp_path_factory: pytest.TempPathFacto
     schema = f"orchestrator_test_{random_id('p').split('-')[1]}"
     async with AsyncExitStack() as stack:
         inventory = await stack.enter_async_context(running_service(inv_settings, build_inventory))
-        inv_channel = await stack.enter_async_context(grpc.aio.insecure_channel(inventory.address))
+        inv_channel = await stack.enter_async_context(internal_channel(inventory.address))
         inv = igrpc.InventoryServiceStub(inv_channel)
         sku, dc_sku = random_id("SKU-P"), random_id("SKU-D")
         ids = await network(inv, {"store_a": (2, {sku: 20}), "store_b": (4, {}), "store_c": (6, {})})
@@ -168,7 +168,7 @@ async def stack(settings: CommonSettings, tmp_path_factory: pytest.TempPathFacto
             running_service(dataclasses.replace(settings, addresses=addresses), builder(gw_settings))
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(gateway.address))
-        direct = await stack.enter_async_context(grpc.aio.insecure_channel(orchestrator.address))
+        direct = await stack.enter_async_context(internal_channel(orchestrator.address))
         try:
             yield Stack(
                 inv=igrpc.InventoryServiceStub(channel),

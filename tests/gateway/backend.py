@@ -21,6 +21,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_tools import protoc
 from tutti.common.v1 import common_pb2  # noqa: F401  (puts common.proto in the default pool)
 
+from runtime import tls
+from tests.support import internal_tls
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "tutti.gatewaytest.v1"
 SERVICE = f"{PACKAGE}.OrderService"
@@ -193,6 +196,7 @@ async def start_backend(backend: FakeBackend) -> tuple[grpc.aio.Server, str]:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # A backend's port: mTLS with the test CA, as the gateway's channels expect (runtime.tls).
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(internal_tls("inventory")))
     await server.start()
     return server, f"127.0.0.1:{port}"

@@ -17,9 +17,10 @@ from gateway.bootstrap import builder
 from gateway.credentials import Kind
 from gateway.policy import Owner, Rule
 from gateway.settings import GatewaySettings
+from runtime import tls
 from runtime.settings import CommonSettings
 from tests.gateway.backend import SERVICE, FakeBackend, load_test_proto, message, start_backend
-from tests.support import running_service
+from tests.support import internal_tls, running_service
 
 P = f"{SERVICE}/"
 C, S, T, A, SVC = Kind.CHANNEL, Kind.STORE, Kind.TERMINAL, Kind.ADMIN, Kind.SERVICE
@@ -84,7 +85,7 @@ async def health_only_backend() -> AsyncIterator[str]:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(internal_tls("inventory")))
     await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop(None)

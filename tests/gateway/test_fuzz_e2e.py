@@ -50,7 +50,7 @@ from services.orchestrator import bootstrap as orchestrator_bootstrap
 from services.returns import bootstrap as returns_bootstrap
 from services.tracking import bootstrap as tracking_bootstrap
 from tests.gateway.conftest import gateway_settings
-from tests.support import RunningService, random_id, running_service
+from tests.support import RunningService, internal_channel, random_id, running_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -378,8 +378,9 @@ async def call(channel: grpc.aio.Channel, route: Route, who: str, raw: bytes) ->
     return Outcome(route, who, raw, code, details, trailers)
 
 
-async def health(address: str) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def health(address: str, *, internal: bool = True) -> int:
+    """A backend over internal mTLS; the gateway's public port (internal=False) in plaintext."""
+    async with internal_channel(address) if internal else grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     return int(reply.status)
 
@@ -405,7 +406,11 @@ async def fuzz(stack: Stack, callers: tuple[str, ...], address_of: Callable[[Rou
     ]
     generated = time.monotonic() - started
     limit = asyncio.Semaphore(CONCURRENCY)
-    channels = {address: grpc.aio.insecure_channel(address) for address in map(address_of, routes.values())}
+    # The gateway's public port in plaintext; a backend's internal port over mTLS, as the gateway.
+    channels = {
+        address: grpc.aio.insecure_channel(address) if address == stack.gateway else internal_channel(address)
+        for address in map(address_of, routes.values())
+    }
     try:
 
         async def one(item: tuple[Route, str, bytes]) -> Outcome:
@@ -427,7 +432,8 @@ async def fuzz(stack: Stack, callers: tuple[str, ...], address_of: Callable[[Rou
     assert not oversized, [(o.route.name, o.trailers_bytes) for o in oversized[:5]]
     for name, service in stack.services.items():
         assert not service.task.done(), f"{name} stopped"
-        assert await health(service.address) == health_pb2.HealthCheckResponse.SERVING, name
+        state = await health(service.address, internal=name != "gateway")
+        assert state == health_pb2.HealthCheckResponse.SERVING, name
     codes: dict[str, int] = {}
     for o in outcomes:
         codes[o.code.name] = codes.get(o.code.name, 0) + 1

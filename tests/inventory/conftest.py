@@ -16,7 +16,7 @@ from tutti.inventory.v1 import inventory_pb2_grpc
 
 from runtime.settings import CommonSettings
 from services.inventory.bootstrap import build
-from tests.support import RunningService, random_id, running_service
+from tests.support import RunningService, internal_channel, random_id, running_service
 
 SERVICE_DB = 13
 STATEFUL_DB = 14
@@ -41,7 +41,7 @@ async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
 
 @pytest.fixture(scope="session")
 async def channel(inventory: RunningService) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(inventory.address) as ch:
+    async with internal_channel(inventory.address) as ch:
         yield ch
 
 

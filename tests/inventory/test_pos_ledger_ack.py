@@ -24,7 +24,7 @@ from services.inventory.adapters.relay import OutboxRelay
 from services.inventory.bootstrap import InventorySettings, build
 from tests.inventory.conftest import redis_url, seed
 from tests.inventory.test_pos_and_streams import on_hand, sale
-from tests.support import random_id, read_events, running_service, wait_for
+from tests.support import internal_channel, random_id, read_events, running_service, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ async def no_relay(settings: CommonSettings) -> AsyncIterator[inventory_pb2_grpc
     )
     async with (
         running_service(common, functools.partial(build, inventory=cfg)) as svc,
-        grpc.aio.insecure_channel(svc.address) as ch,
+        internal_channel(svc.address) as ch,
     ):
         yield inventory_pb2_grpc.InventoryServiceStub(ch)
 

@@ -20,7 +20,7 @@ from tutti.orchestrator.v1 import orchestrator_pb2_grpc
 from runtime.settings import CommonSettings
 from services.orchestrator.service import order_id_for, placement_reservation_ids
 from tests.orchestrator.test_integration import available, network, order_request
-from tests.support import RunningService, random_id, wait_for
+from tests.support import RunningService, internal_channel, internal_credentials, random_id, wait_for
 from tests.support.proxy import FreezableProxy
 from tools.stack import health
 
@@ -44,7 +44,7 @@ async def _start_orchestrator(env: dict[str, str]) -> asyncio.subprocess.Process
 
     async def serving() -> bool:
         assert process.returncode is None, f"the orchestrator exited; see {env['TUTTI_TEST_LOG']}"
-        return await health(env["TUTTI_ORCHESTRATOR_ADDR"]) == "serving"
+        return await health(env["TUTTI_ORCHESTRATOR_ADDR"], credentials=internal_credentials()) == "serving"
 
     await wait_for(serving, timeout=60, message="the orchestrator process SERVING")
     return process
@@ -56,7 +56,7 @@ async def test_a_placement_killed_between_reserve_and_commit_gives_its_stock_bac
     schema = f"orchestrator_test_{random_id('k').split('-')[1]}"
     async with (
         FreezableProxy(inventory.address) as proxy,
-        grpc.aio.insecure_channel(inventory.address) as inventory_channel,
+        internal_channel(inventory.address) as inventory_channel,
     ):
         stock = inventory_pb2_grpc.InventoryServiceStub(inventory_channel)
         a = random_id("SKU")
@@ -77,7 +77,7 @@ async def test_a_placement_killed_between_reserve_and_commit_gives_its_stock_bac
         order_id = order_id_for("web", request.channel_order_id)
         first = await _start_orchestrator(env)
         try:
-            async with grpc.aio.insecure_channel(env["TUTTI_ORCHESTRATOR_ADDR"]) as channel:
+            async with internal_channel(env["TUTTI_ORCHESTRATOR_ADDR"]) as channel:
                 orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
 
                 async def reserved() -> bool:
@@ -120,7 +120,7 @@ async def test_a_placement_killed_between_reserve_and_commit_gives_its_stock_bac
                 await wait_for(given_back, timeout=30, message="2 units given back after the restart")
 
                 # The channel, having had no answer, retries: the order is placed and holds stock.
-                async with grpc.aio.insecure_channel(env["TUTTI_ORCHESTRATOR_ADDR"]) as channel:
+                async with internal_channel(env["TUTTI_ORCHESTRATOR_ADDR"]) as channel:
                     orders = orchestrator_pb2_grpc.OrderServiceStub(channel)
                     order = (await orders.PlaceOrder(request, timeout=30)).order
                 assert order.order_id == order_id

@@ -28,7 +28,15 @@ from runtime.settings import CommonSettings
 from services.orchestrator.bootstrap import DEFAULT_RULES, OrchestratorSettings
 from services.orchestrator.bootstrap import build as build_orchestrator
 from services.orchestrator.service import order_id_for, placement_reservation_ids
-from tests.support import RunningService, random_id, read_events, running_service, wait_for
+from tests.support import (
+    RunningService,
+    internal_channel,
+    internal_credentials,
+    random_id,
+    read_events,
+    running_service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -116,8 +124,8 @@ async def channels(
     inventory: RunningService, orchestrator: RunningService
 ) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
     async with (
-        grpc.aio.insecure_channel(inventory.address) as a,
-        grpc.aio.insecure_channel(orchestrator.address) as b,
+        internal_channel(inventory.address) as a,
+        internal_channel(orchestrator.address) as b,
     ):
         yield a, b
 
@@ -652,7 +660,12 @@ async def test_simulation_report(orders, rules, stock) -> None:  # type: ignore[
 async def test_health_serving(orchestrator) -> None:  # type: ignore[no-untyped-def]
     from tools.stack import health
 
-    assert await wait_for(lambda: health(orchestrator.address), message="orchestrator health") == "serving"
+    credentials = internal_credentials()
+
+    async def state() -> str:
+        return await health(orchestrator.address, credentials=credentials)
+
+    assert await wait_for(state, message="orchestrator health") == "serving"
 
 
 async def test_concurrent_retries_place_one_order(orders, stock) -> None:  # type: ignore[no-untyped-def]
@@ -671,7 +684,7 @@ async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, s
     a = random_id("SKU")
     ids = await network(stock, {"slow": (1, {a: 5}), "quick": (6, {a: 5})})
     own = own_orchestrator(settings, inventory, accept_timeout_seconds=1, sweep_interval_seconds=0.2)
-    async with own as (svc, _), grpc.aio.insecure_channel(svc.address) as ch:
+    async with own as (svc, _), internal_channel(svc.address) as ch:
         stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
         placed = (await stub.PlaceOrder(order_request({a: 1}))).order
         assert placed.lines[0].location_id == ids["slow"]
@@ -744,7 +757,7 @@ async def test_stock_held_by_a_placement_that_died_before_recording_its_order_is
     ids = await network(stock, {"near": (2, {a: 5})})
     dead, live = order_request({a: 2}), order_request({a: 1})
     own = own_orchestrator(settings, inventory, sweep_interval_seconds=0.2, abandoned_placement_seconds=1)
-    async with own as (svc, schema), grpc.aio.insecure_channel(svc.address) as ch:
+    async with own as (svc, schema), internal_channel(svc.address) as ch:
         conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": schema})
         try:
             # The second one is still being placed somewhere: its lock is held.

@@ -6,14 +6,13 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-import grpc
 import pytest
 from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
 
 from runtime.settings import CommonSettings
 from services.inventory.bootstrap import InventorySettings
 from services.inventory.bootstrap import build as build_inventory
-from tests.support import RunningService, running_service
+from tests.support import RunningService, internal_channel, running_service
 
 INVENTORY_REDIS_DB = 10
 
@@ -32,5 +31,5 @@ async def inventory(settings: CommonSettings) -> AsyncIterator[RunningService]:
 
 @pytest.fixture(scope="module")
 async def inv(inventory: RunningService) -> AsyncIterator[igrpc.InventoryServiceStub]:
-    async with grpc.aio.insecure_channel(inventory.address) as channel:
+    async with internal_channel(inventory.address) as channel:
         yield igrpc.InventoryServiceStub(channel)

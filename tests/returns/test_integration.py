@@ -29,7 +29,7 @@ from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
 from services.returns.bootstrap import build as build_returns
 from services.tracking.bootstrap import build as build_tracking
-from tests.support import RunningService, random_id, read_events, running_service, wait_for
+from tests.support import RunningService, internal_channel, random_id, read_events, running_service, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ async def returns(settings: CommonSettings, inventory: RunningService) -> AsyncI
 
 @pytest.fixture(scope="module")
 async def ret(returns: RunningService) -> AsyncIterator[rgrpc.ReturnsServiceStub]:
-    async with grpc.aio.insecure_channel(returns.address) as channel:
+    async with internal_channel(returns.address) as channel:
         yield rgrpc.ReturnsServiceStub(channel)
 
 
@@ -432,7 +432,7 @@ async def test_history_lists_every_step_with_time(
 async def tracking(settings: CommonSettings) -> AsyncIterator[tracking_pb2_grpc.TrackingServiceStub]:
     async with (
         running_service(CommonSettings.from_env("tracking"), build_tracking) as service,
-        grpc.aio.insecure_channel(service.address) as channel,
+        internal_channel(service.address) as channel,
     ):
         yield tracking_pb2_grpc.TrackingServiceStub(channel)
 
@@ -518,7 +518,7 @@ async def ret_orders(
 
     async with (
         running_service(settings, build) as svc,
-        grpc.aio.insecure_channel(svc.address) as channel,
+        internal_channel(svc.address) as channel,
     ):
         yield rgrpc.ReturnsServiceStub(channel)
 
@@ -586,7 +586,7 @@ async def collected_order(
     from tutti.orchestrator.v1 import orchestrator_pb2 as opb
     from tutti.orchestrator.v1 import orchestrator_pb2_grpc as ogrpc
 
-    async with grpc.aio.insecure_channel(orchestrator.address) as channel:
+    async with internal_channel(orchestrator.address) as channel:
         orders = ogrpc.OrderServiceStub(channel)
         placed = await orders.PlaceOrder(
             opb.PlaceOrderRequest(
@@ -746,7 +746,7 @@ async def test_online_return_is_unavailable_and_creates_nothing_while_inventory_
 
     async with (
         running_service(settings, build) as svc,
-        grpc.aio.insecure_channel(svc.address) as channel,
+        internal_channel(svc.address) as channel,
     ):
         cut_off = rgrpc.ReturnsServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:

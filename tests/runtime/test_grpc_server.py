@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from runtime import deadlines, errors
 from runtime.grpc_server import Wiring
 from runtime.settings import CommonSettings
-from tests.support import running_service, wait_for
+from tests.support import internal_channel, running_service, wait_for
 
 SERVICE = "tutti.test.v1.Probe"
 
@@ -84,7 +84,7 @@ async def probe(settings: CommonSettings):
     ready = [True]
     async with (
         running_service(settings, _build(BEHAVIOURS, release, ready)) as svc,
-        grpc.aio.insecure_channel(svc.address) as channel,
+        internal_channel(svc.address) as channel,
     ):
         yield svc, channel, release, ready
 
@@ -178,7 +178,7 @@ async def test_shutdown_drains_in_flight_calls_and_reports_not_serving(settings:
     release = asyncio.Event()
     build = _build(BEHAVIOURS, release, [True])
     async with running_service(settings, build, shutdown_grace_seconds=20) as svc:
-        channel = grpc.aio.insecure_channel(svc.address)
+        channel = internal_channel(svc.address)
         in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Slow")(b"", timeout=10))
         await wait_for(entered.is_set, timeout=5, message="call reached the handler")
         svc.stop.set()

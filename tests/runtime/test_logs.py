@@ -15,7 +15,7 @@ from runtime import telemetry
 from runtime.grpc_server import Wiring
 from runtime.logs import JsonFormatter
 from runtime.settings import CommonSettings
-from tests.support import running_service
+from tests.support import internal_channel, running_service
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -77,7 +77,7 @@ async def test_with_tracing_off_a_handler_logs_the_trace_id_its_caller_sent(sett
             register=lambda s: s.add_generic_rpc_handlers((handler,)), service_names=["tutti.test.v1.Logs"]
         )
 
-    async with running_service(settings, build) as svc, grpc.aio.insecure_channel(svc.address) as channel:
+    async with running_service(settings, build) as svc, internal_channel(svc.address) as channel:
         call = channel.unary_unary("/tutti.test.v1.Logs/Work")
         await call(b"traced", metadata=[("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")], timeout=5)
         await call(b"untraced", timeout=5)

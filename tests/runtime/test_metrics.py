@@ -23,7 +23,7 @@ from runtime.postgres import OutboxRelay, apply_migrations, create_pool, enqueue
 from runtime.settings import CommonSettings
 from services.inventory.adapters.redis_store import OUTBOX
 from services.inventory.adapters.relay import OutboxRelay as RedisOutboxRelay
-from tests.support import random_id, running_service, wait_for
+from tests.support import internal_channel, internal_tls, random_id, running_service, wait_for
 
 SERVICE = "tutti.test.v1.Probe"
 # A Redis database no other suite uses: the probe reads the one outbox stream key.
@@ -94,7 +94,7 @@ async def test_each_call_is_recorded_with_the_status_its_caller_received(
     address, server, _, _ = probe
     client = Metrics("client")
     expected = {"Ok": "0", "Refused": "9", "Broken": "13", "Aborted": "5"}
-    async with client_channel(address, client) as channel:
+    async with client_channel(address, client, internal_tls()) as channel:
         for method, code in expected.items():
             call = channel.unary_unary(f"/{SERVICE}/{method}")
             try:
@@ -116,7 +116,7 @@ async def test_each_call_is_recorded_with_the_status_its_caller_received(
 async def test_a_call_is_in_flight_until_it_answers(probe: Probe) -> None:
     address, server, entered, release = probe
     held = {"rpc_service": SERVICE, "rpc_method": "Held"}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with internal_channel(address) as channel:
         call = channel.unary_unary(f"/{SERVICE}/Held")(b"", timeout=10)
         await asyncio.wait_for(entered.wait(), timeout=5)
         assert count(server, "rpc_server_active_requests", **held) == 1
@@ -131,7 +131,7 @@ async def test_a_cancelled_client_call_is_recorded_as_cancelled(
 ) -> None:
     address, server, entered, _ = probe
     client = Metrics("client")
-    async with client_channel(address, client) as channel:
+    async with client_channel(address, client, internal_tls()) as channel:
         waiting = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Held")(b"", timeout=10))
         await asyncio.wait_for(entered.wait(), timeout=5)
         waiting.cancel()

@@ -29,7 +29,7 @@ from services.returns.bootstrap import build as build_returns
 from services.tracking.bootstrap import build as build_tracking
 from tests.gateway.conftest import KEYS, gateway_settings, write_credentials
 from tests.gateway.test_stack_e2e import stocked_store
-from tests.support import random_id, running_service, wait_for
+from tests.support import internal_channel, random_id, running_service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -204,7 +204,7 @@ async def test_refusals_are_counted_by_reason_and_by_principal_kind(stack: dict[
                 codes.append(exc.code())
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     # A reservation for more than is there, straight to inventory as the orchestrator makes them.
-    async with grpc.aio.insecure_channel(stack["inventory-grpc"]) as channel:
+    async with internal_channel(stack["inventory-grpc"]) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as short:
             await inventory_pb2_grpc.InventoryServiceStub(channel).ReserveStock(
                 ipb.ReserveStockRequest(

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime import telemetry
 from runtime.grpc_server import Wiring, client_channel
 from runtime.settings import CommonSettings
-from tests.support import running_service
+from tests.support import internal_tls, running_service
 
 tracer = trace.get_tracer("tests")
 spans = InMemorySpanExporter()
@@ -65,7 +65,10 @@ async def test_grpc_calls_carry_the_trace_context(settings: CommonSettings) -> N
             register=lambda s: s.add_generic_rpc_handlers((handler,)), service_names=["tutti.test.v1.Trace"]
         )
 
-    async with running_service(settings, build) as svc, client_channel(svc.address) as channel:
+    async with (
+        running_service(settings, build) as svc,
+        client_channel(svc.address, internal_tls=internal_tls()) as channel,
+    ):
         with tracer.start_as_current_span("caller") as span:
             await channel.unary_unary("/tutti.test.v1.Trace/WhoAmI")(b"", timeout=5)
     assert seen == [span.get_span_context().trace_id]

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
+import grpc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tutti.events.v1 import envelope_pb2
 
+from runtime import tls
 from runtime.grpc_server import Wiring, serve
-from runtime.settings import CommonSettings
+from runtime.settings import CommonSettings, InternalTls
 
 T = TypeVar("T")
 
@@ -45,6 +47,25 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
+
+
+def internal_tls(identity: str | None = None) -> InternalTls:
+    """The test process's internal TLS files (the gateway's certificate, tests/conftest.py), or
+    those of ``identity`` from the same test CA."""
+    mine = InternalTls.from_env("test")
+    if identity is None:
+        return mine
+    return InternalTls(mine.ca, mine.ca.with_name(f"{identity}.crt"), mine.ca.with_name(f"{identity}.key"))
+
+
+def internal_credentials(identity: str | None = None) -> grpc.ChannelCredentials:
+    """Client credentials for a backend's internal mTLS port, as the gateway (or ``identity``)."""
+    return tls.channel_credentials(internal_tls(identity))
+
+
+def internal_channel(address: str, identity: str | None = None) -> grpc.aio.Channel:
+    """A channel to a backend's internal mTLS port, as the gateway (or as ``identity``)."""
+    return grpc.aio.secure_channel(address, internal_credentials(identity))
 
 
 @dataclasses.dataclass
@@ -97,6 +118,11 @@ async def running_service(
     async def is_serving() -> bool:
         if task.done():
             task.result()
+        # A backend's port is mTLS (runtime.tls); the gateway's public one is not.
+        if settings.internal_tls is not None:
+            credentials = tls.channel_credentials(settings.internal_tls)
+            if await health(address, credentials=credentials) == serving:
+                return True
         return await health(address) == serving
 
     try:

@@ -30,7 +30,7 @@ from runtime.kafka import (
 )
 from runtime.settings import CommonSettings
 from services.tracking.bootstrap import build
-from tests.support import random_id, running_service, wait_for
+from tests.support import internal_channel, random_id, running_service, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 async def tracking(settings: CommonSettings) -> AsyncIterator[tracking_pb2_grpc.TrackingServiceStub]:
     async with (
         running_service(CommonSettings.from_env("tracking"), build) as service,
-        grpc.aio.insecure_channel(service.address) as channel,
+        internal_channel(service.address) as channel,
     ):
         yield tracking_pb2_grpc.TrackingServiceStub(channel)
 

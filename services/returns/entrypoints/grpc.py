@@ -27,7 +27,7 @@ STORE_KINDS = ("store", "terminal")
 
 
 def _caller(context: grpc.aio.ServicerContext) -> Caller:
-    return Caller.from_metadata(context.invocation_metadata())
+    return Caller.of(context)
 
 
 def _channel(requested: int, caller: Caller) -> str:
