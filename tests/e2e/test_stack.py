@@ -146,9 +146,17 @@ def test_up_serves_reflects_and_down_leaves_nothing(stack_env: dict[str, str]) -
 
         _readme_quick_start_works(stack_env)
 
+        certs = Path(stack_env["TUTTI_INTERNAL_TLS_DIR"])
         for name, port in PORTS.items():
+            # The gateway is the public, plaintext door; a backend answers only over mTLS, here
+            # with the operator's certificate of the stack's own CA.
+            transport = (
+                ["-plaintext"] if name == "gateway" else
+                ["-cacert", str(certs / "ca.crt"), "-cert", str(certs / "operator.crt"),
+                 "-key", str(certs / "operator.key")]
+            )
             listed = subprocess.run(
-                [str(GRPCURL), "-plaintext", f"127.0.0.1:{port}", "list"],
+                [str(GRPCURL), *transport, f"127.0.0.1:{port}", "list"],
                 capture_output=True, text=True, timeout=30,
             )
             assert listed.returncode == 0, listed.stderr

@@ -16,10 +16,11 @@ from tutti.tracking.v1 import tracking_pb2
 from gateway.bootstrap import backend_health_name, builder
 from gateway.credentials import Kind
 from gateway.policy import Rule
+from runtime import tls
 from runtime.settings import CommonSettings
 from tests.gateway.backend import SERVICE, FakeBackend, load_test_proto, start_backend
 from tests.gateway.conftest import KEYS, TEST_POLICIES, Client, gateway_settings
-from tests.support import running_service, wait_for
+from tests.support import internal_tls, running_service, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,8 @@ async def _health_only_server() -> tuple[grpc.aio.Server, str]:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set("", SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # A backend's port: mTLS with the test CA, as the gateway's channels expect (runtime.tls).
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(internal_tls("tracking")))
     await server.start()
     return server, f"127.0.0.1:{port}"
 
