@@ -205,6 +205,10 @@ def business() -> dict[str, Any]:
                 (f"sum by (principal_kind) (rate(tutti_gateway_rate_limited_calls_total[{window}]))",
                  "{{principal_kind}}"),
             ], unit="reqps"),
+            panel("Calls refused as overload (too many in flight)", [
+                (f"sum by (bound) (rate(tutti_gateway_overload_refused_calls_total[{window}]))",
+                 "{{bound}}"),
+            ], unit="reqps"),
         ]),
     ])
 
