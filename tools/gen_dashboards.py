@@ -195,6 +195,9 @@ def business() -> dict[str, Any]:
                 (f"sum by (location_type) (rate(tutti_returns_received_total[{window}])) * 60",
                  "{{location_type}}"),
             ]),
+            panel("Return tasks parked (refused for good; `tutti tasks list`)", [
+                (f"sum by (kind) (increase(tutti_returns_tasks_parked_total[{window}]))", "{{kind}}"),
+            ]),
         ]),
         ("Callers", [
             panel("Calls admitted by principal kind", [

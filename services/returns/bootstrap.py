@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -86,17 +87,24 @@ async def build(
     store = PgReturnsStore(pool)
     inventory = InventoryClient(channels["inventory"])
     orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
+    counters = PrometheusReturnCounters(metrics)
     service = ReturnsService(
         store,
         orders,
         inventory,
         returns.rules,
         check_till_receipts=returns.check_till_receipts,
-        counters=PrometheusReturnCounters(metrics),
+        counters=counters,
     )
     relay = OutboxRelay(pool, producer, SCHEMA)
     metrics.watch_outbox(SCHEMA, relay.backlog)
-    worker = TaskWorker(store, inventory, poll_seconds=returns.task_retry_seconds)
+    worker = TaskWorker(
+        store,
+        inventory,
+        poll_seconds=returns.task_retry_seconds,
+        counters=counters,
+        retry_base=timedelta(seconds=returns.task_retry_seconds),
+    )
 
     async def ready() -> None:
         await store.ping()

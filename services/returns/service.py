@@ -2,7 +2,10 @@
 cancel. Each turns a command into domain calls inside one PostgreSQL transaction (state,
 events in the outbox, inventory effects to apply), then applies the inventory effects at once
 so returned goods are back on sale within the call; effects that fail are retried by
-``TaskWorker`` until inventory acknowledges them (each is idempotent by its task id).
+``TaskWorker`` until inventory acknowledges them (each is idempotent by its task id): a
+transient failure with exponential backoff and jitter, while one inventory refuses for good
+(NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION…: runtime.retry) is parked with its reason
+until an operator retries it (``retry_task``) once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from runtime import retry
 from runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from services.returns.adapters import events
 from services.returns.adapters.codec import ReturnView
@@ -84,6 +88,9 @@ class ReturnsStore(Protocol):
     async def pending_tasks(self, limit: int) -> list[m.InventoryTask]: ...
     async def task_done(self, task_id: str) -> None: ...
     async def task_failed(self, task_id: str, error: str, retry_in: timedelta) -> None: ...
+    async def task_parked(self, task_id: str, reason: str) -> None: ...
+    async def parked_tasks(self, limit: int) -> list[m.ParkedTask]: ...
+    async def unpark_task(self, task_id: str) -> tuple[m.TaskState, m.InventoryTask] | None: ...
     async def returns_of_order(self, order_id: str) -> list[str]: ...
 
 
@@ -153,6 +160,8 @@ class ReturnCounters(Protocol):
 
     def received(self, location_type: str) -> None: ...
 
+    def task_parked(self, kind: str) -> None: ...
+
 
 class NoCounters:
     def created(self, channel: str, kind: str) -> None:
@@ -160,6 +169,44 @@ class NoCounters:
 
     def received(self, location_type: str) -> None:
         pass
+
+    def task_parked(self, kind: str) -> None:
+        pass
+
+
+# Backoff of inventory effects that failed transiently: 1 s, 2 s, 4 s… at most 5 minutes.
+RETRY_BASE = timedelta(seconds=1)
+RETRY_CAP = timedelta(minutes=5)
+
+
+async def settle(
+    store: ReturnsStore,
+    inventory: InventoryPort,
+    task: m.InventoryTask,
+    counters: ReturnCounters,
+    *,
+    base: timedelta = RETRY_BASE,
+) -> m.TaskState:
+    """Apply one effect and record how it went: done; refused for good → parked with its
+    reason (counted, not retried); any other failure → retried after a backoff with jitter."""
+    try:
+        await inventory.apply(task)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded: parked or retried
+        if retry.is_permanent(exc):
+            log.error(
+                "inventory effect %s refused; parked until retried by an operator: %s",
+                task.task_id,
+                retry.reason(exc),
+            )
+            await store.task_parked(task.task_id, retry.reason(exc))
+            counters.task_parked(task.kind.value)
+            return m.TaskState.PARKED
+        delay = retry.backoff(task.attempts + 1, base=base.total_seconds(), cap=RETRY_CAP.total_seconds())
+        log.warning("inventory effect %s failed; retry in %.1fs: %r", task.task_id, delay, exc)
+        await store.task_failed(task.task_id, retry.reason(exc), timedelta(seconds=delay))
+        return m.TaskState.PENDING
+    await store.task_done(task.task_id)
+    return m.TaskState.DONE
 
 
 class ReturnsService:
@@ -529,19 +576,37 @@ class ReturnsService:
     # --- inventory effects -----------------------------------------------------------------
 
     async def apply_tasks(self, tasks: Sequence[m.InventoryTask]) -> None:
-        """Apply effects now; a failure is left to the worker (the task stays pending)."""
+        """Apply effects now; a transient failure is left to the worker (the task stays
+        pending), a permanent one parks the task."""
         for task in tasks:
-            try:
-                await self._inventory.apply(task)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
-                log.warning("inventory effect %s deferred: %r", task.task_id, exc)
-                await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=1))
-            else:
-                await self._store.task_done(task.task_id)
+            await settle(self._store, self._inventory, task, self._counters)
+
+    # --- operations: tasks refused for good --------------------------------------------------
+
+    async def parked_tasks(self, limit: int = 100) -> list[m.ParkedTask]:
+        """Inventory effects parked after a permanent refusal, oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return await self._store.parked_tasks(limit)
+
+    async def retry_task(self, task_id: str) -> m.TaskState:
+        """Retry a parked task now (once its cause is fixed): its state afterwards — DONE,
+        PENDING (failed transiently: the worker goes on) or PARKED again (still refused).
+        Idempotent: a task already done stays done, a pending one is tried now."""
+        if not task_id:
+            raise InvalidArgument("task_id", "required")
+        found = await self._store.unpark_task(task_id)
+        if found is None:
+            raise NotFound(f"task {task_id!r} not found")
+        state, task = found
+        if state is m.TaskState.DONE:
+            return state
+        return await settle(self._store, self._inventory, task, self._counters)
 
 
 class TaskWorker:
-    """Retries inventory effects that could not be applied inline, with backoff per task."""
+    """Retries inventory effects that could not be applied inline: transient failures with
+    exponential backoff and jitter per task, permanent refusals parked (see ``settle``)."""
 
     def __init__(
         self,
@@ -550,11 +615,15 @@ class TaskWorker:
         *,
         poll_seconds: float = 1.0,
         grace: timedelta = timedelta(seconds=2),
+        counters: ReturnCounters | None = None,
+        retry_base: timedelta = RETRY_BASE,
     ) -> None:
         self._store = store
         self._inventory = inventory
         self._poll = poll_seconds
         self._grace = grace
+        self._counters = counters or NoCounters()
+        self._base = retry_base
 
     async def run(self) -> None:
         while True:
@@ -564,15 +633,6 @@ class TaskWorker:
     async def run_once(self) -> int:
         applied = 0
         for task in await self._store.pending_tasks(100):
-            try:
-                await self._inventory.apply(task)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
-                await self._failed(task, exc)
-            else:
-                await self._store.task_done(task.task_id)
-                applied += 1
+            state = await settle(self._store, self._inventory, task, self._counters, base=self._base)
+            applied += state is m.TaskState.DONE
         return applied
-
-    async def _failed(self, task: m.InventoryTask, exc: BaseException) -> None:
-        log.warning("inventory effect %s failed; will retry: %r", task.task_id, exc)
-        await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=5))
