@@ -27,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -172,6 +173,7 @@ class Client:
         self.orders = orchestrator_pb2_grpc.OrderServiceStub(self.channel)
         self.rules = orchestrator_pb2_grpc.RulesServiceStub(self.channel)
         self.tracking = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        self.returns = returns_pb2_grpc.ReturnsServiceStub(self.channel)
 
     def call(self, method: Any, request: Message) -> Any:
         return method(request, metadata=self.metadata, timeout=self.timeout)
@@ -568,6 +570,42 @@ def _metric(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, float) else _plain(value)
 
 
+def cmd_tasks_list(client: Client, out: Output, args: argparse.Namespace) -> None:
+    reply = client.call(client.returns.ListParkedTasks, returns_pb2.ListParkedTasksRequest(limit=args.limit))
+
+    def render(r: Any) -> None:
+        if not r.tasks:
+            out.line("no parked tasks")
+            return
+        out.table(
+            ["task", "return", "kind", "sku", "location", "qty", "attempts", "parked at", "reason"],
+            [_parked_row(t) for t in r.tasks],
+        )
+
+    out.message(reply, render)
+
+
+def _parked_row(t: Any) -> tuple[Any, ...]:
+    fields = ("task_id", "return_id", "kind", "sku", "location_id", "quantity", "attempts")
+    fields += ("parked_at", "reason")
+    return tuple(getattr(t, name) for name in fields)
+
+
+def cmd_tasks_retry(client: Client, out: Output, args: argparse.Namespace) -> None:
+    request = returns_pb2.RetryParkedTaskRequest(task_id=args.task_id)
+    reply = client.call(client.returns.RetryParkedTask, request)
+    out.message(
+        reply,
+        lambda r: out.fields(
+            [
+                ("task", r.task_id),
+                ("state", _enum(returns_pb2.TaskState, r.state, "TASK_STATE_")),
+                ("reason", r.reason or "-"),
+            ]
+        ),
+    )
+
+
 def cmd_rules_publish(client: Client, out: Output, args: argparse.Namespace) -> None:
     draft = client.call(
         client.rules.CreateDraftRules,
@@ -718,6 +756,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author")
     p.add_argument("--request-id", help="idempotency key: a retry with the same id publishes the same draft")
     p.set_defaults(run=cmd_rules_publish)
+
+    tasks = commands.add_parser(
+        "tasks", help="background tasks refused for good, parked until retried (admin key)"
+    ).add_subparsers(dest="action", required=True)
+    p = tasks.add_parser("list", help="parked tasks, oldest first, with the reason")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
+    p.set_defaults(run=cmd_tasks_list)
+    p = tasks.add_parser("retry", help="retry a parked task now, once its cause is fixed")
+    p.add_argument("task_id")
+    p.set_defaults(run=cmd_tasks_retry)
     return parser
 
 

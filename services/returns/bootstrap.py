@@ -117,6 +117,9 @@ async def build(
     async def retry_inventory_effects() -> None:
         await worker.run()
 
+    async def check_rules_locations() -> None:
+        await service.check_rules_locations()
+
     def register(server: grpc.aio.Server) -> None:
         returns_pb2_grpc.add_ReturnsServiceServicer_to_server(ReturnsServicer(service), server)
 
@@ -124,6 +127,6 @@ async def build(
         register=register,
         service_names=[returns_pb2.DESCRIPTOR.services_by_name["ReturnsService"].full_name],
         ready=ready,
-        background=(relay_outbox, retry_inventory_effects),
+        background=(relay_outbox, retry_inventory_effects, check_rules_locations),
         metrics=metrics,
     )

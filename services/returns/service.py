@@ -186,9 +186,10 @@ async def settle(
     counters: ReturnCounters,
     *,
     base: timedelta = RETRY_BASE,
-) -> m.TaskState:
+) -> tuple[m.TaskState, str]:
     """Apply one effect and record how it went: done; refused for good → parked with its
-    reason (counted, not retried); any other failure → retried after a backoff with jitter."""
+    reason (counted, not retried); any other failure → retried after a backoff with jitter.
+    Returns the task's state and, unless done, why."""
     try:
         await inventory.apply(task)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded: parked or retried
@@ -200,13 +201,13 @@ async def settle(
             )
             await store.task_parked(task.task_id, retry.reason(exc))
             counters.task_parked(task.kind.value)
-            return m.TaskState.PARKED
+            return m.TaskState.PARKED, retry.reason(exc)
         delay = retry.backoff(task.attempts + 1, base=base.total_seconds(), cap=RETRY_CAP.total_seconds())
         log.warning("inventory effect %s failed; retry in %.1fs: %r", task.task_id, delay, exc)
         await store.task_failed(task.task_id, retry.reason(exc), timedelta(seconds=delay))
-        return m.TaskState.PENDING
+        return m.TaskState.PENDING, retry.reason(exc)
     await store.task_done(task.task_id)
-    return m.TaskState.DONE
+    return m.TaskState.DONE, ""
 
 
 class ReturnsService:
@@ -583,16 +584,42 @@ class ReturnsService:
 
     # --- operations: tasks refused for good --------------------------------------------------
 
+    async def check_rules_locations(self, *, retry_seconds: float = 5.0) -> list[str]:
+        """At start: the locations the rules name (the DC of send_to_dc) that inventory does
+        not know, each logged as a warning. Effects sent there are refused NOT_FOUND and parked
+        (listed by ListParkedTasks) until the location exists or the rules change. Waits for
+        inventory to answer (it may start after this service)."""
+        named = [("distribution_centre_id", self._rules.distribution_centre_id)]
+        unknown: list[str] = []
+        for field, location_id in named:
+            while True:
+                try:
+                    known = await self._inventory.location_type(location_id) is not None
+                    break
+                except Exception as exc:  # noqa: BLE001 - inventory not reachable yet: ask again
+                    log.info("cannot check the rules' %s yet: %r", field, exc)
+                    await asyncio.sleep(retry_seconds)
+            if not known:
+                log.warning(
+                    "the return rules' %s %r is not a location inventory knows: returns sent there "
+                    "will be parked (tutti tasks list) until it exists or the rules change",
+                    field,
+                    location_id,
+                )
+                unknown.append(field)
+        return unknown
+
     async def parked_tasks(self, limit: int = 100) -> list[m.ParkedTask]:
         """Inventory effects parked after a permanent refusal, oldest first."""
         if not 1 <= limit <= 1000:
             raise InvalidArgument("limit", "1..1000")
         return await self._store.parked_tasks(limit)
 
-    async def retry_task(self, task_id: str) -> m.TaskState:
+    async def retry_task(self, task_id: str) -> tuple[m.TaskState, str]:
         """Retry a parked task now (once its cause is fixed): its state afterwards — DONE,
-        PENDING (failed transiently: the worker goes on) or PARKED again (still refused).
-        Idempotent: a task already done stays done, a pending one is tried now."""
+        PENDING (failed transiently: the worker goes on) or PARKED again (still refused) — and
+        why it is not done. Idempotent: a task already done stays done, a pending one is tried
+        now."""
         if not task_id:
             raise InvalidArgument("task_id", "required")
         found = await self._store.unpark_task(task_id)
@@ -600,7 +627,7 @@ class ReturnsService:
             raise NotFound(f"task {task_id!r} not found")
         state, task = found
         if state is m.TaskState.DONE:
-            return state
+            return state, ""
         return await settle(self._store, self._inventory, task, self._counters)
 
 
@@ -633,6 +660,6 @@ class TaskWorker:
     async def run_once(self) -> int:
         applied = 0
         for task in await self._store.pending_tasks(100):
-            state = await settle(self._store, self._inventory, task, self._counters, base=self._base)
+            state, _ = await settle(self._store, self._inventory, task, self._counters, base=self._base)
             applied += state is m.TaskState.DONE
         return applied

@@ -572,10 +572,11 @@ async def test_an_effect_refused_for_good_is_parked_listed_and_applied_once_retr
     task_id = listed[0].task.task_id
 
     # Still refused: parked again, counted as one more attempt.
-    assert await service.retry_task(task_id) is m.TaskState.PARKED
+    state, reason = await service.retry_task(task_id)
+    assert state is m.TaskState.PARKED and reason.startswith("NOT_FOUND: location DC-ORLEANS")
     inventory.unknown.clear()  # the location is created in inventory
-    assert await service.retry_task(task_id) is m.TaskState.DONE
-    assert await service.retry_task(task_id) is m.TaskState.DONE  # idempotent
+    assert await service.retry_task(task_id) == (m.TaskState.DONE, "")
+    assert await service.retry_task(task_id) == (m.TaskState.DONE, "")  # idempotent
     assert [t.location_id for t in inventory.of(m.TaskKind.SET_INCOMING)] == ["DC-ORLEANS"]
     assert await pending_of(store, view.ret.return_id) == []
     assert task_id not in {p.task.task_id for p in await service.parked_tasks()}
@@ -606,3 +607,12 @@ async def test_an_effect_failing_transiently_is_retried_with_growing_jittered_ba
     await make_due(store, view.ret.return_id)
     assert await TaskWorker(store, inventory).run_once() == 1
     assert await pending_of(store, view.ret.return_id) == []
+
+
+async def test_rules_naming_a_location_inventory_does_not_know_are_reported_at_start(
+    service: ReturnsService, inventory: FakeInventory, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await service.check_rules_locations() == []
+    del inventory.locations["DC-ORLEANS"]
+    assert await service.check_rules_locations() == ["distribution_centre_id"]
+    assert "distribution_centre_id 'DC-ORLEANS' is not a location inventory knows" in caplog.text
