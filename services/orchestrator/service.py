@@ -300,13 +300,48 @@ def parse_document(text: str) -> RuleSet:
 
 
 class RulesBook:
-    """Versions of the sourcing rules: drafts, the live version, publications and rollbacks."""
+    """Versions of the sourcing rules: drafts, the live version, publications and rollbacks.
 
-    def __init__(self, pool: asyncpg.Pool, default_document: str, clock: Clock = utc_now) -> None:
+    With ``locations`` (the ids inventory knows), publishing rules that name a location by id
+    that inventory does not know is refused, INVALID_ARGUMENT naming the field."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        default_document: str,
+        clock: Clock = utc_now,
+        locations: Callable[[], Awaitable[set[str]]] | None = None,
+    ) -> None:
         self._pool = pool
         self._default = default_document
         self._clock = clock
         self._parsed: dict[int, RuleSet] = {}
+        self._locations = locations
+
+    async def unknown_locations(self, rules: RuleSet) -> list[FieldViolation]:
+        """The fields naming a location inventory does not know (none when not checked)."""
+        named = rules.named_locations()
+        if self._locations is None or not named:
+            return []
+        known = await self._locations()
+        return [
+            FieldViolation(path, f"{location_id!r} is not a location inventory knows")
+            for path, location_id in named
+            if location_id not in known
+        ]
+
+    async def check_live_locations(self) -> list[FieldViolation]:
+        """At start: the live rules' fields naming a location inventory does not know, each
+        logged as a warning (sourcing simply never meets such a location: an exclusion or a
+        priority for it has no effect)."""
+        async with self._pool.acquire() as conn:
+            version, rules = await self.live(conn)
+        unknown = await self.unknown_locations(rules)
+        for violation in unknown:
+            log.warning(
+                "live sourcing rules (version %d): %s: %s", version, violation.field, violation.description
+            )
+        return unknown
 
     async def ensure_live(self) -> None:
         """Publish the shipped default rules when no version is live yet (first start)."""
@@ -387,6 +422,13 @@ class RulesBook:
     async def publish(self, version: int) -> asyncpg.Record:
         if version <= 0:
             raise InvalidArgument("version", "is required")
+        # Locations named by id must exist in inventory (asked before taking the lock).
+        async with self._pool.acquire() as conn:
+            draft = await pg.get_rule_version(conn, version)
+        if draft is not None and draft["status"] == "draft":
+            unknown = await self.unknown_locations(parse_document(draft["document"]))
+            if unknown:
+                raise InvalidArgument.of(unknown)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("LOCK TABLE rule_versions IN SHARE ROW EXCLUSIVE MODE")
             row = await pg.get_rule_version(conn, version)

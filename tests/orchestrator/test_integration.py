@@ -621,6 +621,37 @@ async def test_rules_versioning_publish_and_rollback(rules) -> None:  # type: ig
     assert listed[0] == draft.version and live.version in listed and listed == sorted(listed, reverse=True)
 
 
+async def test_publishing_rules_naming_a_location_inventory_does_not_know_is_refused_naming_the_field(
+    rules: orchestrator_pb2_grpc.RulesServiceStub, stock: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    ids = await network(stock, {"known": (1.0, {random_id("SKU"): 1})})
+    doc = yaml.safe_load(DEFAULT_RULES.read_text())
+    ghost = random_id("ST-ghost")
+    doc["eligibility"][1]["exclude_locations"] = [ids["known"], ghost]
+    doc["store_priority"]["locations"] = {ghost: 0.9}
+    draft = (await rules.CreateDraftRules(pb.CreateDraftRulesRequest(document=yaml.safe_dump(doc)))).version
+    live = (await rules.GetRules(pb.GetRulesRequest())).version.version
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rules.PublishRules(pb.PublishRulesRequest(version=draft.version))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    first = f"eligibility[1].exclude_locations[1]: {ghost!r} is not a location"
+    assert caught.value.details().startswith(first)
+    status = rpc_status.from_call(caught.value)
+    bad = error_details_pb2.BadRequest()
+    status.details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == [
+        "eligibility[1].exclude_locations[1]",
+        f"store_priority.locations.{ghost}",
+    ]
+    assert (await rules.GetRules(pb.GetRulesRequest())).version.version == live  # nothing published
+    doc["eligibility"][1]["exclude_locations"] = [ids["known"]]
+    doc["store_priority"]["locations"] = {ids["known"]: 0.9}
+    fixed = (await rules.CreateDraftRules(pb.CreateDraftRulesRequest(document=yaml.safe_dump(doc)))).version
+    published = (await rules.PublishRules(pb.PublishRulesRequest(version=fixed.version))).version
+    assert published.status == pb.RULE_VERSION_STATUS_LIVE
+    await rules.RollbackRules(pb.RollbackRulesRequest(version=live))
+
+
 async def test_simulation_report(orders, rules, stock) -> None:  # type: ignore[no-untyped-def]
     a, b = random_id("SKU"), random_id("SKU")
     ids = await network(stock, {"sa": (1, {a: 50}), "sb": (2, {b: 50})})
