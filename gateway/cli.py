@@ -571,38 +571,68 @@ def _metric(value: Any) -> str:
 
 
 def cmd_tasks_list(client: Client, out: Output, args: argparse.Namespace) -> None:
-    reply = client.call(client.returns.ListParkedTasks, returns_pb2.ListParkedTasksRequest(limit=args.limit))
+    """Parked tasks of every service that owns background tasks (returns, orchestrator)."""
+    returns = _parked_of(
+        "returns",
+        client,
+        client.returns.ListParkedTasks,
+        returns_pb2.ListParkedTasksRequest(limit=args.limit),
+        returns_pb2.ListParkedTasksResponse(),
+    )
+    orders = _parked_of(
+        "orchestrator",
+        client,
+        client.orders.ListParkedTasks,
+        orchestrator_pb2.ListParkedTasksRequest(limit=args.limit),
+        orchestrator_pb2.ListParkedTasksResponse(),
+    )
+    if out.as_json:
+        for t in returns.tasks:
+            out.line(json.dumps({"service": "returns", **to_dict(t)}))
+        for t in orders.tasks:
+            out.line(json.dumps({"service": "orchestrator", **to_dict(t)}))
+        return
+    rows = [
+        ("returns", t.task_id, t.kind, f"{t.return_id} {t.quantity} x {t.sku}", *_where(t))
+        for t in returns.tasks
+    ]
+    rows += [("orchestrator", t.task_id, t.kind, t.order_id, *_where(t)) for t in orders.tasks]
+    if not rows:
+        out.line("no parked tasks")
+        return
+    out.table(["service", "task", "kind", "what", "location", "attempts", "parked at", "reason"], rows)
 
-    def render(r: Any) -> None:
-        if not r.tasks:
-            out.line("no parked tasks")
-            return
-        out.table(
-            ["task", "return", "kind", "sku", "location", "qty", "attempts", "parked at", "reason"],
-            [_parked_row(t) for t in r.tasks],
-        )
 
-    out.message(reply, render)
+def _parked_of(service: str, client: Client, method: Any, request: Message, empty: Message) -> Any:
+    """One service's parked tasks; a service that cannot answer is named on stderr and the
+    others are still listed (a refusal of the caller, such as PERMISSION_DENIED, stops)."""
+    try:
+        return client.call(method, request)
+    except grpc.RpcError as error:
+        code = error.code()  # type: ignore[attr-defined]
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        print(f"tutti: {service} did not answer ({code.name}); its tasks are not shown", file=sys.stderr)
+        return empty
 
 
-def _parked_row(t: Any) -> tuple[Any, ...]:
-    fields = ("task_id", "return_id", "kind", "sku", "location_id", "quantity", "attempts")
-    fields += ("parked_at", "reason")
-    return tuple(getattr(t, name) for name in fields)
+def _where(t: Any) -> tuple[Any, ...]:
+    return (t.location_id, t.attempts, t.parked_at, t.reason)
 
 
 def cmd_tasks_retry(client: Client, out: Output, args: argparse.Namespace) -> None:
-    request = returns_pb2.RetryParkedTaskRequest(task_id=args.task_id)
-    reply = client.call(client.returns.RetryParkedTask, request)
+    """Ask the service owning the task: the orchestrator's ids start with its kinds."""
+    if args.task_id.startswith("accept_timeout:"):
+        reply = client.call(
+            client.orders.RetryParkedTask, orchestrator_pb2.RetryParkedTaskRequest(task_id=args.task_id)
+        )
+        state = _enum(orchestrator_pb2.TaskState, reply.state, "TASK_STATE_")
+    else:
+        request = returns_pb2.RetryParkedTaskRequest(task_id=args.task_id)
+        reply = client.call(client.returns.RetryParkedTask, request)
+        state = _enum(returns_pb2.TaskState, reply.state, "TASK_STATE_")
     out.message(
-        reply,
-        lambda r: out.fields(
-            [
-                ("task", r.task_id),
-                ("state", _enum(returns_pb2.TaskState, r.state, "TASK_STATE_")),
-                ("reason", r.reason or "-"),
-            ]
-        ),
+        reply, lambda r: out.fields([("task", r.task_id), ("state", state), ("reason", r.reason or "-")])
     )
 
 

@@ -144,6 +144,8 @@ POLICIES: dict[str, Rule] = {
     # Operations: tasks inventory refused for good, listed and retried by operators only.
     RETURNS + "ListParkedTasks": ADMIN_ONLY,
     RETURNS + "RetryParkedTask": _rule(A, required=("task_id",)),
+    ORDERS + "ListParkedTasks": ADMIN_ONLY,
+    ORDERS + "RetryParkedTask": _rule(A, required=("task_id",)),
     # --- tracking: the timeline of an order is its owner's --------------------------------
     TRACKING + "GetOrderTimeline": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
     # A watch may open before tracking recorded anything (right after PlaceOrder): the

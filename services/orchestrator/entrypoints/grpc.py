@@ -137,6 +137,36 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
             decisions=[messages.decision_to_proto(r, order.currency) for r in rows]
         )
 
+    async def ListParkedTasks(
+        self, request: pb.ListParkedTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListParkedTasksResponse:
+        rows = await self._service.parked_tasks(request.limit or 100)
+        return pb.ListParkedTasksResponse(
+            tasks=[
+                pb.ParkedTask(
+                    task_id=f"{r['kind']}:{r['key']}",
+                    kind=r["kind"],
+                    order_id=r["order_id"],
+                    location_id=r["location_id"],
+                    reason=r["last_error"],
+                    attempts=r["attempts"],
+                    first_failed_at=messages.ts(r["first_failed_at"]),
+                    parked_at=messages.ts(r["parked_at"]),
+                )
+                for r in rows
+            ]
+        )
+
+    async def RetryParkedTask(
+        self, request: pb.RetryParkedTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryParkedTaskResponse:
+        state, reason = await self._service.retry_task(request.task_id)
+        return pb.RetryParkedTaskResponse(
+            task_id=request.task_id,
+            state=to_value(pb.TaskState, state, "TASK_STATE_"),
+            reason=reason,
+        )
+
 
 def _version(row: asyncpg.Record) -> pb.RuleVersion:
     return pb.RuleVersion(
