@@ -195,8 +195,10 @@ def business() -> dict[str, Any]:
                 (f"sum by (location_type) (rate(tutti_returns_received_total[{window}])) * 60",
                  "{{location_type}}"),
             ]),
-            panel("Return tasks parked (refused for good; `tutti tasks list`)", [
-                (f"sum by (kind) (increase(tutti_returns_tasks_parked_total[{window}]))", "{{kind}}"),
+            panel("Background tasks parked (refused for good; `tutti tasks list`)", [
+                (f"sum by (kind) (increase(tutti_returns_tasks_parked_total[{window}]))", "returns {{kind}}"),
+                (f"sum by (kind) (increase(tutti_orchestrator_tasks_parked_total[{window}]))",
+                 "orchestrator {{kind}}"),
             ]),
         ]),
         ("Callers", [

@@ -143,6 +143,8 @@ class OrderCounters(Protocol):
 
     def reallocated(self, trigger: str, resourced: bool) -> None: ...
 
+    def task_parked(self, kind: str) -> None: ...
+
 
 class NoCounters:
     def placed(self, channel: str) -> None:
@@ -152,6 +154,9 @@ class NoCounters:
         pass
 
     def reallocated(self, trigger: str, resourced: bool) -> None:
+        pass
+
+    def task_parked(self, kind: str) -> None:
         pass
 
 
@@ -1499,6 +1504,7 @@ class OrderService:
                 conn, kind, order_id, location_id, why, None if permanent else _work_backoff
             )
         if permanent:
+            self._counters.task_parked(kind)
             log.error(
                 "%s of order %s at %s refused; parked until retried by an operator: %s",
                 kind, order_id, location_id, why,
