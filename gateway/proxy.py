@@ -1,11 +1,11 @@
 """The pass-through proxy: one generic gRPC handler for every public method.
 
 For each call: authenticate the API key, take a token from the caller's bucket, check the
-method's policy, decode and check the request (well-formed, then validated and scoped as the
-policy says), then forward the bytes received (re-encoded only when scoping filled in a field)
-to the backend over its one long-lived channel with the caller's remaining deadline and
-metadata. Backend statuses (with their rich details) come back unchanged; cancellation travels
-both ways.
+method's policy, admit it among the calls in flight (gateway/admission.py), decode and check
+the request (well-formed, then validated and scoped as the policy says), then forward the bytes
+received (re-encoded only when scoping filled in a field) to the backend over its one
+long-lived channel with the caller's remaining deadline and metadata. Backend statuses (with
+their rich details) come back unchanged; cancellation travels both ways.
 """
 
 from __future__ import annotations
