@@ -621,8 +621,9 @@ def _where(t: Any) -> tuple[Any, ...]:
 
 
 def cmd_tasks_retry(client: Client, out: Output, args: argparse.Namespace) -> None:
-    """Ask the service owning the task: the orchestrator's ids start with its kinds."""
-    if args.task_id.startswith("accept_timeout:"):
+    """Ask the service owning the task: the orchestrator's ids start with its kinds; an
+    event's ("outbox:<id>") with --service (each service has its own outbox)."""
+    if args.task_id.startswith("accept_timeout:") or args.service == "orchestrator":
         reply = client.call(
             client.orders.RetryParkedTask, orchestrator_pb2.RetryParkedTaskRequest(task_id=args.task_id)
         )
@@ -795,6 +796,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_tasks_list)
     p = tasks.add_parser("retry", help="retry a parked task now, once its cause is fixed")
     p.add_argument("task_id")
+    p.add_argument(
+        "--service",
+        choices=("returns", "orchestrator"),
+        default="returns",
+        help="whose task: needed for parked events (outbox:<id>), which both services have",
+    )
     p.set_defaults(run=cmd_tasks_retry)
     return parser
 

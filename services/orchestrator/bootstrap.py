@@ -108,6 +108,7 @@ async def build(
             abandoned_placement_seconds=orchestrator.abandoned_placement_seconds,
         ),
         counters=PrometheusOrderCounters(metrics),
+        outbox=relay,
     )
     stack.push_async_callback(service.watchers.close)
     consumer = EventConsumer(

@@ -134,6 +134,18 @@ class Inventory(Protocol):
     async def ping(self) -> None: ...
 
 
+class ParkedEvents(Protocol):
+    """The outbox relay's rows Kafka refused for good (runtime.postgres.OutboxRelay)."""
+
+    async def parked(self, limit: int = 100) -> list[Any]: ...
+
+    async def unpark(self, row_id: int) -> bool: ...
+
+
+# Task ids of parked outbox rows: "outbox:<row id>".
+OUTBOX_TASK = "outbox:"
+
+
 class OrderCounters(Protocol):
     """Business counters (adapters/metrics.py exports them to Prometheus)."""
 
@@ -577,8 +589,10 @@ class OrderService:
         config: Config,
         clock: Clock = utc_now,
         counters: OrderCounters | None = None,
+        outbox: ParkedEvents | None = None,
     ) -> None:
         self._counters = counters or NoCounters()
+        self._outbox = outbox
         self._pool = pool
         self._inventory = inventory
         self._rules = rules
@@ -1524,12 +1538,24 @@ class OrderService:
         async with self._pool.acquire() as conn:
             return await pg.parked_work(conn, limit)
 
+    async def parked_events(self, limit: int = 100) -> list[Any]:
+        """Events Kafka refused for good (outbox rows parked by the relay), oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return [] if self._outbox is None else await self._outbox.parked(limit)
+
     async def retry_task(self, task_id: str) -> tuple[str, str]:
         """Retry a parked piece of work now: ("done" | "parked" | "pending", why not done).
         Idempotent: work no longer failing (done since) answers done."""
         kind, _, key = task_id.partition(":")
         if not task_id:
             raise InvalidArgument("task_id", "required")
+        if task_id.startswith(OUTBOX_TASK) and self._outbox is not None:
+            if not key.isdigit():
+                raise NotFound(f"task {task_id!r} not found")
+            # Back in the relay's queue; gone from the outbox: it was sent.
+            waiting = await self._outbox.unpark(int(key))
+            return ("pending", "relayed on the next pass") if waiting else ("done", "")
         if kind != ACCEPT_TIMEOUT or "@" not in key:
             raise NotFound(f"task {task_id!r} not found")
         async with self._pool.acquire() as conn:

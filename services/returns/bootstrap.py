@@ -87,6 +87,7 @@ async def build(
     store = PgReturnsStore(pool)
     inventory = InventoryClient(channels["inventory"])
     orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
+    relay = OutboxRelay(pool, producer, SCHEMA)
     counters = PrometheusReturnCounters(metrics)
     service = ReturnsService(
         store,
@@ -95,8 +96,8 @@ async def build(
         returns.rules,
         check_till_receipts=returns.check_till_receipts,
         counters=counters,
+        outbox=relay,
     )
-    relay = OutboxRelay(pool, producer, SCHEMA)
     metrics.watch_outbox(SCHEMA, relay.backlog)
     worker = TaskWorker(
         store,

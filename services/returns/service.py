@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime import retry
 from runtime.errors import AlreadyExists, InvalidArgument, NotFound
@@ -153,6 +153,18 @@ def _fingerprint(cmd: CreateReturn, extra: str = "") -> str:
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
+class ParkedEvents(Protocol):
+    """The outbox relay's rows Kafka refused for good (runtime.postgres.OutboxRelay)."""
+
+    async def parked(self, limit: int = 100) -> list[Any]: ...
+
+    async def unpark(self, row_id: int) -> bool: ...
+
+
+# Task ids of parked outbox rows: "outbox:<row id>".
+OUTBOX_TASK = "outbox:"
+
+
 class ReturnCounters(Protocol):
     """Business counters (adapters/metrics.py exports them to Prometheus)."""
 
@@ -221,8 +233,10 @@ class ReturnsService:
         *,
         check_till_receipts: bool = True,
         counters: ReturnCounters | None = None,
+        outbox: ParkedEvents | None = None,
     ) -> None:
         self._counters = counters or NoCounters()
+        self._outbox = outbox
         self._store = store
         self._orders = orders
         self._inventory = inventory
@@ -615,6 +629,12 @@ class ReturnsService:
             raise InvalidArgument("limit", "1..1000")
         return await self._store.parked_tasks(limit)
 
+    async def parked_events(self, limit: int = 100) -> list[Any]:
+        """Events Kafka refused for good (outbox rows parked by the relay), oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return [] if self._outbox is None else await self._outbox.parked(limit)
+
     async def retry_task(self, task_id: str) -> tuple[m.TaskState, str]:
         """Retry a parked task now (once its cause is fixed): its state afterwards — DONE,
         PENDING (failed transiently: the worker goes on) or PARKED again (still refused) — and
@@ -622,6 +642,13 @@ class ReturnsService:
         now."""
         if not task_id:
             raise InvalidArgument("task_id", "required")
+        if task_id.startswith(OUTBOX_TASK) and self._outbox is not None:
+            row_id = task_id.removeprefix(OUTBOX_TASK)
+            if not row_id.isdigit():
+                raise NotFound(f"task {task_id!r} not found")
+            # Back in the relay's queue; gone from the outbox: it was sent.
+            waiting = await self._outbox.unpark(int(row_id))
+            return (m.TaskState.PENDING, "relayed on the next pass") if waiting else (m.TaskState.DONE, "")
         found = await self._store.unpark_task(task_id)
         if found is None:
             raise NotFound(f"task {task_id!r} not found")

@@ -616,3 +616,30 @@ async def test_rules_naming_a_location_inventory_does_not_know_are_reported_at_s
     del inventory.locations["DC-ORLEANS"]
     assert await service.check_rules_locations() == ["distribution_centre_id"]
     assert "distribution_centre_id 'DC-ORLEANS' is not a location inventory knows" in caplog.text
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.rows = {7: {"id": 7, "topic": "t", "key": "o-1", "parked_reason": "MessageSizeTooLargeError()"}}
+        self.parked_ids = {7}
+
+    async def parked(self, limit: int = 100) -> list[dict[str, object]]:
+        return [self.rows[i] for i in sorted(self.parked_ids)][:limit]
+
+    async def unpark(self, row_id: int) -> bool:
+        self.parked_ids.discard(row_id)
+        return row_id in self.rows
+
+
+async def test_events_kafka_refused_are_listed_and_go_back_to_the_relay_on_retry(
+    store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    outbox = FakeOutbox()
+    service = ReturnsService(store, orders, inventory, load_rules(), outbox=outbox)
+    assert [row["id"] for row in await service.parked_events()] == [7]
+    assert await service.retry_task("outbox:7") == (m.TaskState.PENDING, "relayed on the next pass")
+    assert await service.parked_events() == []
+    del outbox.rows[7]  # relayed: gone from the outbox
+    assert await service.retry_task("outbox:7") == (m.TaskState.DONE, "")
+    with pytest.raises(NotFound):
+        await service.retry_task("outbox:seven")

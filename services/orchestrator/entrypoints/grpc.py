@@ -140,9 +140,23 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
     async def ListParkedTasks(
         self, request: pb.ListParkedTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListParkedTasksResponse:
-        rows = await self._service.parked_tasks(request.limit or 100)
+        limit = request.limit or 100
+        rows = await self._service.parked_tasks(limit)
+        events = await self._service.parked_events(limit)
         return pb.ListParkedTasksResponse(
             tasks=[
+                pb.ParkedTask(
+                    task_id=f"outbox:{e['id']}",
+                    kind="relay",
+                    order_id=e["key"],
+                    reason=f"{e['topic']}: {e['parked_reason']}",
+                    attempts=1,
+                    first_failed_at=messages.ts(e["parked_at"]),
+                    parked_at=messages.ts(e["parked_at"]),
+                )
+                for e in events
+            ]
+            + [
                 pb.ParkedTask(
                     task_id=f"{r['kind']}:{r['key']}",
                     kind=r["kind"],

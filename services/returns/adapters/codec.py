@@ -297,3 +297,15 @@ def parked_task_message(parked: m.ParkedTask) -> pb.ParkedTask:
         created_at=timestamp(parked.created_at),
         parked_at=timestamp(parked.parked_at),
     )
+
+
+def parked_event_message(row: Any) -> pb.ParkedTask:
+    """An outbox row Kafka refused for good, as a parked task ("outbox:<id>", kind relay)."""
+    return pb.ParkedTask(
+        task_id=f"outbox:{row['id']}",
+        kind="relay",
+        reason=f"{row['topic']} key {row['key']}: {row['parked_reason']}",
+        attempts=1,
+        created_at=timestamp(row["created_at"]),
+        parked_at=timestamp(row["parked_at"]),
+    )

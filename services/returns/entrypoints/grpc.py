@@ -230,8 +230,12 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
     async def ListParkedTasks(
         self, request: pb.ListParkedTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListParkedTasksResponse:
-        parked = await self._service.parked_tasks(request.limit or 100)
-        return pb.ListParkedTasksResponse(tasks=[codec.parked_task_message(p) for p in parked])
+        limit = request.limit or 100
+        parked = await self._service.parked_tasks(limit)
+        events = await self._service.parked_events(limit)
+        tasks = [codec.parked_task_message(p) for p in parked]
+        tasks += [codec.parked_event_message(e) for e in events]
+        return pb.ListParkedTasksResponse(tasks=tasks)
 
     async def RetryParkedTask(
         self, request: pb.RetryParkedTaskRequest, context: grpc.aio.ServicerContext
