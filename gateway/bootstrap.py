@@ -13,6 +13,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from tutti.gateway.v1 import gateway_pb2_grpc
 
 from gateway import identity
+from gateway.admission import Admission
 from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Rule
@@ -80,6 +81,10 @@ async def build_gateway(
         gateway_settings.default_timeout_seconds,
         order_lookup,
         counters=GatewayCounters(metrics),
+        admission=Admission(
+            gateway_settings.max_in_flight_per_backend, gateway_settings.max_in_flight_per_principal
+        ),
+        overload_retry_after_seconds=gateway_settings.overload_retry_after_seconds,
     )
     names = [service.full_name for descriptors in services.values() for service in descriptors]
     names.append(identity.SERVICE_NAME)

@@ -27,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from tutti.returns.v1 import returns_pb2, returns_pb2_grpc
 from tutti.tracking.v1 import tracking_pb2, tracking_pb2_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -172,6 +173,7 @@ class Client:
         self.orders = orchestrator_pb2_grpc.OrderServiceStub(self.channel)
         self.rules = orchestrator_pb2_grpc.RulesServiceStub(self.channel)
         self.tracking = tracking_pb2_grpc.TrackingServiceStub(self.channel)
+        self.returns = returns_pb2_grpc.ReturnsServiceStub(self.channel)
 
     def call(self, method: Any, request: Message) -> Any:
         return method(request, metadata=self.metadata, timeout=self.timeout)
@@ -568,6 +570,73 @@ def _metric(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, float) else _plain(value)
 
 
+def cmd_tasks_list(client: Client, out: Output, args: argparse.Namespace) -> None:
+    """Parked tasks of every service that owns background tasks (returns, orchestrator)."""
+    returns = _parked_of(
+        "returns",
+        client,
+        client.returns.ListParkedTasks,
+        returns_pb2.ListParkedTasksRequest(limit=args.limit),
+        returns_pb2.ListParkedTasksResponse(),
+    )
+    orders = _parked_of(
+        "orchestrator",
+        client,
+        client.orders.ListParkedTasks,
+        orchestrator_pb2.ListParkedTasksRequest(limit=args.limit),
+        orchestrator_pb2.ListParkedTasksResponse(),
+    )
+    if out.as_json:
+        for t in returns.tasks:
+            out.line(json.dumps({"service": "returns", **to_dict(t)}))
+        for t in orders.tasks:
+            out.line(json.dumps({"service": "orchestrator", **to_dict(t)}))
+        return
+    rows = [
+        ("returns", t.task_id, t.kind, f"{t.return_id} {t.quantity} x {t.sku}", *_where(t))
+        for t in returns.tasks
+    ]
+    rows += [("orchestrator", t.task_id, t.kind, t.order_id, *_where(t)) for t in orders.tasks]
+    if not rows:
+        out.line("no parked tasks")
+        return
+    out.table(["service", "task", "kind", "what", "location", "attempts", "parked at", "reason"], rows)
+
+
+def _parked_of(service: str, client: Client, method: Any, request: Message, empty: Message) -> Any:
+    """One service's parked tasks; a service that cannot answer is named on stderr and the
+    others are still listed (a refusal of the caller, such as PERMISSION_DENIED, stops)."""
+    try:
+        return client.call(method, request)
+    except grpc.RpcError as error:
+        code = error.code()  # type: ignore[attr-defined]
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        print(f"tutti: {service} did not answer ({code.name}); its tasks are not shown", file=sys.stderr)
+        return empty
+
+
+def _where(t: Any) -> tuple[Any, ...]:
+    return (t.location_id, t.attempts, t.parked_at, t.reason)
+
+
+def cmd_tasks_retry(client: Client, out: Output, args: argparse.Namespace) -> None:
+    """Ask the service owning the task: the orchestrator's ids start with its kinds; an
+    event's ("outbox:<id>") with --service (each service has its own outbox)."""
+    if args.task_id.startswith("accept_timeout:") or args.service == "orchestrator":
+        reply = client.call(
+            client.orders.RetryParkedTask, orchestrator_pb2.RetryParkedTaskRequest(task_id=args.task_id)
+        )
+        state = _enum(orchestrator_pb2.TaskState, reply.state, "TASK_STATE_")
+    else:
+        request = returns_pb2.RetryParkedTaskRequest(task_id=args.task_id)
+        reply = client.call(client.returns.RetryParkedTask, request)
+        state = _enum(returns_pb2.TaskState, reply.state, "TASK_STATE_")
+    out.message(
+        reply, lambda r: out.fields([("task", r.task_id), ("state", state), ("reason", r.reason or "-")])
+    )
+
+
 def cmd_rules_publish(client: Client, out: Output, args: argparse.Namespace) -> None:
     draft = client.call(
         client.rules.CreateDraftRules,
@@ -718,6 +787,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author")
     p.add_argument("--request-id", help="idempotency key: a retry with the same id publishes the same draft")
     p.set_defaults(run=cmd_rules_publish)
+
+    tasks = commands.add_parser(
+        "tasks", help="background tasks refused for good, parked until retried (admin key)"
+    ).add_subparsers(dest="action", required=True)
+    p = tasks.add_parser("list", help="parked tasks, oldest first, with the reason")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
+    p.set_defaults(run=cmd_tasks_list)
+    p = tasks.add_parser("retry", help="retry a parked task now, once its cause is fixed")
+    p.add_argument("task_id")
+    p.add_argument(
+        "--service",
+        choices=("returns", "orchestrator"),
+        default="returns",
+        help="whose task: needed for parked events (outbox:<id>), which both services have",
+    )
+    p.set_defaults(run=cmd_tasks_retry)
     return parser
 
 

@@ -141,6 +141,11 @@ POLICIES: dict[str, Rule] = {
     RETURNS + "CancelReturn": _rule(SVC, required=("return_id",)),
     # The collecting store (or the location shipping it) hands an exchange's replacement over.
     RETURNS + "HandOverExchange": _rule(S, SVC, scope_location=True, required=("exchange_id",)),
+    # Operations: tasks inventory refused for good, listed and retried by operators only.
+    RETURNS + "ListParkedTasks": ADMIN_ONLY,
+    RETURNS + "RetryParkedTask": _rule(A, required=("task_id",)),
+    ORDERS + "ListParkedTasks": ADMIN_ONLY,
+    ORDERS + "RetryParkedTask": _rule(A, required=("task_id",)),
     # --- tracking: the timeline of an order is its owner's --------------------------------
     TRACKING + "GetOrderTimeline": _rule(C, S, SVC, owner=Owner.RESPONSE, required=("order_id",)),
     # A watch may open before tracking recorded anything (right after PlaceOrder): the

@@ -1,11 +1,11 @@
 """The pass-through proxy: one generic gRPC handler for every public method.
 
 For each call: authenticate the API key, take a token from the caller's bucket, check the
-method's policy, decode and check the request (well-formed, then validated and scoped as the
-policy says), then forward the bytes received (re-encoded only when scoping filled in a field)
-to the backend over its one long-lived channel with the caller's remaining deadline and
-metadata. Backend statuses (with their rich details) come back unchanged; cancellation travels
-both ways.
+method's policy, admit it among the calls in flight (gateway/admission.py), decode and check
+the request (well-formed, then validated and scoped as the policy says), then forward the bytes
+received (re-encoded only when scoping filled in a field) to the backend over its one
+long-lived channel with the caller's remaining deadline and metadata. Backend statuses (with
+their rich details) come back unchanged; cancellation travels both ways.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from gateway import scope
+from gateway.admission import Admission
 from gateway.credentials import CredentialStore, Kind, Principal
 from gateway.metrics import GatewayCounters
 from gateway.policy import ORDER_LOOKUP_METHOD, Owner
@@ -72,10 +73,16 @@ class Gateway:
         default_timeout_seconds: float,
         order_lookup: str = ORDER_LOOKUP_METHOD,
         counters: GatewayCounters | None = None,
+        admission: Admission | None = None,
+        overload_retry_after_seconds: float = 0.2,
     ) -> None:
         counters = counters or GatewayCounters(Metrics("gateway"))
         self._admitted = counters.admitted
         self._limited = counters.rate_limited
+        self._shed = counters.shed
+        # None: no bound on calls in flight (unit tests); the gateway's bootstrap always sets one.
+        self._admission = admission
+        self._overload_retry_after = overload_retry_after_seconds
         self._order_lookup = f"/{order_lookup}"
         self._routes = dict(routes)
         self._credentials = credentials
@@ -161,6 +168,17 @@ class Gateway:
 
     async def _unary_unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         principal = await self._admit(route, context)
+        if self._admission is None:
+            return await self._forward_unary(route, principal, request, context)
+        await self._enter(route, principal, context)
+        try:
+            return await self._forward_unary(route, principal, request, context)
+        finally:
+            self._admission.leave(route.backend, principal.id)
+
+    async def _forward_unary(
+        self, route: Route, principal: Principal, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
         request, decoded = self._prepare(route, principal, request)
         timeout = self._timeout(route, context)
         metadata = self._metadata(context, principal)
@@ -206,6 +224,21 @@ class Gateway:
         self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bytes:
         principal = await self._admit(route, context, requests)
+        if self._admission is None:
+            return await self._forward_stream_unary(route, principal, requests, context)
+        await self._enter(route, principal, context, requests)
+        try:
+            return await self._forward_stream_unary(route, principal, requests, context)
+        finally:
+            self._admission.leave(route.backend, principal.id)
+
+    async def _forward_stream_unary(
+        self,
+        route: Route,
+        principal: Principal,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
         violation = _Violation()
         call = self._callables[route.path](
             self._checked(route, principal, requests, violation),
@@ -267,6 +300,33 @@ class Gateway:
             raise errors.PermissionDenied(f"{principal.describe()} may not call {route.name}")
         return principal
 
+    async def _enter(
+        self,
+        route: Route,
+        principal: Principal,
+        context: grpc.aio.ServicerContext,
+        requests: AsyncIterator[bytes] | None = None,
+    ) -> None:
+        """Admit the call among the calls in flight to its backend and from its principal, or
+        answer RESOURCE_EXHAUSTED with a retry hint before any work starts. Server streams
+        (watches, live KPIs) are long-lived and not counted: they would hold a slot for hours."""
+        assert self._admission is not None
+        refusal = self._admission.enter(route.backend, principal.id)
+        if refusal is None:
+            return
+        self._shed[refusal.scope].inc()
+        if requests is not None:
+            await drain(requests)
+        who = f"the {route.backend} service" if refusal.scope == "backend" else principal.id
+        await _abort_exhausted(
+            context,
+            errors.ResourceExhausted(
+                f"overloaded: {refusal.limit} calls already in flight for {who}; "
+                f"retry in {self._overload_retry_after:.3f}s",
+                retry_after_seconds=self._overload_retry_after,
+            ),
+        )
+
     async def authenticate(
         self, context: grpc.aio.ServicerContext, requests: AsyncIterator[bytes] | None = None
     ) -> Principal:
@@ -284,16 +344,13 @@ class Gateway:
             self._limited[principal.kind].inc()
             if requests is not None:
                 await drain(requests)
-            exc = errors.ResourceExhausted(
-                f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) exceeded "
-                f"for {principal.id}; retry in {wait:.3f}s",
-                retry_after_seconds=wait,
-            )
-            status = rpc_status.to_status(errors.rich_status(exc.code, exc.message, exc.details()))
-            await context.abort(
-                status.code,
-                status.details,
-                (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
+            await _abort_exhausted(
+                context,
+                errors.ResourceExhausted(
+                    f"rate limit of {principal.rate_per_second:g} calls/s (burst {principal.burst}) "
+                    f"exceeded for {principal.id}; retry in {wait:.3f}s",
+                    retry_after_seconds=wait,
+                ),
             )
         self._admitted[principal.kind].inc()
         return principal
@@ -410,6 +467,18 @@ class _GenericHandler(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)  # type: ignore[attr-defined]
+
+
+async def _abort_exhausted(context: grpc.aio.ServicerContext, exc: errors.ResourceExhausted) -> None:
+    """RESOURCE_EXHAUSTED with its google.rpc.RetryInfo and a ``retry-after`` trailer (whole
+    seconds, at least 1)."""
+    wait = exc.retry_after_seconds or 0.0
+    status = rpc_status.to_status(errors.rich_status(exc.code, exc.message, exc.details()))
+    await context.abort(
+        status.code,
+        status.details,
+        (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(wait))))),
+    )
 
 
 def _bearer(metadata: Sequence[Any]) -> str | None:

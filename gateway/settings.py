@@ -21,6 +21,10 @@ BACKENDS = ("inventory", "orchestrator", "returns", "tracking")
 # the gateway and the backends keep runtime.grpc_server.MAX_MESSAGE_BYTES.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
+# Unary calls in flight at once (admission control, gateway/admission.py), per gateway process.
+DEFAULT_MAX_IN_FLIGHT_PER_BACKEND = 256
+DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL = 128
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -32,6 +36,11 @@ class GatewaySettings:
     backends: tuple[str, ...] = BACKENDS
     # Largest message received from a caller; larger is RESOURCE_EXHAUSTED (answered by grpc).
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Unary calls in flight at once, per backend and per principal (admission control, see
+    # gateway/admission.py); above either, RESOURCE_EXHAUSTED with RetryInfo(overload_retry_after).
+    max_in_flight_per_backend: int = DEFAULT_MAX_IN_FLIGHT_PER_BACKEND
+    max_in_flight_per_principal: int = DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL
+    overload_retry_after_seconds: float = 0.2
 
     @property
     def using_demo_credentials(self) -> bool:
@@ -56,5 +65,20 @@ class GatewaySettings:
                 DEFAULT_MAX_MESSAGE_BYTES,
                 minimum=1024,
                 maximum=MAX_MESSAGE_BYTES,
+            ),
+            max_in_flight_per_backend=env.int(
+                "TUTTI_GATEWAY_MAX_IN_FLIGHT_PER_BACKEND",
+                DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
+                minimum=1,
+                maximum=100_000,
+            ),
+            max_in_flight_per_principal=env.int(
+                "TUTTI_GATEWAY_MAX_IN_FLIGHT_PER_PRINCIPAL",
+                DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL,
+                minimum=1,
+                maximum=100_000,
+            ),
+            overload_retry_after_seconds=env.float(
+                "TUTTI_GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS", 0.2, minimum=0.001
             ),
         )

@@ -122,6 +122,14 @@ async def ensure_topics(
 # The broker no longer knows this producer's id or sequence numbers (it restarted or failed
 # over while batches were in flight). aiokafka does not bump the epoch as the Java client does:
 # the producer stays wedged until it is replaced (aio-libs/aiokafka#1017).
+# Refusals of one record that no retry can change: an outbox relay parks the row and goes on.
+REFUSED_FOR_GOOD = (
+    aiokafka_errors.MessageSizeTooLargeError,
+    aiokafka_errors.RecordTooLargeError,
+    aiokafka_errors.InvalidTopicError,
+    aiokafka_errors.CorruptRecordException,
+)
+
 PRODUCER_STATE_LOST = (
     aiokafka_errors.OutOfOrderSequenceNumber,
     aiokafka_errors.UnknownProducerId,

@@ -13,12 +13,13 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from tutti.events.v1 import envelope_pb2
 
 from runtime import errors, telemetry
-from runtime.kafka import PRODUCER_STATE_LOST, RenewableProducer, Topic
+from runtime.kafka import PRODUCER_STATE_LOST, REFUSED_FOR_GOOD, RenewableProducer, Topic
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,9 @@ class OutboxRelay:
     async def backlog(self) -> tuple[int, float | None]:
         """Rows waiting (up to ``BACKLOG_COUNT_CAP``) and the age in seconds of the oldest."""
         row = await self._pool.fetchrow(
-            "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS capped) AS waiting, "
-            "extract(epoch FROM clock_timestamp() - (SELECT created_at FROM outbox ORDER BY id LIMIT 1))"
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE parked_at IS NULL LIMIT $1) AS capped)"
+            " AS waiting, extract(epoch FROM clock_timestamp() - (SELECT created_at FROM outbox"
+            " WHERE parked_at IS NULL ORDER BY id LIMIT 1))"
             "::float8 AS age",
             BACKLOG_COUNT_CAP,
         )
@@ -172,21 +174,60 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock):
                 return 0
             rows = await conn.fetch(
-                "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1", self._batch
+                "SELECT id, topic, key, payload, headers FROM outbox WHERE parked_at IS NULL"
+                " ORDER BY id LIMIT $1",
+                self._batch,
             )
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(
-                    row["topic"],
-                    value=bytes(row["payload"]),
-                    key=row["key"].encode(),
-                    headers=[(k, v.encode()) for k, v in json.loads(row["headers"]).items()],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            parked: list[tuple[int, str]] = []
+            pending: list[tuple[int, asyncio.Future[Any]]] = []
+            for row in rows:
+                try:
+                    future = await self._producer.send(
+                        row["topic"],
+                        value=bytes(row["payload"]),
+                        key=row["key"].encode(),
+                        headers=[(k, v.encode()) for k, v in json.loads(row["headers"]).items()],
+                    )
+                except REFUSED_FOR_GOOD as exc:
+                    parked.append((row["id"], repr(exc)))
+                    continue
+                pending.append((row["id"], future))
+            results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+            sent: list[int] = []
+            for (row_id, _), result in zip(pending, results, strict=True):
+                if isinstance(result, REFUSED_FOR_GOOD):
+                    parked.append((row_id, repr(result)))
+                elif isinstance(result, BaseException):
+                    raise result  # nothing recorded: the whole batch is sent again (consumers de-duplicate)
+                else:
+                    sent.append(row_id)
             # Only the rows sent: a row with a lower id whose transaction committed after the
             # SELECT is visible to this DELETE (read committed) but was never published.
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
+            for row_id, reason in parked:
+                log.error("outbox row %d refused by Kafka for good; parked: %s", row_id, reason)
+                await conn.execute(
+                    "UPDATE outbox SET parked_at = now(), parked_reason = $2 WHERE id = $1",
+                    row_id,
+                    reason[:500],
+                )
             return len(rows)
+
+    async def parked(self, limit: int = 100) -> list[asyncpg.Record]:
+        """Rows Kafka refused for good, oldest first."""
+        return await self._pool.fetch(
+            "SELECT id, topic, key, created_at, parked_at, parked_reason FROM outbox"
+            " WHERE parked_at IS NOT NULL ORDER BY id LIMIT $1",
+            limit,
+        )
+
+    async def unpark(self, row_id: int) -> bool:
+        """Relay a row again from the next pass. True while the row is in the outbox (parked
+        until now, or already waiting); False when it is not — relayed rows are deleted, so an
+        id no longer there was sent (or never existed)."""
+        row = await self._pool.fetchrow(
+            "UPDATE outbox SET parked_at = NULL, parked_reason = '' WHERE id = $1 RETURNING id", row_id
+        )
+        return row is not None

@@ -195,6 +195,11 @@ def business() -> dict[str, Any]:
                 (f"sum by (location_type) (rate(tutti_returns_received_total[{window}])) * 60",
                  "{{location_type}}"),
             ]),
+            panel("Background tasks parked (refused for good; `tutti tasks list`)", [
+                (f"sum by (kind) (increase(tutti_returns_tasks_parked_total[{window}]))", "returns {{kind}}"),
+                (f"sum by (kind) (increase(tutti_orchestrator_tasks_parked_total[{window}]))",
+                 "orchestrator {{kind}}"),
+            ]),
         ]),
         ("Callers", [
             panel("Calls admitted by principal kind", [
@@ -204,6 +209,10 @@ def business() -> dict[str, Any]:
             panel("Calls refused by rate limits", [
                 (f"sum by (principal_kind) (rate(tutti_gateway_rate_limited_calls_total[{window}]))",
                  "{{principal_kind}}"),
+            ], unit="reqps"),
+            panel("Calls refused as overload (too many in flight)", [
+                (f"sum by (bound) (rate(tutti_gateway_overload_refused_calls_total[{window}]))",
+                 "{{bound}}"),
             ], unit="reqps"),
         ]),
     ])

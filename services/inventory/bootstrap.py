@@ -19,6 +19,7 @@ from runtime.kafka import create_producer
 from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, Env
 from services.inventory.adapters.metrics import PrometheusStockCounters
+from services.inventory.adapters.redis_pool import DeadlineBoundPool
 from services.inventory.adapters.redis_store import RedisStore
 from services.inventory.adapters.relay import OutboxRelay
 from services.inventory.adapters.watch import AvailabilityHub
@@ -45,6 +46,10 @@ class InventorySettings:
     pos_ack_after_ledger_s: float
     snapshot_max_future_s: float
     pos_sale_retention_s: int
+    # Redis connections at most; a call waits for a free one within its deadline, work without a
+    # caller's deadline for redis_pool_timeout_s (adapters/redis_pool.py).
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, common: CommonSettings, environ: dict[str, str] | None = None) -> InventorySettings:
@@ -66,6 +71,10 @@ class InventorySettings:
             ),
             pos_sale_retention_s=86400
             * env.int("TUTTI_INVENTORY_POS_SALE_RETENTION_DAYS", 60, minimum=1, maximum=3660),
+            redis_max_connections=env.int(
+                "TUTTI_INVENTORY_REDIS_MAX_CONNECTIONS", 64, minimum=4, maximum=10_000
+            ),
+            redis_pool_timeout_s=env.float("TUTTI_INVENTORY_REDIS_POOL_TIMEOUT_SECONDS", 5.0, minimum=0.01),
         )
 
 
@@ -73,12 +82,15 @@ async def build(
     settings: CommonSettings, stack: AsyncExitStack, inventory: InventorySettings | None = None
 ) -> Wiring:
     cfg = inventory or InventorySettings.from_env(settings)
-    redis = Redis.from_url(
-        cfg.redis_url,
-        max_connections=64,
-        health_check_interval=30,
-        socket_keepalive=True,
-        **redis_tls_options(settings.redis_ca_file),
+    redis = Redis.from_pool(
+        DeadlineBoundPool.from_url(
+            cfg.redis_url,
+            max_connections=cfg.redis_max_connections,
+            timeout=cfg.redis_pool_timeout_s,
+            health_check_interval=30,
+            socket_keepalive=True,
+            **redis_tls_options(settings.redis_ca_file),
+        )
     )
     stack.push_async_callback(redis.aclose)
     metrics = Metrics("inventory")

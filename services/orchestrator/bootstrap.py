@@ -3,6 +3,7 @@ the outbox relay, the services and their background loops."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from tutti.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, Unavailable
 from runtime.grpc_server import Wiring, client_channel
 from runtime.kafka import INVENTORY_MOVEMENTS, EventConsumer, create_producer
 from runtime.metrics import Metrics
@@ -93,7 +94,10 @@ async def build(
     relay = OutboxRelay(pool, producer, orchestrator.schema)
     metrics.watch_outbox(orchestrator.schema, relay.backlog)
 
-    rules = RulesBook(pool, default_document)
+    async def known_locations() -> set[str]:
+        return {candidate.location_id for candidate in await inventory.locations()}
+
+    rules = RulesBook(pool, default_document, locations=known_locations)
     await rules.ensure_live()
     service = OrderService(
         pool,
@@ -106,6 +110,7 @@ async def build(
             abandoned_placement_seconds=orchestrator.abandoned_placement_seconds,
         ),
         counters=PrometheusOrderCounters(metrics),
+        outbox=relay,
     )
     stack.push_async_callback(service.watchers.close)
     consumer = EventConsumer(
@@ -136,6 +141,15 @@ async def build(
     async def follow_locations() -> None:
         await consumer.run()
 
+    async def check_rules_locations() -> None:
+        # Once inventory answers (it may start after this service): a warning per unknown id.
+        while True:
+            try:
+                await rules.check_live_locations()
+                return
+            except Unavailable:
+                await asyncio.sleep(5.0)
+
     return Wiring(
         register=register,  # type: ignore[arg-type]
         service_names=[
@@ -143,6 +157,6 @@ async def build(
             orchestrator_pb2.DESCRIPTOR.services_by_name["RulesService"].full_name,
         ],
         ready=ready,
-        background=(relay_outbox, sweep_unaccepted, follow_locations),
+        background=(relay_outbox, sweep_unaccepted, follow_locations, check_rules_locations),
         metrics=metrics,
     )

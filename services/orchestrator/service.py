@@ -27,12 +27,14 @@ import yaml
 from google.protobuf.message import Message
 from tutti.orchestrator.v1 import events_pb2
 
+from runtime import retry
 from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    TuttiError,
     Unavailable,
 )
 from runtime.kafka import ORDER_EVENTS, build_envelope
@@ -77,6 +79,14 @@ MAX_LINES = 100
 
 class StockShortage(Exception):
     """A reservation was refused for lack of stock (someone else got there first)."""
+
+
+ACCEPT_TIMEOUT = "accept_timeout"
+
+
+def _work_backoff(attempts: int) -> float:
+    """Seconds before re-trying background work after ``attempts`` transient failures."""
+    return retry.backoff(attempts, base=5.0, cap=600.0)
 
 
 class UnknownSku(Exception):
@@ -124,6 +134,18 @@ class Inventory(Protocol):
     async def ping(self) -> None: ...
 
 
+class ParkedEvents(Protocol):
+    """The outbox relay's rows Kafka refused for good (runtime.postgres.OutboxRelay)."""
+
+    async def parked(self, limit: int = 100) -> list[Any]: ...
+
+    async def unpark(self, row_id: int) -> bool: ...
+
+
+# Task ids of parked outbox rows: "outbox:<row id>".
+OUTBOX_TASK = "outbox:"
+
+
 class OrderCounters(Protocol):
     """Business counters (adapters/metrics.py exports them to Prometheus)."""
 
@@ -132,6 +154,8 @@ class OrderCounters(Protocol):
     def refused(self, channel: str, reason: str) -> None: ...
 
     def reallocated(self, trigger: str, resourced: bool) -> None: ...
+
+    def task_parked(self, kind: str) -> None: ...
 
 
 class NoCounters:
@@ -142,6 +166,9 @@ class NoCounters:
         pass
 
     def reallocated(self, trigger: str, resourced: bool) -> None:
+        pass
+
+    def task_parked(self, kind: str) -> None:
         pass
 
 
@@ -300,13 +327,48 @@ def parse_document(text: str) -> RuleSet:
 
 
 class RulesBook:
-    """Versions of the sourcing rules: drafts, the live version, publications and rollbacks."""
+    """Versions of the sourcing rules: drafts, the live version, publications and rollbacks.
 
-    def __init__(self, pool: asyncpg.Pool, default_document: str, clock: Clock = utc_now) -> None:
+    With ``locations`` (the ids inventory knows), publishing rules that name a location by id
+    that inventory does not know is refused, INVALID_ARGUMENT naming the field."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        default_document: str,
+        clock: Clock = utc_now,
+        locations: Callable[[], Awaitable[set[str]]] | None = None,
+    ) -> None:
         self._pool = pool
         self._default = default_document
         self._clock = clock
         self._parsed: dict[int, RuleSet] = {}
+        self._locations = locations
+
+    async def unknown_locations(self, rules: RuleSet) -> list[FieldViolation]:
+        """The fields naming a location inventory does not know (none when not checked)."""
+        named = rules.named_locations()
+        if self._locations is None or not named:
+            return []
+        known = await self._locations()
+        return [
+            FieldViolation(path, f"{location_id!r} is not a location inventory knows")
+            for path, location_id in named
+            if location_id not in known
+        ]
+
+    async def check_live_locations(self) -> list[FieldViolation]:
+        """At start: the live rules' fields naming a location inventory does not know, each
+        logged as a warning (sourcing simply never meets such a location: an exclusion or a
+        priority for it has no effect)."""
+        async with self._pool.acquire() as conn:
+            version, rules = await self.live(conn)
+        unknown = await self.unknown_locations(rules)
+        for violation in unknown:
+            log.warning(
+                "live sourcing rules (version %d): %s: %s", version, violation.field, violation.description
+            )
+        return unknown
 
     async def ensure_live(self) -> None:
         """Publish the shipped default rules when no version is live yet (first start)."""
@@ -387,6 +449,13 @@ class RulesBook:
     async def publish(self, version: int) -> asyncpg.Record:
         if version <= 0:
             raise InvalidArgument("version", "is required")
+        # Locations named by id must exist in inventory (asked before taking the lock).
+        async with self._pool.acquire() as conn:
+            draft = await pg.get_rule_version(conn, version)
+        if draft is not None and draft["status"] == "draft":
+            unknown = await self.unknown_locations(parse_document(draft["document"]))
+            if unknown:
+                raise InvalidArgument.of(unknown)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("LOCK TABLE rule_versions IN SHARE ROW EXCLUSIVE MODE")
             row = await pg.get_rule_version(conn, version)
@@ -520,8 +589,10 @@ class OrderService:
         config: Config,
         clock: Clock = utc_now,
         counters: OrderCounters | None = None,
+        outbox: ParkedEvents | None = None,
     ) -> None:
         self._counters = counters or NoCounters()
+        self._outbox = outbox
         self._pool = pool
         self._inventory = inventory
         self._rules = rules
@@ -1411,7 +1482,9 @@ class OrderService:
             )
 
     async def reallocate_overdue(self) -> int:
-        """Re-source lines their location has not accepted within the deadline."""
+        """Re-source lines their location has not accepted within the deadline. A failure is
+        recorded per (order, location): transient → retried after a backoff with jitter;
+        permanent (inventory refused: unknown SKU…) → parked until RetryParkedTask."""
         timeout = self._config.accept_timeout_seconds
         now = self._clock()
         async with self._pool.acquire() as conn:
@@ -1419,21 +1492,88 @@ class OrderService:
             await pg.delete_expired_quotes(conn, now - timedelta(days=1))
         done = 0
         for order_id, location_id in overdue:
-            reason = f"{location_id} did not accept within {timeout:g} s"
             try:
-                result = await self._reallocate_at(
-                    order_id,
-                    location_id,
-                    "accept_timeout",
-                    reason,
-                    statuses=("sourced",),
-                    cancel_if_unsourced=False,
-                )
-            except Exception:
-                log.exception("re-sourcing overdue order %s failed; retried at the next sweep", order_id)
+                result = await self._resource_overdue(order_id, location_id)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded: parked or retried later
+                await self._work_failed(ACCEPT_TIMEOUT, order_id, location_id, exc)
                 continue
             done += 1 if result is not None and result.reallocated else 0
         return done
+
+    async def _resource_overdue(self, order_id: str, location_id: str) -> FulfilmentResult | None:
+        reason = f"{location_id} did not accept within {self._config.accept_timeout_seconds:g} s"
+        result = await self._reallocate_at(
+            order_id, location_id, ACCEPT_TIMEOUT, reason, statuses=("sourced",), cancel_if_unsourced=False
+        )
+        async with self._pool.acquire() as conn:
+            await pg.work_succeeded(conn, ACCEPT_TIMEOUT, order_id, location_id)
+        return result
+
+    async def _work_failed(self, kind: str, order_id: str, location_id: str, exc: Exception) -> str:
+        """Record a failed piece of background work; returns "parked" or "pending"."""
+        permanent = isinstance(exc, UnknownSku) or retry.is_permanent(exc)
+        why = f"NOT_FOUND: {exc}" if isinstance(exc, UnknownSku) else retry.reason(exc)
+        async with self._pool.acquire() as conn:
+            attempts = await pg.work_failed(
+                conn, kind, order_id, location_id, why, None if permanent else _work_backoff
+            )
+        if permanent:
+            self._counters.task_parked(kind)
+            log.error(
+                "%s of order %s at %s refused; parked until retried by an operator: %s",
+                kind, order_id, location_id, why,
+            )
+            return "parked"
+        what = f"{kind} of order {order_id} failed (attempt {attempts}); retried later"
+        if isinstance(exc, TuttiError):
+            log.warning("%s: %s", what, why)
+        else:  # not a refusal nor a known outage: possibly a bug, keep the traceback
+            log.error("%s", what, exc_info=exc)
+        return "pending"
+
+    async def parked_tasks(self, limit: int = 100) -> list[asyncpg.Record]:
+        """Background work refused for good, oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        async with self._pool.acquire() as conn:
+            return await pg.parked_work(conn, limit)
+
+    async def parked_events(self, limit: int = 100) -> list[Any]:
+        """Events Kafka refused for good (outbox rows parked by the relay), oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return [] if self._outbox is None else await self._outbox.parked(limit)
+
+    async def retry_task(self, task_id: str) -> tuple[str, str]:
+        """Retry a parked piece of work now: ("done" | "parked" | "pending", why not done).
+        Idempotent: work no longer failing (done since) answers done."""
+        kind, _, key = task_id.partition(":")
+        if not task_id:
+            raise InvalidArgument("task_id", "required")
+        if task_id.startswith(OUTBOX_TASK) and self._outbox is not None:
+            if not key.isdigit():
+                raise NotFound(f"task {task_id!r} not found")
+            # Back in the relay's queue; gone from the outbox: it was sent.
+            waiting = await self._outbox.unpark(int(key))
+            return ("pending", "relayed on the next pass") if waiting else ("done", "")
+        if kind != ACCEPT_TIMEOUT or "@" not in key:
+            raise NotFound(f"task {task_id!r} not found")
+        async with self._pool.acquire() as conn:
+            row = await pg.failed_work(conn, kind, key)
+        order_id, _, location_id = key.rpartition("@")
+        if row is None:
+            async with self._pool.acquire() as conn:
+                if await pg.get_order(conn, order_id) is None:
+                    raise NotFound(f"task {task_id!r} not found")
+            return "done", ""
+        try:
+            await self._resource_overdue(order_id, location_id)
+        except Exception as exc:  # noqa: BLE001 - recorded: parked again or retried later
+            state = await self._work_failed(kind, order_id, location_id, exc)
+            async with self._pool.acquire() as conn:
+                again = await pg.failed_work(conn, kind, key)
+            return state, again["last_error"] if again is not None else ""
+        return "done", ""
 
     async def release_abandoned_placements(self) -> int:
         """Gives back the stock of PlaceOrder calls that reserved and then died before recording

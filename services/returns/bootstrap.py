@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -89,17 +90,25 @@ async def build(
     store = PgReturnsStore(pool)
     inventory = InventoryClient(channels["inventory"])
     orders = OrchestratorOrders(channels["orchestrator"], catalogue=inventory)
+    relay = OutboxRelay(pool, producer, SCHEMA)
+    counters = PrometheusReturnCounters(metrics)
     service = ReturnsService(
         store,
         orders,
         inventory,
         returns.rules,
         check_till_receipts=returns.check_till_receipts,
-        counters=PrometheusReturnCounters(metrics),
+        counters=counters,
+        outbox=relay,
     )
-    relay = OutboxRelay(pool, producer, SCHEMA)
     metrics.watch_outbox(SCHEMA, relay.backlog)
-    worker = TaskWorker(store, inventory, poll_seconds=returns.task_retry_seconds)
+    worker = TaskWorker(
+        store,
+        inventory,
+        poll_seconds=returns.task_retry_seconds,
+        counters=counters,
+        retry_base=timedelta(seconds=returns.task_retry_seconds),
+    )
 
     async def ready() -> None:
         await store.ping()
@@ -112,6 +121,9 @@ async def build(
     async def retry_inventory_effects() -> None:
         await worker.run()
 
+    async def check_rules_locations() -> None:
+        await service.check_rules_locations()
+
     def register(server: grpc.aio.Server) -> None:
         returns_pb2_grpc.add_ReturnsServiceServicer_to_server(ReturnsServicer(service), server)
 
@@ -119,6 +131,6 @@ async def build(
         register=register,
         service_names=[returns_pb2.DESCRIPTOR.services_by_name["ReturnsService"].full_name],
         ready=ready,
-        background=(relay_outbox, retry_inventory_effects),
+        background=(relay_outbox, retry_inventory_effects, check_rules_locations),
         metrics=metrics,
     )

@@ -2,7 +2,10 @@
 cancel. Each turns a command into domain calls inside one PostgreSQL transaction (state,
 events in the outbox, inventory effects to apply), then applies the inventory effects at once
 so returned goods are back on sale within the call; effects that fail are retried by
-``TaskWorker`` until inventory acknowledges them (each is idempotent by its task id).
+``TaskWorker`` until inventory acknowledges them (each is idempotent by its task id): a
+transient failure with exponential backoff and jitter, while one inventory refuses for good
+(NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION…: runtime.retry) is parked with its reason
+until an operator retries it (``retry_task``) once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
+from runtime import retry
 from runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from services.returns.adapters import events
 from services.returns.adapters.codec import ReturnView
@@ -84,6 +88,9 @@ class ReturnsStore(Protocol):
     async def pending_tasks(self, limit: int) -> list[m.InventoryTask]: ...
     async def task_done(self, task_id: str) -> None: ...
     async def task_failed(self, task_id: str, error: str, retry_in: timedelta) -> None: ...
+    async def task_parked(self, task_id: str, reason: str) -> None: ...
+    async def parked_tasks(self, limit: int) -> list[m.ParkedTask]: ...
+    async def unpark_task(self, task_id: str) -> tuple[m.TaskState, m.InventoryTask] | None: ...
     async def returns_of_order(self, order_id: str) -> list[str]: ...
 
 
@@ -146,12 +153,26 @@ def _fingerprint(cmd: CreateReturn, extra: str = "") -> str:
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
+class ParkedEvents(Protocol):
+    """The outbox relay's rows Kafka refused for good (runtime.postgres.OutboxRelay)."""
+
+    async def parked(self, limit: int = 100) -> list[Any]: ...
+
+    async def unpark(self, row_id: int) -> bool: ...
+
+
+# Task ids of parked outbox rows: "outbox:<row id>".
+OUTBOX_TASK = "outbox:"
+
+
 class ReturnCounters(Protocol):
     """Business counters (adapters/metrics.py exports them to Prometheus)."""
 
     def created(self, channel: str, kind: str) -> None: ...
 
     def received(self, location_type: str) -> None: ...
+
+    def task_parked(self, kind: str) -> None: ...
 
 
 class NoCounters:
@@ -160,6 +181,45 @@ class NoCounters:
 
     def received(self, location_type: str) -> None:
         pass
+
+    def task_parked(self, kind: str) -> None:
+        pass
+
+
+# Backoff of inventory effects that failed transiently: 1 s, 2 s, 4 s… at most 5 minutes.
+RETRY_BASE = timedelta(seconds=1)
+RETRY_CAP = timedelta(minutes=5)
+
+
+async def settle(
+    store: ReturnsStore,
+    inventory: InventoryPort,
+    task: m.InventoryTask,
+    counters: ReturnCounters,
+    *,
+    base: timedelta = RETRY_BASE,
+) -> tuple[m.TaskState, str]:
+    """Apply one effect and record how it went: done; refused for good → parked with its
+    reason (counted, not retried); any other failure → retried after a backoff with jitter.
+    Returns the task's state and, unless done, why."""
+    try:
+        await inventory.apply(task)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded: parked or retried
+        if retry.is_permanent(exc):
+            log.error(
+                "inventory effect %s refused; parked until retried by an operator: %s",
+                task.task_id,
+                retry.reason(exc),
+            )
+            await store.task_parked(task.task_id, retry.reason(exc))
+            counters.task_parked(task.kind.value)
+            return m.TaskState.PARKED, retry.reason(exc)
+        delay = retry.backoff(task.attempts + 1, base=base.total_seconds(), cap=RETRY_CAP.total_seconds())
+        log.warning("inventory effect %s failed; retry in %.1fs: %r", task.task_id, delay, exc)
+        await store.task_failed(task.task_id, retry.reason(exc), timedelta(seconds=delay))
+        return m.TaskState.PENDING, retry.reason(exc)
+    await store.task_done(task.task_id)
+    return m.TaskState.DONE, ""
 
 
 class ReturnsService:
@@ -173,8 +233,10 @@ class ReturnsService:
         *,
         check_till_receipts: bool = True,
         counters: ReturnCounters | None = None,
+        outbox: ParkedEvents | None = None,
     ) -> None:
         self._counters = counters or NoCounters()
+        self._outbox = outbox
         self._store = store
         self._orders = orders
         self._inventory = inventory
@@ -529,19 +591,76 @@ class ReturnsService:
     # --- inventory effects -----------------------------------------------------------------
 
     async def apply_tasks(self, tasks: Sequence[m.InventoryTask]) -> None:
-        """Apply effects now; a failure is left to the worker (the task stays pending)."""
+        """Apply effects now; a transient failure is left to the worker (the task stays
+        pending), a permanent one parks the task."""
         for task in tasks:
-            try:
-                await self._inventory.apply(task)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
-                log.warning("inventory effect %s deferred: %r", task.task_id, exc)
-                await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=1))
-            else:
-                await self._store.task_done(task.task_id)
+            await settle(self._store, self._inventory, task, self._counters)
+
+    # --- operations: tasks refused for good --------------------------------------------------
+
+    async def check_rules_locations(self, *, retry_seconds: float = 5.0) -> list[str]:
+        """At start: the locations the rules name (the DC of send_to_dc) that inventory does
+        not know, each logged as a warning. Effects sent there are refused NOT_FOUND and parked
+        (listed by ListParkedTasks) until the location exists or the rules change. Waits for
+        inventory to answer (it may start after this service)."""
+        named = [("distribution_centre_id", self._rules.distribution_centre_id)]
+        unknown: list[str] = []
+        for field, location_id in named:
+            while True:
+                try:
+                    known = await self._inventory.location_type(location_id) is not None
+                    break
+                except Exception as exc:  # noqa: BLE001 - inventory not reachable yet: ask again
+                    log.info("cannot check the rules' %s yet: %r", field, exc)
+                    await asyncio.sleep(retry_seconds)
+            if not known:
+                log.warning(
+                    "the return rules' %s %r is not a location inventory knows: returns sent there "
+                    "will be parked (tutti tasks list) until it exists or the rules change",
+                    field,
+                    location_id,
+                )
+                unknown.append(field)
+        return unknown
+
+    async def parked_tasks(self, limit: int = 100) -> list[m.ParkedTask]:
+        """Inventory effects parked after a permanent refusal, oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return await self._store.parked_tasks(limit)
+
+    async def parked_events(self, limit: int = 100) -> list[Any]:
+        """Events Kafka refused for good (outbox rows parked by the relay), oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", "1..1000")
+        return [] if self._outbox is None else await self._outbox.parked(limit)
+
+    async def retry_task(self, task_id: str) -> tuple[m.TaskState, str]:
+        """Retry a parked task now (once its cause is fixed): its state afterwards — DONE,
+        PENDING (failed transiently: the worker goes on) or PARKED again (still refused) — and
+        why it is not done. Idempotent: a task already done stays done, a pending one is tried
+        now."""
+        if not task_id:
+            raise InvalidArgument("task_id", "required")
+        if task_id.startswith(OUTBOX_TASK) and self._outbox is not None:
+            row_id = task_id.removeprefix(OUTBOX_TASK)
+            if not row_id.isdigit():
+                raise NotFound(f"task {task_id!r} not found")
+            # Back in the relay's queue; gone from the outbox: it was sent.
+            waiting = await self._outbox.unpark(int(row_id))
+            return (m.TaskState.PENDING, "relayed on the next pass") if waiting else (m.TaskState.DONE, "")
+        found = await self._store.unpark_task(task_id)
+        if found is None:
+            raise NotFound(f"task {task_id!r} not found")
+        state, task = found
+        if state is m.TaskState.DONE:
+            return state, ""
+        return await settle(self._store, self._inventory, task, self._counters)
 
 
 class TaskWorker:
-    """Retries inventory effects that could not be applied inline, with backoff per task."""
+    """Retries inventory effects that could not be applied inline: transient failures with
+    exponential backoff and jitter per task, permanent refusals parked (see ``settle``)."""
 
     def __init__(
         self,
@@ -550,11 +669,15 @@ class TaskWorker:
         *,
         poll_seconds: float = 1.0,
         grace: timedelta = timedelta(seconds=2),
+        counters: ReturnCounters | None = None,
+        retry_base: timedelta = RETRY_BASE,
     ) -> None:
         self._store = store
         self._inventory = inventory
         self._poll = poll_seconds
         self._grace = grace
+        self._counters = counters or NoCounters()
+        self._base = retry_base
 
     async def run(self) -> None:
         while True:
@@ -564,15 +687,6 @@ class TaskWorker:
     async def run_once(self) -> int:
         applied = 0
         for task in await self._store.pending_tasks(100):
-            try:
-                await self._inventory.apply(task)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the task to the retry worker
-                await self._failed(task, exc)
-            else:
-                await self._store.task_done(task.task_id)
-                applied += 1
+            state, _ = await settle(self._store, self._inventory, task, self._counters, base=self._base)
+            applied += state is m.TaskState.DONE
         return applied
-
-    async def _failed(self, task: m.InventoryTask, exc: BaseException) -> None:
-        log.warning("inventory effect %s failed; will retry: %r", task.task_id, exc)
-        await self._store.task_failed(task.task_id, repr(exc), timedelta(seconds=5))

@@ -253,3 +253,21 @@ async def test_the_gateway_forwards_the_bytes_it_received_unless_scoping_filled_
     assert forwarded != raw and decoded.channel == common_pb2.CHANNEL_WEB
     for channel in channels.values():
         await channel.close()
+
+
+def test_admission_bounds_calls_in_flight_per_backend_and_per_principal_and_frees_on_leave() -> None:
+    from gateway.admission import Admission, Refusal
+
+    admission = Admission(per_backend=3, per_principal=2)
+    assert admission.enter("inventory", "web") is None
+    assert admission.enter("inventory", "web") is None
+    assert admission.enter("inventory", "web") == Refusal("principal", 2)
+    assert admission.enter("inventory", "app") is None
+    assert admission.enter("inventory", "pos") == Refusal("backend", 3)
+    assert admission.enter("orchestrator", "pos") is None  # another backend has its own bound
+    admission.leave("inventory", "web")
+    assert admission.enter("inventory", "web") is None
+    for principal in ("web", "web", "app"):
+        admission.leave("inventory", principal)
+    admission.leave("orchestrator", "pos")
+    assert admission.in_flight("inventory") == 0

@@ -3,6 +3,7 @@ Kafka, and the REAL inventory service running in-process on Redis (its own db in
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -629,6 +630,37 @@ async def test_rules_versioning_publish_and_rollback(rules) -> None:  # type: ig
     assert listed[0] == draft.version and live.version in listed and listed == sorted(listed, reverse=True)
 
 
+async def test_publishing_rules_naming_a_location_inventory_does_not_know_is_refused_naming_the_field(
+    rules: orchestrator_pb2_grpc.RulesServiceStub, stock: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    ids = await network(stock, {"known": (1.0, {random_id("SKU"): 1})})
+    doc = yaml.safe_load(DEFAULT_RULES.read_text())
+    ghost = random_id("ST-ghost")
+    doc["eligibility"][1]["exclude_locations"] = [ids["known"], ghost]
+    doc["store_priority"]["locations"] = {ghost: 0.9}
+    draft = (await rules.CreateDraftRules(pb.CreateDraftRulesRequest(document=yaml.safe_dump(doc)))).version
+    live = (await rules.GetRules(pb.GetRulesRequest())).version.version
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rules.PublishRules(pb.PublishRulesRequest(version=draft.version))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    first = f"eligibility[1].exclude_locations[1]: {ghost!r} is not a location"
+    assert caught.value.details().startswith(first)
+    status = rpc_status.from_call(caught.value)
+    bad = error_details_pb2.BadRequest()
+    status.details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == [
+        "eligibility[1].exclude_locations[1]",
+        f"store_priority.locations.{ghost}",
+    ]
+    assert (await rules.GetRules(pb.GetRulesRequest())).version.version == live  # nothing published
+    doc["eligibility"][1]["exclude_locations"] = [ids["known"]]
+    doc["store_priority"]["locations"] = {ids["known"]: 0.9}
+    fixed = (await rules.CreateDraftRules(pb.CreateDraftRulesRequest(document=yaml.safe_dump(doc)))).version
+    published = (await rules.PublishRules(pb.PublishRulesRequest(version=fixed.version))).version
+    assert published.status == pb.RULE_VERSION_STATUS_LIVE
+    await rules.RollbackRules(pb.RollbackRulesRequest(version=live))
+
+
 async def test_simulation_report(orders, rules, stock) -> None:  # type: ignore[no-untyped-def]
     a, b = random_id("SKU"), random_id("SKU")
     ids = await network(stock, {"sa": (1, {a: 50}), "sb": (2, {b: 50})})
@@ -707,6 +739,50 @@ async def test_lines_not_accepted_in_time_are_reallocated(settings, inventory, s
             await stub.GetSourcingDecision(pb.GetSourcingDecisionRequest(order_id=placed.order_id))
         ).decisions
         assert decisions[-1].trigger == pb.SOURCING_TRIGGER_ACCEPT_TIMEOUT
+
+
+async def test_re_sourcing_refused_for_good_is_parked_not_retried_and_done_once_retried_after_the_fix(
+    settings: CommonSettings, inventory: RunningService, stock: inventory_pb2_grpc.InventoryServiceStub
+) -> None:
+    from redis.asyncio import Redis
+
+    from tests.orchestrator.conftest import INVENTORY_REDIS_DB
+
+    a = random_id("SKU")
+    ids = await network(stock, {"slow": (1, {a: 5}), "quick": (6, {a: 5})})
+    redis = Redis.from_url(settings.redis_url.rsplit("/", 1)[0] + f"/{INVENTORY_REDIS_DB}")
+    own = own_orchestrator(settings, inventory, accept_timeout_seconds=1, sweep_interval_seconds=0.2)
+    try:
+        async with own as (svc, _), grpc.aio.insecure_channel(svc.address) as ch:
+            stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
+            placed = (await stub.PlaceOrder(order_request({a: 1}))).order
+            assert placed.lines[0].location_id == ids["slow"]
+            # Inventory forgets the SKU (its data reset under an orchestrator that kept its orders).
+            entry = await redis.hget("inv:skus", a)
+            await redis.hdel("inv:skus", a)
+
+            async def parked() -> list[pb.ParkedTask]:
+                reply = await stub.ListParkedTasks(pb.ListParkedTasksRequest())
+                return [t for t in reply.tasks if t.order_id == placed.order_id]
+
+            [task] = await wait_for(parked, timeout=15, message="re-sourcing parked")
+            assert task.kind == "accept_timeout" and task.location_id == ids["slow"]
+            assert f"unknown SKU {a}" in task.reason  # why, as inventory said it
+            await asyncio.sleep(1.0)  # five sweeps: a parked task is not retried
+            assert [t.attempts for t in await parked()] == [1]
+
+            still = await stub.RetryParkedTask(pb.RetryParkedTaskRequest(task_id=task.task_id))
+            assert still.state == pb.TASK_STATE_PARKED and a in still.reason
+            await redis.hset("inv:skus", a, entry)  # the fix
+            done = await stub.RetryParkedTask(pb.RetryParkedTaskRequest(task_id=task.task_id))
+            assert (done.state, done.reason) == (pb.TASK_STATE_DONE, "")
+            again = await stub.RetryParkedTask(pb.RetryParkedTaskRequest(task_id=task.task_id))
+            assert again.state == pb.TASK_STATE_DONE  # idempotent
+            order = (await stub.GetOrder(pb.GetOrderRequest(order_id=placed.order_id))).order
+            assert order.lines[0].location_id == ids["quick"]
+            assert await parked() == []
+    finally:
+        await redis.aclose()
 
 
 async def test_location_deactivated_in_inventory_moves_open_lines(orders, stock) -> None:  # type: ignore[no-untyped-def]

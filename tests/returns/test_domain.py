@@ -210,9 +210,9 @@ def test_a_store_that_does_not_sell_the_item_sends_it_to_the_dc() -> None:
     ret = open_return([line("L1", 1)])
     items = grade(ret, [m.ReceivedLine("L1", 1, m.Grade.RESELLABLE)], sells=False)
     assert items[0].disposition is m.Disposition.SEND_TO_DC
-    assert items[0].destination_location_id == "DC-PARIS" and items[0].rule_index == 0
+    assert items[0].destination_location_id == "DC-ORLEANS" and items[0].rule_index == 0
     tasks = m.disposition_tasks(ret, "r", items)
-    assert [(t.kind, t.location_id) for t in tasks] == [(m.TaskKind.SET_INCOMING, "DC-PARIS")]
+    assert [(t.kind, t.location_id) for t in tasks] == [(m.TaskKind.SET_INCOMING, "DC-ORLEANS")]
 
 
 def test_defective_electronics_go_back_to_the_vendor_with_no_stock_effect() -> None:

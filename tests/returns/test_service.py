@@ -44,10 +44,12 @@ class FakeOrders:
 class FakeInventory:
     def __init__(self) -> None:
         self.applied: dict[str, m.InventoryTask] = {}
-        self.locations = {"STORE-A": "store", "STORE-B": "store", "DC-PARIS": "distribution_centre"}
+        self.locations = {"STORE-A": "store", "STORE-B": "store", "DC-ORLEANS": "distribution_centre"}
         self.carried: set[tuple[str, str]] = set()
         self.down = False
         self.refuse_reserve = False
+        # Locations inventory does not know: effects there are refused NOT_FOUND (for good).
+        self.unknown: set[str] = set()
         self.skus: dict[str, m.CatalogueEntry] = {}
         self.till_sales: dict[tuple[str, str], m.RecordedTillSale] = {}
 
@@ -60,6 +62,8 @@ class FakeInventory:
     async def apply(self, task: m.InventoryTask) -> None:
         if self.down:
             raise Unavailable("inventory down")
+        if task.location_id in self.unknown:
+            raise NotFound(f"location {task.location_id} not found")
         if task.kind is m.TaskKind.RESERVE and self.refuse_reserve:
             raise FailedPrecondition(f"not enough {task.sku} at {task.location_id}")
         self.applied[task.task_id] = task
@@ -250,7 +254,7 @@ async def test_store_not_selling_the_item_sends_it_to_the_dc(
         ReceiveReturn(view.ret.return_id, "", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
     )
     assert receipt.items[0].disposition is m.Disposition.SEND_TO_DC
-    assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.SET_INCOMING)] == [("DC-PARIS", 1)]
+    assert [(t.location_id, t.quantity) for t in inventory.of(m.TaskKind.SET_INCOMING)] == [("DC-ORLEANS", 1)]
     assert inventory.of(m.TaskKind.RESTOCK) == []
 
 
@@ -522,3 +526,120 @@ async def test_a_till_receipt_is_checked_against_the_tills_own_record(
 
 def service_rules_window_days() -> int:
     return load_rules().window_days("store", m.Reason.CHANGED_MIND)
+
+
+async def pending_of(store: PgReturnsStore, return_id: str) -> list[tuple[str, int, float, bool, str]]:
+    """(kind, attempts, seconds until the next attempt, parked, last error) of the return's tasks
+    not done."""
+    async with store.transaction() as tx:
+        rows = await tx._conn.fetch(
+            "SELECT kind, attempts, extract(epoch FROM next_attempt_at - now()) AS due_in, "
+            "parked_at IS NOT NULL AS parked, last_error FROM inventory_tasks "
+            "WHERE return_id = $1 AND done_at IS NULL ORDER BY created_at",
+            return_id,
+        )
+    return [(r["kind"], r["attempts"], float(r["due_in"]), r["parked"], r["last_error"]) for r in rows]
+
+
+async def make_due(store: PgReturnsStore, return_id: str) -> None:
+    async with store.transaction() as tx:
+        await tx._conn.execute(
+            "UPDATE inventory_tasks SET next_attempt_at = now() WHERE return_id = $1", return_id
+        )
+
+
+async def test_an_effect_refused_for_good_is_parked_listed_and_applied_once_retried_after_the_fix(
+    service: ReturnsService, store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    order_id = web_order(orders)
+    inventory.unknown.add("DC-ORLEANS")  # the rules' DC is not (yet) known to inventory
+    view, _ = await service.create_return(create(order_id, ("1", 1)))
+    await service.receive_return(
+        ReceiveReturn(view.ret.return_id, "", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
+    )
+    [(kind, attempts, _, parked, error)] = await pending_of(store, view.ret.return_id)
+    assert (kind, attempts, parked) == ("set_incoming", 1, True)
+    assert error.startswith("NOT_FOUND: location DC-ORLEANS")
+
+    # Not retried by the worker, however long it runs.
+    await make_due(store, view.ret.return_id)
+    await TaskWorker(store, inventory).run_once()
+    assert [row[1] for row in await pending_of(store, view.ret.return_id)] == [1]
+    listed = [p for p in await service.parked_tasks() if p.return_id == view.ret.return_id]
+    assert [(p.task.kind, p.task.location_id, p.attempts) for p in listed] == [
+        (m.TaskKind.SET_INCOMING, "DC-ORLEANS", 1)
+    ]
+    task_id = listed[0].task.task_id
+
+    # Still refused: parked again, counted as one more attempt.
+    state, reason = await service.retry_task(task_id)
+    assert state is m.TaskState.PARKED and reason.startswith("NOT_FOUND: location DC-ORLEANS")
+    inventory.unknown.clear()  # the location is created in inventory
+    assert await service.retry_task(task_id) == (m.TaskState.DONE, "")
+    assert await service.retry_task(task_id) == (m.TaskState.DONE, "")  # idempotent
+    assert [t.location_id for t in inventory.of(m.TaskKind.SET_INCOMING)] == ["DC-ORLEANS"]
+    assert await pending_of(store, view.ret.return_id) == []
+    assert task_id not in {p.task.task_id for p in await service.parked_tasks()}
+    with pytest.raises(NotFound):
+        await service.retry_task(random_id("no-such-task"))
+
+
+async def test_an_effect_failing_transiently_is_retried_with_growing_jittered_backoff(
+    service: ReturnsService, store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    order_id = web_order(orders)
+    inventory.carried.add(("STORE-A", "SKU-A"))
+    view, _ = await service.create_return(create(order_id, ("1", 1)))
+    inventory.down = True
+    await service.receive_return(
+        ReceiveReturn(view.ret.return_id, "", "STORE-A", (m.ReceivedLine("1", 1, m.Grade.RESELLABLE),))
+    )
+    [(_, attempts, due_in, parked, error)] = await pending_of(store, view.ret.return_id)
+    assert (attempts, parked, error) == (1, False, "UNAVAILABLE: inventory down")
+    assert 0.4 <= due_in <= 1.0  # first retry: between half of and 1 s
+    for attempt, ceiling in ((2, 2.0), (3, 4.0)):
+        await make_due(store, view.ret.return_id)
+        await TaskWorker(store, inventory).run_once()
+        [(_, attempts, due_in, parked, _)] = await pending_of(store, view.ret.return_id)
+        assert (attempts, parked) == (attempt, False)
+        assert ceiling / 2 - 0.1 <= due_in <= ceiling, (attempt, due_in)
+    inventory.down = False
+    await make_due(store, view.ret.return_id)
+    assert await TaskWorker(store, inventory).run_once() == 1
+    assert await pending_of(store, view.ret.return_id) == []
+
+
+async def test_rules_naming_a_location_inventory_does_not_know_are_reported_at_start(
+    service: ReturnsService, inventory: FakeInventory, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await service.check_rules_locations() == []
+    del inventory.locations["DC-ORLEANS"]
+    assert await service.check_rules_locations() == ["distribution_centre_id"]
+    assert "distribution_centre_id 'DC-ORLEANS' is not a location inventory knows" in caplog.text
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.rows = {7: {"id": 7, "topic": "t", "key": "o-1", "parked_reason": "MessageSizeTooLargeError()"}}
+        self.parked_ids = {7}
+
+    async def parked(self, limit: int = 100) -> list[dict[str, object]]:
+        return [self.rows[i] for i in sorted(self.parked_ids)][:limit]
+
+    async def unpark(self, row_id: int) -> bool:
+        self.parked_ids.discard(row_id)
+        return row_id in self.rows
+
+
+async def test_events_kafka_refused_are_listed_and_go_back_to_the_relay_on_retry(
+    store: PgReturnsStore, orders: FakeOrders, inventory: FakeInventory
+) -> None:
+    outbox = FakeOutbox()
+    service = ReturnsService(store, orders, inventory, load_rules(), outbox=outbox)
+    assert [row["id"] for row in await service.parked_events()] == [7]
+    assert await service.retry_task("outbox:7") == (m.TaskState.PENDING, "relayed on the next pass")
+    assert await service.parked_events() == []
+    del outbox.rows[7]  # relayed: gone from the outbox
+    assert await service.retry_task("outbox:7") == (m.TaskState.DONE, "")
+    with pytest.raises(NotFound):
+        await service.retry_task("outbox:seven")

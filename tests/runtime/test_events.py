@@ -320,3 +320,36 @@ async def test_outbox_events_survive_a_kafka_restart(settings: CommonSettings, s
         await asyncio.gather(task, return_exceptions=True)
         await producer.stop()
         await pool.close()
+
+
+async def test_an_outbox_row_kafka_refuses_for_good_is_parked_and_the_rows_behind_it_go_on(
+    settings: CommonSettings, schema: str
+) -> None:
+    pool = await create_pool(settings.database_url, schema)
+    # A producer whose largest request is small: the big row is refused before it is sent.
+    producer = create_producer(settings.kafka_bootstrap, "test", max_request_size=64 * 1024)
+    await producer.start()
+    started_ms = int(time.time() * 1000) - 1000
+    key = random_id("O")
+    try:
+        huge = build_envelope(_payload(blob="x" * 200_000), source="test", key=key)
+        after = build_envelope(_payload(n=2), source="test", key=key)
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_event(conn, ORDER_EVENTS, huge)
+            await enqueue_event(conn, ORDER_EVENTS, after)
+        relay = OutboxRelay(pool, producer, schema)
+        assert await relay.relay_once() == 2
+        [parked] = await relay.parked()
+        assert "MessageSizeTooLarge" in parked["parked_reason"]
+        assert await relay.backlog() == (0, None)  # parked rows are not a stuck relay
+        (received,) = await read_events(
+            settings.kafka_bootstrap, ORDER_EVENTS.name, lambda e: e.key == key, from_beginning_ms=started_ms
+        )
+        assert received.event_id == after.event_id
+        # Retried on demand: relayed again on the next pass (and parked again while still too big).
+        assert await relay.unpark(parked["id"])
+        assert await relay.relay_once() == 1
+        assert [r["id"] for r in await relay.parked()] == [parked["id"]]
+    finally:
+        await producer.stop()
+        await pool.close()

@@ -21,6 +21,11 @@ class PrometheusOrderCounters:
             "Lines moved away from a location (trigger), and whether they found a new one (outcome).",
             ["trigger", "outcome"],
         )
+        self._parked = metrics.counter(
+            "orchestrator_tasks_parked",
+            "Background work parked after a permanent refusal (listed by ListParkedTasks), by kind.",
+            ["kind"],
+        )
         # Every series exists from the start, so rate() and absent() behave before the first order.
         for channel in CHANNELS:
             self._placed.labels(channel)
@@ -33,3 +38,6 @@ class PrometheusOrderCounters:
 
     def reallocated(self, trigger: str, resourced: bool) -> None:
         self._reallocated.labels(bounded(trigger, TRIGGERS), "resourced" if resourced else "cancelled").inc()
+
+    def task_parked(self, kind: str) -> None:
+        self._parked.labels(bounded(kind, TRIGGERS)).inc()

@@ -6,7 +6,7 @@ Every function takes the caller's connection, so the service layer decides the t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -248,13 +248,79 @@ async def open_orders_today(
 async def awaiting_acceptance(
     conn: asyncpg.Connection, sourced_before: datetime, limit: int
 ) -> list[tuple[str, str]]:
+    # Skipping re-sourcing that failed and waits for its next attempt, or is parked.
     rows = await conn.fetch(
-        "SELECT DISTINCT order_id, location_id FROM order_lines WHERE status = 'sourced' AND sourced_at < $1"
-        " LIMIT $2",
+        "SELECT DISTINCT l.order_id, l.location_id FROM order_lines l WHERE l.status = 'sourced'"
+        " AND l.sourced_at < $1 AND NOT EXISTS (SELECT 1 FROM background_failures f"
+        " WHERE f.kind = 'accept_timeout' AND f.key = l.order_id || '@' || l.location_id"
+        " AND (f.parked_at IS NOT NULL OR f.next_attempt_at > now())) LIMIT $2",
         sourced_before,
         limit,
     )
     return [(r["order_id"], r["location_id"]) for r in rows]
+
+
+# --- background work that failed -------------------------------------------------------------
+
+
+def work_key(order_id: str, location_id: str) -> str:
+    return f"{order_id}@{location_id}"
+
+
+async def work_failed(
+    conn: asyncpg.Connection,
+    kind: str,
+    order_id: str,
+    location_id: str,
+    error: str,
+    delay: Callable[[int], float] | None,
+) -> int:
+    """Record a failure: retried after ``delay(attempts)`` seconds, or parked when ``delay`` is
+    None. Returns the attempts so far."""
+    row = await conn.fetchrow(
+        "INSERT INTO background_failures AS f (kind, key, order_id, location_id, attempts, last_error)"
+        " VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (kind, key) DO UPDATE"
+        " SET attempts = f.attempts + 1, last_error = EXCLUDED.last_error RETURNING attempts",
+        kind,
+        work_key(order_id, location_id),
+        order_id,
+        location_id,
+        error[:500],
+    )
+    attempts = int(row["attempts"])
+    if delay is None:
+        await conn.execute(
+            "UPDATE background_failures SET parked_at = now() WHERE kind = $1 AND key = $2",
+            kind,
+            work_key(order_id, location_id),
+        )
+    else:
+        await conn.execute(
+            "UPDATE background_failures SET next_attempt_at = now() + make_interval(secs => $3)"
+            " WHERE kind = $1 AND key = $2",
+            kind,
+            work_key(order_id, location_id),
+            delay(attempts),
+        )
+    return attempts
+
+
+async def work_succeeded(conn: asyncpg.Connection, kind: str, order_id: str, location_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM background_failures WHERE kind = $1 AND key = $2", kind, work_key(order_id, location_id)
+    )
+
+
+async def parked_work(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM background_failures WHERE parked_at IS NOT NULL"
+        " ORDER BY parked_at, kind, key LIMIT $1",
+        limit,
+    )
+
+
+async def failed_work(conn: asyncpg.Connection, kind: str, key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM background_failures WHERE kind = $1 AND key = $2", kind, key)
 
 
 async def orders_open_at(conn: asyncpg.Connection, location_id: str, statuses: Sequence[str]) -> list[str]:

@@ -97,6 +97,17 @@ class RuleSet:
     costs: Costs
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
+    def named_locations(self) -> list[tuple[str, str]]:
+        """(field path, location id) of every location the document names by id."""
+        named = [
+            (f"eligibility[{i}].exclude_locations[{j}]", location_id)
+            for i, rule in enumerate(self.eligibility)
+            for j, location_id in enumerate(rule.exclude_locations)
+        ]
+        named += [(f"safety_stock.locations.{loc}", loc) for loc in self.safety_stock_locations]
+        named += [(f"store_priority.locations.{loc}", loc) for loc in self.priority_locations]
+        return named
+
     def eligibility_for(self, channel: str, method: str) -> Eligibility | None:
         return next((e for e in self.eligibility if e.matches(channel, method)), None)
 

@@ -137,6 +137,50 @@ class OrderServicer(orchestrator_pb2_grpc.OrderServiceServicer):
             decisions=[messages.decision_to_proto(r, order.currency) for r in rows]
         )
 
+    async def ListParkedTasks(
+        self, request: pb.ListParkedTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListParkedTasksResponse:
+        limit = request.limit or 100
+        rows = await self._service.parked_tasks(limit)
+        events = await self._service.parked_events(limit)
+        return pb.ListParkedTasksResponse(
+            tasks=[
+                pb.ParkedTask(
+                    task_id=f"outbox:{e['id']}",
+                    kind="relay",
+                    order_id=e["key"],
+                    reason=f"{e['topic']}: {e['parked_reason']}",
+                    attempts=1,
+                    first_failed_at=messages.ts(e["parked_at"]),
+                    parked_at=messages.ts(e["parked_at"]),
+                )
+                for e in events
+            ]
+            + [
+                pb.ParkedTask(
+                    task_id=f"{r['kind']}:{r['key']}",
+                    kind=r["kind"],
+                    order_id=r["order_id"],
+                    location_id=r["location_id"],
+                    reason=r["last_error"],
+                    attempts=r["attempts"],
+                    first_failed_at=messages.ts(r["first_failed_at"]),
+                    parked_at=messages.ts(r["parked_at"]),
+                )
+                for r in rows
+            ]
+        )
+
+    async def RetryParkedTask(
+        self, request: pb.RetryParkedTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryParkedTaskResponse:
+        state, reason = await self._service.retry_task(request.task_id)
+        return pb.RetryParkedTaskResponse(
+            task_id=request.task_id,
+            state=to_value(pb.TaskState, state, "TASK_STATE_"),
+            reason=reason,
+        )
+
 
 def _version(row: asyncpg.Record) -> pb.RuleVersion:
     return pb.RuleVersion(

@@ -274,3 +274,38 @@ def refund_from_json(raw: dict[str, object]) -> m.Refund:
     lines = raw["lines"]
     assert isinstance(lines, list)
     return m.Refund(str(raw["currency"]), tuple(m.RefundLine(str(r[0]), *map(int, r[1:])) for r in lines))
+
+
+TASK_STATES = {
+    m.TaskState.DONE: pb.TASK_STATE_DONE,
+    m.TaskState.PENDING: pb.TASK_STATE_PENDING,
+    m.TaskState.PARKED: pb.TASK_STATE_PARKED,
+}
+
+
+def parked_task_message(parked: m.ParkedTask) -> pb.ParkedTask:
+    task = parked.task
+    return pb.ParkedTask(
+        task_id=task.task_id,
+        return_id=parked.return_id,
+        kind=task.kind.value,
+        sku=task.sku,
+        location_id=task.location_id,
+        quantity=task.quantity,
+        reason=parked.reason,
+        attempts=parked.attempts,
+        created_at=timestamp(parked.created_at),
+        parked_at=timestamp(parked.parked_at),
+    )
+
+
+def parked_event_message(row: Any) -> pb.ParkedTask:
+    """An outbox row Kafka refused for good, as a parked task ("outbox:<id>", kind relay)."""
+    return pb.ParkedTask(
+        task_id=f"outbox:{row['id']}",
+        kind="relay",
+        reason=f"{row['topic']} key {row['key']}: {row['parked_reason']}",
+        attempts=1,
+        created_at=timestamp(row["created_at"]),
+        parked_at=timestamp(row["parked_at"]),
+    )

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 
@@ -343,24 +344,54 @@ class PgReturnsStore:
             "AND n.created_at > t.created_at)"
         )
         rows = await self._pool.fetch(
-            "SELECT * FROM inventory_tasks WHERE done_at IS NULL AND next_attempt_at <= now() "
-            "ORDER BY created_at, task_id LIMIT $1",
+            "SELECT * FROM inventory_tasks WHERE done_at IS NULL AND parked_at IS NULL "
+            "AND next_attempt_at <= now() ORDER BY created_at, task_id LIMIT $1",
+            limit,
+        )
+        return [_task(r) for r in rows]
+
+    async def parked_tasks(self, limit: int) -> list[m.ParkedTask]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM inventory_tasks WHERE done_at IS NULL AND parked_at IS NOT NULL "
+            "ORDER BY parked_at, task_id LIMIT $1",
             limit,
         )
         return [
-            m.InventoryTask(
-                task_id=r["task_id"],
-                kind=m.TaskKind(r["kind"]),
-                sku=r["sku"],
-                location_id=r["location_id"],
-                quantity=r["quantity"],
-                expected_at=r["expected_at"],
-                reservation_id=r["reservation_id"],
-                reference=r["reference"],
-                supply_id=r["supply_id"],
+            m.ParkedTask(
+                task=_task(r),
+                return_id=r["return_id"],
+                reason=r["last_error"],
+                attempts=r["attempts"],
+                created_at=r["created_at"],
+                parked_at=r["parked_at"],
             )
             for r in rows
         ]
+
+    async def task_parked(self, task_id: str, reason: str) -> None:
+        await self._pool.execute(
+            "UPDATE inventory_tasks SET attempts = attempts + 1, last_error = $2, parked_at = now() "
+            "WHERE task_id = $1 AND done_at IS NULL",
+            task_id,
+            reason[:500],
+        )
+
+    async def unpark_task(self, task_id: str) -> tuple[m.TaskState, m.InventoryTask] | None:
+        """Take a parked task out of the parking (due at once); a task not parked is left as
+        it is. Its state before, and the task; None when unknown."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM inventory_tasks WHERE task_id = $1 FOR UPDATE", task_id)
+            if row is None:
+                return None
+            if row["done_at"] is not None:
+                return m.TaskState.DONE, _task(row)
+            if row["parked_at"] is None:
+                return m.TaskState.PENDING, _task(row)
+            await conn.execute(
+                "UPDATE inventory_tasks SET parked_at = NULL, next_attempt_at = now() WHERE task_id = $1",
+                task_id,
+            )
+            return m.TaskState.PARKED, _task(row)
 
     async def task_done(self, task_id: str) -> None:
         await self._pool.execute(
@@ -370,8 +401,7 @@ class PgReturnsStore:
     async def task_failed(self, task_id: str, error: str, retry_in: timedelta) -> None:
         await self._pool.execute(
             "UPDATE inventory_tasks SET attempts = attempts + 1, last_error = $2, "
-            "next_attempt_at = now() + $3::interval * least(attempts + 1, 12) "
-            "WHERE task_id = $1 AND done_at IS NULL",
+            "next_attempt_at = now() + $3::interval WHERE task_id = $1 AND done_at IS NULL",
             task_id,
             error[:500],
             retry_in,
@@ -379,3 +409,18 @@ class PgReturnsStore:
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
+
+
+def _task(r: Any) -> m.InventoryTask:
+    return m.InventoryTask(
+        task_id=r["task_id"],
+        kind=m.TaskKind(r["kind"]),
+        sku=r["sku"],
+        location_id=r["location_id"],
+        quantity=r["quantity"],
+        expected_at=r["expected_at"],
+        reservation_id=r["reservation_id"],
+        reference=r["reference"],
+        supply_id=r["supply_id"],
+        attempts=r["attempts"],
+    )

@@ -414,6 +414,26 @@ class InventoryTask:
     reference: str = ""
     # The incoming supply an incoming-supply task sets (stable across set and clear).
     supply_id: str = ""
+    # Failed attempts so far (the worker's backoff grows with them).
+    attempts: int = 0
+
+
+class TaskState(StrEnum):
+    DONE = "done"
+    PENDING = "pending"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedTask:
+    """A task inventory refused permanently: not retried until an operator asks."""
+
+    task: InventoryTask
+    return_id: str
+    reason: str
+    attempts: int
+    created_at: datetime
+    parked_at: datetime
 
 
 def incoming_tasks(ret: Return) -> list[InventoryTask]:

@@ -226,3 +226,21 @@ class ReturnsServicer(returns_pb2_grpc.ReturnsServiceServicer):
             channel=codec.CHANNELS.get(channel, common_pb2.CHANNEL_UNSPECIFIED),
             location_ids=locations,
         )
+
+    async def ListParkedTasks(
+        self, request: pb.ListParkedTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListParkedTasksResponse:
+        limit = request.limit or 100
+        parked = await self._service.parked_tasks(limit)
+        events = await self._service.parked_events(limit)
+        tasks = [codec.parked_task_message(p) for p in parked]
+        tasks += [codec.parked_event_message(e) for e in events]
+        return pb.ListParkedTasksResponse(tasks=tasks)
+
+    async def RetryParkedTask(
+        self, request: pb.RetryParkedTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryParkedTaskResponse:
+        state, reason = await self._service.retry_task(request.task_id)
+        return pb.RetryParkedTaskResponse(
+            task_id=request.task_id, state=codec.TASK_STATES[state], reason=reason
+        )
