@@ -31,7 +31,7 @@ from gateway.settings import (
 )
 from runtime.settings import CommonSettings
 from tests.inventory.conftest import SERVICE_DB, redis_url, seed
-from tests.support import random_id, wait_for
+from tests.support import internal_credentials, random_id, wait_for
 from tools.stack import health
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -43,6 +43,11 @@ WEB = common_pb2.CHANNEL_WEB
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+def own_certificate(name: str) -> dict[str, str]:
+    directory = Path(os.environ["TUTTI_INTERNAL_TLS_DIR"])
+    return {"TUTTI_TLS_CERT": str(directory / f"{name}.crt"), "TUTTI_TLS_KEY": str(directory / f"{name}.key")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,9 +55,11 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def process(module: str, address: str, env: dict[str, str], log_path: Path) -> AsyncIterator[None]:
+async def process(
+    module: str, address: str, env: dict[str, str], log_path: Path, *, internal: bool = False
+) -> AsyncIterator[None]:
     """``python -m module`` in its own process (its own event loop and CPU, as deployed), stopped
-    with SIGTERM afterwards."""
+    with SIGTERM afterwards. ``internal``: a backend, whose port speaks mTLS only."""
     with log_path.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -61,7 +68,8 @@ async def process(module: str, address: str, env: dict[str, str], log_path: Path
 
         async def answers() -> bool:
             assert proc.returncode is None, f"{module} stopped: see {log_path}"
-            return not (await health(address)).startswith("down")
+            credentials = internal_credentials() if internal else None
+            return not (await health(address, credentials=credentials)).startswith("down")
 
         await wait_for(answers, timeout=60, message=f"{module} at {address} answering")
         yield
@@ -90,7 +98,14 @@ async def stack(
         "TUTTI_LOG_LEVEL": "warning",
     }
     async with (
-        process("services.inventory", inventory, env, tmp / "inventory.log"),
+        # Inventory presents its own certificate of the test CA (the test process's is the gateway's).
+        process(
+            "services.inventory",
+            inventory,
+            {**env, **own_certificate("inventory")},
+            tmp / "inventory.log",
+            internal=True,
+        ),
         process("gateway", gateway, env, tmp / "gateway.log"),
         grpc.aio.insecure_channel(gateway) as channel,
     ):

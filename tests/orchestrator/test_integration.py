@@ -753,7 +753,7 @@ async def test_re_sourcing_refused_for_good_is_parked_not_retried_and_done_once_
     redis = Redis.from_url(settings.redis_url.rsplit("/", 1)[0] + f"/{INVENTORY_REDIS_DB}")
     own = own_orchestrator(settings, inventory, accept_timeout_seconds=1, sweep_interval_seconds=0.2)
     try:
-        async with own as (svc, _), grpc.aio.insecure_channel(svc.address) as ch:
+        async with own as (svc, _), internal_channel(svc.address) as ch:
             stub = orchestrator_pb2_grpc.OrderServiceStub(ch)
             placed = (await stub.PlaceOrder(order_request({a: 1}))).order
             assert placed.lines[0].location_id == ids["slow"]
