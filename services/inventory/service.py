@@ -31,6 +31,8 @@ from services.inventory.domain.csv_import import parse_stock_csv
 EVENT_LOCATION = "tutti.inventory.v1.LocationUpserted"
 EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
 EVENT_POLICY = "tutti.inventory.v1.ChannelPolicySet"
+# Receipts of reservation entries live this long (lua/relayed.lua).
+RECEIPT_TTL_S = 86400
 # GetSkus names this many unknown SKUs in its NOT_FOUND message and counts the rest.
 NAMED_UNKNOWN_SKUS = 5
 
@@ -80,6 +82,7 @@ class InventoryService:
         hub: AvailabilityHub | None = None,
         *,
         pos_ack_after_ledger_s: float = 0.0,
+        reservation_ack_after_ledger_s: float = 0.0,
         snapshot_max_future_s: float = 300.0,
         pos_sale_retention_s: int = 60 * 86400,
         counters: StockCounters | None = None,
@@ -97,6 +100,9 @@ class InventoryService:
         # the Kafka ledger (waiting at most this long, else UNAVAILABLE and the terminal resends),
         # so an acknowledged sale survives even the loss of Redis' last second of writes.
         self.pos_ack_after_ledger_s = pos_ack_after_ledger_s
+        # The same for reservations and their confirmations, releases and fulfilments: a promise
+        # is only acknowledged once it is on the ledger, where a catch-up finds it after a power cut.
+        self.reservation_ack_after_ledger_s = reservation_ack_after_ledger_s
 
     # --- master data --------------------------------------------------------------------------
 
@@ -377,17 +383,23 @@ class InventoryService:
             sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s
         )
         try:
-            return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
+            reservation, dup, xid = await self.store.reserve(
+                reservation_id, lines, channel, order_id, hold_ttl_s, fp
+            )
         except FailedPrecondition:
             # The reserve script refuses only for stock (not enough available at a location).
             self.counters.reservation_refused(channel)
             raise
+        await self._wait_entry_on_ledger(xid)
+        return reservation, dup
 
     async def confirm(self, reservation_id: str, order_id: str = "") -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
         if order_id:
             model.require_id("order_id", order_id)
-        return await self.store.confirm(reservation_id, order_id)
+        reservation, xid = await self.store.confirm(reservation_id, order_id)
+        await self._wait_entry_on_ledger(xid)
+        return reservation
 
     async def release(
         self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "", reason: str = ""
@@ -408,7 +420,11 @@ class InventoryService:
             model.require_id("request_id", request_id)
         elif lines:
             raise InvalidArgument("request_id", "is required when lines are given (it makes retries safe)")
-        return await self.store.release_or_fulfil(op, reservation_id, lines, request_id, reason[:200])
+        reservation, xid = await self.store.release_or_fulfil(
+            op, reservation_id, lines, request_id, reason[:200]
+        )
+        await self._wait_entry_on_ledger(xid)
+        return reservation
 
     async def get_reservation(self, reservation_id: str) -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
@@ -830,6 +846,27 @@ class InventoryService:
             )
         return sale
 
+    async def _wait_entry_on_ledger(self, outbox_id: str) -> None:
+        """Returns once the relay's receipt proves outbox entry ``outbox_id`` is on the Kafka ledger
+        (nothing to wait for without an id: nothing moved, or a record restored from the ledger);
+        raises UNAVAILABLE when that takes longer than ``reservation_ack_after_ledger_s`` or when the
+        entry is lost. The caller retries with the same id: it counts once, and the retry waits too."""
+        if not outbox_id or self.reservation_ack_after_ledger_s <= 0 or self.hub is None:
+            return
+        state = "pending"
+
+        async def pending() -> bool:
+            nonlocal state
+            state = await self.store.entry_state(outbox_id)
+            return state == "pending"
+
+        if not await self.hub.wait_relayed(pending, limit_s=self.reservation_ack_after_ledger_s):
+            raise Unavailable("recorded but not yet on the ledger; retry with the same id (it counts once)")
+        if state == "lost" and _entry_age_s(outbox_id) > RECEIPT_TTL_S:
+            return  # a retry after the receipt expired: the entry was relayed long ago
+        if state != "on":
+            raise Unavailable("recorded, but its ledger entry was lost; retry later")
+
     async def _wait_on_ledger(self, idem_key: str, receipt_key: str) -> None:
         """Returns once the relay's receipt proves the sale is on the Kafka ledger; raises
         UNAVAILABLE (the terminal resends, the sale counts once) when that takes longer than
@@ -865,6 +902,11 @@ class _ChangedView(model.SkuAvailability):
     @property
     def network_available(self) -> int:
         return self.total
+
+
+def _entry_age_s(outbox_id: str) -> float:
+    """Age of an outbox entry from its id (``<ms>-<seq>``, the Redis time it was appended)."""
+    return time.time() - int(outbox_id.split("-")[0]) / 1000
 
 
 def _unique(items: Sequence[str]) -> list[str]:

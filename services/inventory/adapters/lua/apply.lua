@@ -8,6 +8,8 @@
 -- op: {op='delta', s, l, k, doh, dqt, mode='strict'|'clamp', sup?, cp?}
 --     {op='safety', s, l, ss} | {op='incoming', s, l, sid, q, at, src} | {op='snap', s, l, abs, asof}
 local idem, idem_ttl, fp, ref, why = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local not_armed = unarmed()
+if not_armed then return not_armed end
 local ops = cjson.decode(ARGV[6])
 local receipt = ARGV[7] or ''
 local record_key, record, record_ttl = ARGV[8] or '', ARGV[9] or '', tonumber(ARGV[10] or '0')
