@@ -99,8 +99,16 @@ class LedgerState:
     policies: dict[str, tuple[tuple[int, int, int], model.ChannelPolicy]] = field(default_factory=dict)
     # Highest outbox stream id (ms, seq) seen on the ledger, whatever the SKU filter.
     last_entry: tuple[int, int] = (0, 0)
+    # Per SKU x location: the sum of the movements' deltas (on_hand, reserved, quarantined), and
+    # the earliest movement read (its counters before it are where the sums start).
+    sums: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    first: dict[tuple[str, str], tuple[Order, events_pb2.StockMovementRecorded]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
 
     def apply(self, envelope: envelope_pb2.EventEnvelope, skus: Collection[str] | None) -> None:
+        if envelope.event_id in self.seen:  # a relay retry put it there twice
+            return
+        self.seen.add(envelope.event_id)
         order = _order(envelope.event_id)
         self.last_entry = max(self.last_entry, order[:2])
         if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
@@ -131,9 +139,28 @@ class LedgerState:
             if prev_p is None or prev_p[0] < order:
                 self.policies[policy.channel] = (order, policy)
 
+    def totals(self, key: tuple[str, str]) -> tuple[int, int, int]:
+        """On-hand, reserved and quarantined of ``key`` from the movements' deltas. They equal the
+        last movement's counters, except on a ledger written before Redis was armed against it
+        (rebuild.catch_up), where a movement made on counters that had lost their last second
+        recorded counters missing those losses — and reused their sequence numbers."""
+        _, m = self.first[key]
+        oh, rs, qt = self.sums[key]
+        return (
+            m.after.on_hand - m.on_hand_delta + oh,
+            m.after.reserved - m.reserved_delta + rs,
+            m.after.quarantined - m.quarantined_delta + qt,
+        )
+
     def _movement(self, m: events_pb2.StockMovementRecorded, order: tuple[int, int, int]) -> None:
         key = (m.sku, m.location_id)
         kind = _kind(m)
+        total = self.sums.setdefault(key, [0, 0, 0])
+        total[0] += m.on_hand_delta
+        total[1] += m.reserved_delta
+        total[2] += m.quarantined_delta
+        if key not in self.first or order < self.first[key][0]:
+            self.first[key] = (order, m)
         prev = self.counters.get(key)
         if prev is None or prev.sequence < m.sequence:
             self.counters[key] = m
@@ -269,13 +296,19 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         incoming = state.incoming.get((sku, loc), [])
         asof = state.snapshot_as_of.get((sku, loc), 0)
         ts = m.occurred_at.ToMilliseconds()
+        oh, rs, qt = state.totals((sku, loc))
+        if (oh, rs, qt) != (m.after.on_hand, m.after.reserved, m.after.quarantined):
+            log.warning(
+                "the ledger's last counters differ from the sum of its movements; the sum is kept",
+                extra={"sku": sku, "location_id": loc, "sequence": m.sequence},
+            )
         pipe.hset(
             f"inv:{{{sku}}}:c:{loc}",
             mapping={
-                "oh": m.after.on_hand,
-                "rs": m.after.reserved,
+                "oh": oh,
+                "rs": rs,
                 "ss": m.after.safety_stock,
-                "qt": m.after.quarantined,
+                "qt": qt,
                 "inc": sum(s.quantity for s in incoming),
                 "seq": m.sequence,
                 "asof": asof,
