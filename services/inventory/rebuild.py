@@ -230,12 +230,12 @@ async def read_ledger(
     """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
     state = LedgerState()
     wanted = set(skus) if skus is not None else None
-    async for envelope, _ in _scan(bootstrap, topic, since_ms):
+    async for envelope, _ in scan_ledger(bootstrap, topic, since_ms):
         state.apply(envelope, wanted)
     return state
 
 
-async def _scan(
+async def scan_ledger(
     bootstrap: str, topic: str, since_ms: int | None
 ) -> AsyncIterator[tuple[envelope_pb2.EventEnvelope, bytes]]:
     """Inventory's ledger records from the beginning (or from ``since_ms``) up to the end at call
@@ -446,9 +446,8 @@ async def catch_up(
     if marker is not None:
         ms, seq = marker.decode().split("-")
         since = (int(ms), int(seq))
-        records = [
-            env async for env, store in _scan(bootstrap, topic, since[0] - CATCH_UP_MARGIN_MS) if store == me
-        ]
+        start_ms = since[0] - CATCH_UP_MARGIN_MS
+        records = [env async for env, store in scan_ledger(bootstrap, topic, start_ms) if store == me]
         counts = await _replay(redis, records, since, closed_ttl_s)
     await redis.set(ARMED, run_id)
     return counts

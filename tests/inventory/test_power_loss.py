@@ -32,11 +32,13 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 from tutti.common.v1 import common_pb2
+from tutti.inventory.v1 import events_pb2, inventory_pb2_grpc
 from tutti.inventory.v1 import inventory_pb2 as pb
-from tutti.inventory.v1 import inventory_pb2_grpc
 
+from runtime.kafka import INVENTORY_MOVEMENTS
 from runtime.settings import CommonSettings
 from services.inventory.bootstrap import build
+from services.inventory.rebuild import scan_ledger
 from tests.inventory.conftest import seed
 from tests.support import RunningService, random_id, running_service, wait_for
 
@@ -299,7 +301,7 @@ async def test_acknowledged_sales_and_reservations_survive_a_power_cut(
     settings: CommonSettings, dedicated_redis: DedicatedRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.inventory.adapters.ledger_guard")
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), int(time.time() * 1000)
     model = Model()
     direct = Redis.from_url(dedicated_redis.url)
     try:
@@ -342,6 +344,15 @@ async def test_acknowledged_sales_and_reservations_survive_a_power_cut(
             assert after == seqs
             (_, second) = caught_up(caplog)
             assert second["movements"] > 0 and second["mismatched_counters"] == 0
+        # On the ledger, no sequence number of these SKUs was ever given to two movements.
+        events: dict[tuple[str, str, int], set[str]] = {}
+        async for envelope, _ in scan_ledger(settings.kafka_bootstrap, INVENTORY_MOVEMENTS.name, started_ms):
+            if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
+                m = events_pb2.StockMovementRecorded()
+                envelope.payload.Unpack(m)
+                if m.sku in skus:
+                    events.setdefault((m.sku, m.location_id, m.sequence), set()).add(envelope.event_id)
+        assert events and all(len(ids) == 1 for ids in events.values())
         print(
             f"power cut: {model.sales} sales and {len(model.reservations)} reservations acknowledged, "
             f"all counted once; replayed from the ledger: {first}, {second}; "
