@@ -68,7 +68,7 @@ def start_inventory(redis_port: int, log: Path, ledger_acks: bool) -> tuple[subp
     }
     if not ledger_acks:  # acknowledged once in Redis, as before reservations waited for the ledger
         env["TUTTI_INVENTORY_POS_ACK_AFTER_LEDGER_SECONDS"] = "0"
-        env["TUTTI_INVENTORY_RESERVATION_ACK_AFTER_LEDGER_SECONDS"] = "0"
+        env["TUTTI_INVENTORY_ACK_AFTER_LEDGER_SECONDS"] = "0"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.inventory"],

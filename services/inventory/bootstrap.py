@@ -39,7 +39,7 @@ class InventorySettings:
     relay_batch: int
     relay_enabled: bool
     pos_ack_after_ledger_s: float
-    reservation_ack_after_ledger_s: float
+    ack_after_ledger_s: float
     snapshot_max_future_s: float
     pos_sale_retention_s: int
 
@@ -58,8 +58,8 @@ class InventorySettings:
             pos_ack_after_ledger_s=env.float(
                 "TUTTI_INVENTORY_POS_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
             ),
-            reservation_ack_after_ledger_s=env.float(
-                "TUTTI_INVENTORY_RESERVATION_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
+            ack_after_ledger_s=env.float(
+                "TUTTI_INVENTORY_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
             ),
             snapshot_max_future_s=env.float(
                 "TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS", 300.0, minimum=0.0
@@ -77,15 +77,22 @@ async def build(
     stack.push_async_callback(redis.aclose)
     metrics = Metrics("inventory")
     metrics.watch_redis_pool("inventory", redis)
+    # The ledger checks (armed run_id, answers waiting for the relay's receipts) on their own
+    # connections: one call covers every waiting answer.
+    control = Redis.from_url(cfg.redis_url, max_connections=4, socket_keepalive=True)
+    stack.push_async_callback(control.aclose)
     store = RedisStore(
-        redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
+        redis,
+        idempotency_ttl_s=cfg.idempotency_ttl_s,
+        closed_ttl_s=cfg.closed_reservation_ttl_s,
+        control=control,
     )
     hub = AvailabilityHub(redis, avail_channel=store.avail_channel, relayed_channel=store.relayed_channel)
     service = InventoryService(
         store,
         hub,
         pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s,
-        reservation_ack_after_ledger_s=cfg.reservation_ack_after_ledger_s,
+        ack_after_ledger_s=cfg.ack_after_ledger_s,
         snapshot_max_future_s=cfg.snapshot_max_future_s,
         pos_sale_retention_s=cfg.pos_sale_retention_s,
         counters=PrometheusStockCounters(metrics),

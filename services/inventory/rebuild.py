@@ -41,6 +41,7 @@ from services.inventory.adapters.redis_store import (
     ARMED,
     OUTBOX,
     RELAYED,
+    arming_value,
     location_to_json,
     policy_fields,
     pos_sale_key,
@@ -392,7 +393,7 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
     # The rebuilt state is the ledger's: mutations may run on this Redis process.
     if state.last_entry != (0, 0):
         await redis.set(RELAYED, f"{state.last_entry[0]}-{state.last_entry[1]}", nx=True)
-    await redis.set(ARMED, str((await redis.info("server"))["run_id"]))
+    await redis.set(ARMED, await arming_value(redis))
     return {
         "counters": len(state.counters),
         "reservations_live": live,
@@ -439,7 +440,7 @@ async def catch_up(
     time and physical movement), the reservation lines and records they carry, the idempotency
     records and till sales they make, and the master data relayed after that entry. A Redis that
     never relayed anything (new, or wiped: see ``rebuild``) has nothing to compare and is armed."""
-    run_id = str((await redis.info("server"))["run_id"])
+    armed = await arming_value(redis)
     me = (await store_id(redis)).encode()
     marker = await redis.get(RELAYED)
     counts = {"movements": 0, "reservations": 0, "master_data": 0, "mismatched_counters": 0}
@@ -449,7 +450,7 @@ async def catch_up(
         start_ms = since[0] - CATCH_UP_MARGIN_MS
         records = [env async for env, store in scan_ledger(bootstrap, topic, start_ms) if store == me]
         counts = await _replay(redis, records, since, closed_ttl_s)
-    await redis.set(ARMED, run_id)
+    await redis.set(ARMED, armed)
     return counts
 
 

@@ -36,12 +36,17 @@ class LedgerGuard:
 
     async def check_once(self) -> dict[str, int] | None:
         """Catches up when Redis' run_id is not the armed one; returns what was replayed, or None."""
-        run_id, armed = await self._store.armed()
-        if run_id == armed:
+        current, armed = await self._store.armed()
+        if current == armed:
+            self.in_step.set()
+            return None
+        if current.partition(":")[0] == armed.partition(":")[0]:
+            # Same process, LASTSAVE moved (an RDB save): nothing lost, keep the cheap check cheap.
+            await self._store.arm(current)
             self.in_step.set()
             return None
         self.in_step.clear()
-        log.warning("Redis state not checked against the ledger (new run_id %s): catching up", run_id)
+        log.warning("Redis state not checked against the ledger (new run_id %s): catching up", current)
         counts = await self._catch_up()
         log.info("caught up with the ledger", extra=counts)
         self.in_step.set()

@@ -138,8 +138,15 @@ class ApplyResult:
 
 class RedisStore:
     def __init__(
-        self, redis: Redis, *, idempotency_ttl_s: int = 7 * 86400, closed_ttl_s: int = 7 * 86400
+        self,
+        redis: Redis,
+        *,
+        idempotency_ttl_s: int = 7 * 86400,
+        closed_ttl_s: int = 7 * 86400,
+        control: Redis | None = None,
     ) -> None:
+        """``control``: a client of the same db for the ledger checks (is Redis armed, are answers'
+        entries on the ledger), so they never wait for, or take, a connection of the busy pool."""
         self.redis = redis
         self.idempotency_ttl_s = idempotency_ttl_s
         self.closed_ttl_s = closed_ttl_s
@@ -156,6 +163,10 @@ class RedisStore:
             name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
             for name in SCRIPTS
         }
+        self._control = {
+            name: (control or redis).register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
+            for name in ("ack_state", "armed")
+        }
 
     async def _call(self, name: str, args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=[], args=list(args))
@@ -168,13 +179,14 @@ class RedisStore:
         delete: Sequence[str] = (),
         hset: Sequence[tuple[str, str, str]] = (),
         events: Sequence[tuple[str, str, bytes]] = (),
-    ) -> None:
+    ) -> str:
+        """Returns the id of the outbox entry holding the events ("" when none)."""
         spec = {
             "del": list(delete),
             "hset": [list(h) for h in hset],
             "events": [[t, k, base64.b64encode(p).decode()] for t, k, p in events],
         }
-        await self._call("meta", [json.dumps(spec)])
+        return _text(await self._call("meta", [json.dumps(spec)]))
 
     async def locations(self, ids: Sequence[str] | None = None) -> dict[str, model.Location]:
         if ids is None:
@@ -314,20 +326,22 @@ class RedisStore:
         raw = await self._call("pos_ack", [idem_key, receipt_key])
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    async def entry_state(self, outbox_id: str) -> str:
-        """Where the outbox entry ``outbox_id`` (written with a receipt flag: reservations) stands:
-        ``on`` (the relay's receipt), ``pending`` (in the outbox) or ``lost`` (see lua/ack_state.lua)."""
-        raw = await self._call("ack_state", [outbox_id])
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    async def entry_states(self, outbox_ids: Sequence[str]) -> list[str]:
+        """Where each outbox entry (written with a receipt flag: every command but POS sales)
+        stands: ``on`` (the relay's receipt), ``pending`` (in the outbox) or ``lost`` (see
+        lua/ack_state.lua). One call for all of them."""
+        return [_text(v) for v in await self._control["ack_state"](keys=[], args=list(outbox_ids))]
 
     async def armed(self) -> tuple[str, str]:
-        """(current Redis run_id, run_id last armed): mutations run only when they are equal."""
-        run_id, armed = await self._call("armed", [])
-        return _text(run_id), _text(armed)
+        """(current Redis ``run_id:lastsave``, the value last armed): mutations run only when the
+        run_ids are equal (see lua/common.lua)."""
+        current, armed = await self._control["armed"](keys=[], args=[])
+        return _text(current), _text(armed)
 
-    async def arm(self, run_id: str) -> None:
-        """Lets mutations run on the Redis process ``run_id`` (its state matches the ledger)."""
-        await self.redis.set(ARMED, run_id)
+    async def arm(self, value: str) -> None:
+        """Lets mutations run on the Redis process of ``value`` (``run_id:lastsave``, its state
+        matches the ledger)."""
+        await self.redis.set(ARMED, value)
 
     async def pos_sale(self, terminal_id: str, sale_id: str) -> model.PosSale | None:
         raw = await self.redis.get(pos_sale_key(terminal_id, sale_id))
@@ -356,6 +370,16 @@ async def store_id(redis: Redis) -> str:
     replays only its own movements when several stores share a ledger topic (test dbs do)."""
     await redis.set(STORE_ID, uuid.uuid4().hex, nx=True)
     return _text(await redis.get(STORE_ID) or b"")
+
+
+async def arming_value(redis: Redis) -> str:
+    """``run_id:lastsave`` of the Redis process behind ``redis`` (see lua/common.lua)."""
+    return _text(await redis.eval(_ARMING_VALUE, 0))
+
+
+_ARMING_VALUE = (
+    "return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') .. ':' .. redis.call('LASTSAVE')"
+)
 
 
 def pos_sale_key(terminal_id: str, sale_id: str) -> str:

@@ -172,7 +172,8 @@ for key, c in pairs(touched) do
   local list = supplies(c.sku, c.loc)
   levels[key] = {oh = c.oh, rs = c.rs, ss = c.ss, qt = c.qt, inc = c.inc, seq = c.seq, asof = c.asof, sup = list}
 end
-local xid, moves = batch:flush(receipt, idem)
+-- Every other command's entry gets a receipt by id: its answer waits for it too.
+local xid, moves = batch:flush(receipt, idem, receipt == '')
 if record_key ~= '' then
   -- The clock of the script, so the record's time is the movement's.
   local rec = cjson.decode(record)

@@ -13,8 +13,9 @@
 --                              r = receipt key, i = idempotency key; a re-queued entry o = original id)
 --   inv:onledger:REF   string  POS receipt: the outbox id the relay put on Kafka (TTL of the idem key)
 --   inv:onledger:x:ID  string  receipt of outbox entry ID (entries flagged w = 1: reservations), 1 day
---   inv:ledger:armed   string  run_id of the Redis process whose state was checked against the ledger:
---                              mutations are refused (UNAVAILABLE) until it equals the current run_id
+--   inv:ledger:armed   string  "run_id:lastsave" of the Redis process whose state was checked against
+--                              the ledger: mutations are refused (UNAVAILABLE) until the run_id is the
+--                              current one
 --   inv:ledger:relayed string  highest outbox id the relay put on Kafka (where a catch-up starts)
 --   inv:ledger:store   string  this store's id, sent with every ledger record (Kafka header)
 -- Pub/sub channel inv:avail:<db> carries the changed counters for watchers.
@@ -34,13 +35,20 @@ local ARMED = 'inv:ledger:armed'
 -- changes, and every mutation is refused until the catch-up (rebuild.catch_up) replayed what Redis
 -- lacks and armed the new run_id. So no movement is ever computed from stale counters, and
 -- sequence numbers continue after the ledger's, never repeat. Returns nil or an encoded error.
+-- The armed value is "run_id:lastsave": LASTSAVE (set to the start time when Redis starts, moved
+-- by RDB saves) is the cheap check (well under a microsecond); only when it moved is the run_id
+-- read (INFO, ~11 us): a save in the same process is fine (the guard re-arms the new LASTSAVE),
+-- a new process is not. (A restart within the same second as the last save would pass the cheap
+-- check: with AOF only, LASTSAVE is the start time, so a process would have to live < 1 s.)
 -- A db that was never armed and never relayed (a new or test db, not yet seen by the service) is
 -- left alone; a db wiped entirely is restored with rebuild.py.
 local function unarmed()
   local armed = redis.call('GET', ARMED)
   if not armed and redis.call('EXISTS', 'inv:ledger:relayed') == 0 then return nil end
+  local run, saved = string.match(armed or '', '^(%x+):(%d+)$')
+  if saved and tonumber(saved) == redis.call('LASTSAVE') then return nil end
   local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-  if armed ~= run_id then
+  if run ~= run_id then
     return cjson.encode({e = {code = 'UNAVAILABLE',
       msg = 'inventory is checking its stock against the ledger after a Redis restart; retry'}})
   end
