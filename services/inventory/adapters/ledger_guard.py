@@ -15,6 +15,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
 from services.inventory.adapters.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ class LedgerGuard:
         while True:
             try:
                 await self.check_once()
-            except (ConnectionError, OSError, TimeoutError) as exc:
+            except (RedisError, KafkaError, OSError, TimeoutError) as exc:
                 self.in_step.clear()
                 log.warning("ledger check failed (%r); retrying", exc)
             except Exception:
