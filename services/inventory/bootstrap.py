@@ -18,6 +18,8 @@ from runtime.grpc_server import Wiring
 from runtime.kafka import create_producer
 from runtime.metrics import Metrics
 from runtime.settings import CommonSettings, Env
+from services.inventory import rebuild
+from services.inventory.adapters.ledger_guard import LedgerGuard
 from services.inventory.adapters.metrics import PrometheusStockCounters
 from services.inventory.adapters.redis_pool import DeadlineBoundPool
 from services.inventory.adapters.redis_store import RedisStore
@@ -44,6 +46,7 @@ class InventorySettings:
     relay_batch: int
     relay_enabled: bool
     pos_ack_after_ledger_s: float
+    ack_after_ledger_s: float
     snapshot_max_future_s: float
     pos_sale_retention_s: int
     # Redis connections at most; a call waits for a free one within its deadline, work without a
@@ -65,6 +68,9 @@ class InventorySettings:
             relay_enabled=env.bool("TUTTI_INVENTORY_RELAY_ENABLED", True),
             pos_ack_after_ledger_s=env.float(
                 "TUTTI_INVENTORY_POS_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
+            ),
+            ack_after_ledger_s=env.float(
+                "TUTTI_INVENTORY_ACK_AFTER_LEDGER_SECONDS", 5.0, minimum=0.0
             ),
             snapshot_max_future_s=env.float(
                 "TUTTI_INVENTORY_SNAPSHOT_MAX_FUTURE_SECONDS", 300.0, minimum=0.0
@@ -95,14 +101,22 @@ async def build(
     stack.push_async_callback(redis.aclose)
     metrics = Metrics("inventory")
     metrics.watch_redis_pool("inventory", redis)
+    # The ledger checks (armed run_id, answers waiting for the relay's receipts) on their own
+    # connections: one call covers every waiting answer.
+    control = Redis.from_url(cfg.redis_url, max_connections=4, socket_keepalive=True)
+    stack.push_async_callback(control.aclose)
     store = RedisStore(
-        redis, idempotency_ttl_s=cfg.idempotency_ttl_s, closed_ttl_s=cfg.closed_reservation_ttl_s
+        redis,
+        idempotency_ttl_s=cfg.idempotency_ttl_s,
+        closed_ttl_s=cfg.closed_reservation_ttl_s,
+        control=control,
     )
     hub = AvailabilityHub(redis, avail_channel=store.avail_channel, relayed_channel=store.relayed_channel)
     service = InventoryService(
         store,
         hub,
         pos_ack_after_ledger_s=cfg.pos_ack_after_ledger_s,
+        ack_after_ledger_s=cfg.ack_after_ledger_s,
         snapshot_max_future_s=cfg.snapshot_max_future_s,
         pos_sale_retention_s=cfg.pos_sale_retention_s,
         counters=PrometheusStockCounters(metrics),
@@ -112,6 +126,10 @@ async def build(
     producer_started = asyncio.Event()
     stack.push_async_callback(producer.stop)
     relay = OutboxRelay(redis, producer, relayed_channel=store.relayed_channel, batch=cfg.relay_batch)
+    guard = LedgerGuard(
+        store,
+        lambda: rebuild.catch_up(redis, settings.kafka_bootstrap, closed_ttl_s=cfg.closed_reservation_ttl_s),
+    )
     metrics.watch_outbox("inventory", relay.backlog)
 
     async def start_producer() -> None:
@@ -135,8 +153,13 @@ async def build(
     async def fan_out() -> None:
         await hub.run()
 
+    async def guard_ledger() -> None:
+        await guard.run()
+
     async def ready() -> None:
         await store.ping()
+        if not guard.in_step.is_set():
+            raise ConnectionError("Redis' stock is being checked against the ledger (catch-up)")
         try:
             # Both come up within moments of start; wait a little rather than flap NOT_SERVING.
             await asyncio.wait_for(producer_started.wait(), timeout=2)
@@ -156,6 +179,6 @@ async def build(
         register=register,
         service_names=[inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name],
         ready=ready,
-        background=(relay_outbox, sweep_holds, fan_out),
+        background=(relay_outbox, sweep_holds, fan_out, guard_ledger),
         metrics=metrics,
     )

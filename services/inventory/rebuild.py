@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,20 +38,33 @@ from runtime.kafka import INVENTORY_MOVEMENTS, security_options
 from runtime.settings import CommonSettings, KafkaSecurity
 from services.inventory.adapters import codec
 from services.inventory.adapters.redis_store import (
+    ARMED,
     OUTBOX,
+    RELAYED,
+    arming_value,
     location_to_json,
     policy_fields,
     pos_sale_key,
     pos_sale_record,
     sku_to_json,
+    store_id,
 )
+from services.inventory.adapters.relay import STORE_HEADER
 from services.inventory.domain import model
 
+log = logging.getLogger(__name__)
+
 MV_RETENTION_MS = 7 * 24 * 3600 * 1000
+# A catch-up reads the ledger from this long before the last entry Redis knows was relayed
+# (producer clocks and Redis' may differ a little; reading more is harmless).
+CATCH_UP_MARGIN_MS = 5 * 60 * 1000
 IDEM_TTL_S = 7 * 86400
 # Till sales stay readable this long (GetPosSale), as the service keeps them.
 POS_SALE_RETENTION_S = 86400 * int(os.environ.get("TUTTI_INVENTORY_POS_SALE_RETENTION_DAYS", "60"))
 CLOSED_TTL_S = 7 * 86400
+
+
+Order = tuple[int, int, int]
 
 
 def _order(event_id: str) -> tuple[int, int, int]:
@@ -86,8 +100,16 @@ class LedgerState:
     policies: dict[str, tuple[tuple[int, int, int], model.ChannelPolicy]] = field(default_factory=dict)
     # Highest outbox stream id (ms, seq) seen on the ledger, whatever the SKU filter.
     last_entry: tuple[int, int] = (0, 0)
+    # Per SKU x location: the sum of the movements' deltas (on_hand, reserved, quarantined), and
+    # the earliest movement read (its counters before it are where the sums start).
+    sums: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    first: dict[tuple[str, str], tuple[Order, events_pb2.StockMovementRecorded]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
 
     def apply(self, envelope: envelope_pb2.EventEnvelope, skus: Collection[str] | None) -> None:
+        if envelope.event_id in self.seen:  # a relay retry put it there twice
+            return
+        self.seen.add(envelope.event_id)
         order = _order(envelope.event_id)
         self.last_entry = max(self.last_entry, order[:2])
         if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
@@ -118,9 +140,28 @@ class LedgerState:
             if prev_p is None or prev_p[0] < order:
                 self.policies[policy.channel] = (order, policy)
 
+    def totals(self, key: tuple[str, str]) -> tuple[int, int, int]:
+        """On-hand, reserved and quarantined of ``key`` from the movements' deltas. They equal the
+        last movement's counters, except on a ledger written before Redis was armed against it
+        (rebuild.catch_up), where a movement made on counters that had lost their last second
+        recorded counters missing those losses — and reused their sequence numbers."""
+        _, m = self.first[key]
+        oh, rs, qt = self.sums[key]
+        return (
+            m.after.on_hand - m.on_hand_delta + oh,
+            m.after.reserved - m.reserved_delta + rs,
+            m.after.quarantined - m.quarantined_delta + qt,
+        )
+
     def _movement(self, m: events_pb2.StockMovementRecorded, order: tuple[int, int, int]) -> None:
         key = (m.sku, m.location_id)
         kind = _kind(m)
+        total = self.sums.setdefault(key, [0, 0, 0])
+        total[0] += m.on_hand_delta
+        total[1] += m.reserved_delta
+        total[2] += m.quarantined_delta
+        if key not in self.first or order < self.first[key][0]:
+            self.first[key] = (order, m)
         prev = self.counters.get(key)
         if prev is None or prev.sequence < m.sequence:
             self.counters[key] = m
@@ -190,6 +231,17 @@ async def read_ledger(
 ) -> LedgerState:
     """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
     state = LedgerState()
+    wanted = set(skus) if skus is not None else None
+    async for envelope, _ in scan_ledger(bootstrap, topic, since_ms):
+        state.apply(envelope, wanted)
+    return state
+
+
+async def scan_ledger(
+    bootstrap: str, topic: str, since_ms: int | None
+) -> AsyncIterator[tuple[envelope_pb2.EventEnvelope, bytes]]:
+    """Inventory's ledger records from the beginning (or from ``since_ms``) up to the end at call
+    time, with the store each came from (header, b"" for records older than it)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -223,11 +275,11 @@ async def read_ledger(
                         break
                     envelope = envelope_pb2.EventEnvelope.FromString(record.value)
                     if envelope.event_id.startswith("inv-"):
-                        state.apply(envelope, set(skus) if skus is not None else None)
+                        store = next((v for k, v in record.headers or () if k == STORE_HEADER), b"")
+                        yield envelope, store
             pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
     finally:
         await consumer.stop()
-    return state
 
 
 async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = None) -> dict[str, int]:
@@ -247,13 +299,19 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         incoming = state.incoming.get((sku, loc), [])
         asof = state.snapshot_as_of.get((sku, loc), 0)
         ts = m.occurred_at.ToMilliseconds()
+        oh, rs, qt = state.totals((sku, loc))
+        if (oh, rs, qt) != (m.after.on_hand, m.after.reserved, m.after.quarantined):
+            log.warning(
+                "the ledger's last counters differ from the sum of its movements; the sum is kept",
+                extra={"sku": sku, "location_id": loc, "sequence": m.sequence},
+            )
         pipe.hset(
             f"inv:{{{sku}}}:c:{loc}",
             mapping={
-                "oh": m.after.on_hand,
-                "rs": m.after.reserved,
+                "oh": oh,
+                "rs": rs,
                 "ss": m.after.safety_stock,
-                "qt": m.after.quarantined,
+                "qt": qt,
                 "inc": sum(s.quantity for s in incoming),
                 "seq": m.sequence,
                 "asof": asof,
@@ -334,6 +392,10 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
             pipe.set(pos_sale_key(terminal_id, sale_id), json.dumps(record), ex=ttl)
     await pipe.execute()
     await _outbox_after(redis, state.last_entry)
+    # The rebuilt state is the ledger's: mutations may run on this Redis process.
+    if state.last_entry != (0, 0):
+        await redis.set(RELAYED, f"{state.last_entry[0]}-{state.last_entry[1]}", nx=True)
+    await redis.set(ARMED, await arming_value(redis))
     return {
         "counters": len(state.counters),
         "reservations_live": live,
@@ -364,6 +426,185 @@ async def _outbox_after(redis: Redis, last: tuple[int, int]) -> None:
     entry = f"{last[0]}-{last[1]}"
     await redis.xadd(OUTBOX, {"m": "[]"}, id=entry)
     await redis.xdel(OUTBOX, entry)
+
+
+async def catch_up(
+    redis: Redis, bootstrap: str, *, closed_ttl_s: int = CLOSED_TTL_S, topic: str = INVENTORY_MOVEMENTS.name
+) -> dict[str, int]:
+    """Brings a Redis that may have lost its last writes (a power cut loses up to AOF everysec's
+    last second; a failover, a replica's lag) back to the ledger, then arms it (lua/common.lua:
+    mutations are refused until then, so nothing is computed from stale counters and sequence
+    numbers never repeat).
+
+    Reads this store's ledger records from a little before the last entry Redis knows was relayed
+    (``inv:ledger:relayed``) to the end, and replays what Redis lacks: per SKU x location every
+    movement whose sequence is above Redis' (its deltas on the counters, its supplies, snapshot
+    time and physical movement), the reservation lines and records they carry, the idempotency
+    records and till sales they make, and the master data relayed after that entry. A Redis that
+    never relayed anything (new, or wiped: see ``rebuild``) has nothing to compare and is armed."""
+    armed = await arming_value(redis)
+    me = (await store_id(redis)).encode()
+    marker = await redis.get(RELAYED)
+    counts = {"movements": 0, "reservations": 0, "master_data": 0, "mismatched_counters": 0}
+    if marker is not None:
+        ms, seq = marker.decode().split("-")
+        since = (int(ms), int(seq))
+        start_ms = since[0] - CATCH_UP_MARGIN_MS
+        records = [env async for env, store in scan_ledger(bootstrap, topic, start_ms) if store == me]
+        counts = await _replay(redis, records, since, closed_ttl_s)
+    await redis.set(ARMED, armed)
+    return counts
+
+
+async def _replay(
+    redis: Redis, records: list[envelope_pb2.EventEnvelope], since: tuple[int, int], closed_ttl_s: int
+) -> dict[str, int]:
+    now = int(time.time() * 1000)
+    in_outbox = {
+        (i.decode() if isinstance(i, bytes) else str(i)) for i, _ in await redis.xrange(OUTBOX, "-", "+")
+    }
+    seen: set[str] = set()
+    moves: dict[tuple[str, str], dict[int, tuple[Order, events_pb2.StockMovementRecorded]]] = {}
+    meta = LedgerState()
+    last = since
+    for envelope in records:
+        if envelope.event_id in seen:  # a relay retry put it there twice
+            continue
+        seen.add(envelope.event_id)
+        order = _order(envelope.event_id)
+        last = max(last, order[:2])
+        if envelope.type == "tutti.inventory.v1.StockMovementRecorded":
+            m = events_pb2.StockMovementRecorded()
+            envelope.payload.Unpack(m)
+            moves.setdefault((m.sku, m.location_id), {}).setdefault(m.sequence, (order, m))
+        elif order[:2] > since and f"{order[0]}-{order[1]}" not in in_outbox:
+            meta.apply(envelope, None)  # master data Redis lacks (absolute: the latest wins)
+    state = LedgerState()
+    pipe = redis.pipeline(transaction=False)
+    replayed = mismatched = 0
+    for (sku, loc), by_seq in moves.items():
+        key = f"inv:{{{sku}}}:c:{loc}"
+        cur = {k.decode(): int(v) for k, v in (await redis.hgetall(key)).items()}
+        todo = [by_seq[q] for q in sorted(by_seq) if q > cur.get("seq", 0)]
+        if not todo:
+            continue
+        c = {f: cur.get(f, 0) for f in ("oh", "rs", "ss", "qt", "inc", "seq", "asof", "ts")}
+        for order, m in todo:
+            kind = _kind(m)
+            at = m.occurred_at.ToMilliseconds()
+            c["oh"] += m.on_hand_delta
+            c["rs"] += m.reserved_delta
+            c["qt"] += m.quarantined_delta
+            c["ss"] = m.after.safety_stock
+            c["seq"], c["ts"] = m.sequence, at
+            if (c["oh"], c["rs"], c["qt"]) != (m.after.on_hand, m.after.reserved, m.after.quarantined):
+                mismatched += 1
+                log.warning(
+                    "ledger movement's counters differ from Redis' plus its deltas",
+                    extra={"sku": sku, "location_id": loc, "sequence": m.sequence},
+                )
+            if m.incoming_changed or kind == "INCOMING_SUPPLY_SET":
+                in_key = f"inv:{{{sku}}}:in:{loc}"
+                pipe.delete(in_key)
+                for sup in m.incoming:
+                    value = {"q": sup.quantity, "at": sup.expected_at.ToMilliseconds(), "src": sup.source}
+                    pipe.hset(in_key, sup.supply_id, json.dumps(value))
+                c["inc"] = sum(sup.quantity for sup in m.incoming)
+            mv_key = f"inv:{{{sku}}}:mv:{loc}"
+            if kind == "SNAPSHOT_APPLIED":
+                c["asof"] = m.snapshot_as_of.ToMilliseconds()
+                pipe.zremrangebyscore(mv_key, "-inf", c["asof"])
+            elif m.on_hand_delta != 0:
+                pipe.zadd(mv_key, {f"{m.sequence}:{m.on_hand_delta}": at})
+            state._movement(m, order)  # reservation lines, idempotency records, till sales
+            replayed += 1
+        pipe.hset(key, mapping=c)
+        pipe.sadd(f"inv:{{{sku}}}:locs", loc)
+    for sku_entry in meta.skus.values():
+        pipe.hset("inv:skus", sku_entry.sku, sku_to_json(sku_entry))
+    for _, location in meta.locations.values():
+        pipe.hset("inv:locations", location.location_id, location_to_json(location))
+        pipe.hset("inv:locstate", location.location_id, "1" if location.active else "0")
+    for _, policy in meta.policies.values():
+        pipe.delete(f"inv:policy:{policy.channel}")
+        for k, f, v in policy_fields(policy):
+            pipe.hset(k, f, v)
+    for res_id, (_, latest) in state.reservations.items():
+        await _merge_reservation(redis, pipe, res_id, state, latest, now, closed_ttl_s)
+    marker = json.dumps({"fp": "", "rebuilt": True})
+    for idem, at in state.idempotency.items():
+        ttl = IDEM_TTL_S - (now - at) // 1000
+        if ttl > 0:
+            pipe.set(idem, marker, ex=ttl, nx=True)
+    for reference, sale in state.pos_sales.items():
+        ttl = POS_SALE_RETENTION_S - (now - sale["at"]) // 1000
+        if ttl > 0:
+            _, terminal_id, sale_id = reference.split(":", 2)
+            lines = [(sku, q, d) for sku, (q, d) in sale["lines"].items()]
+            record = pos_sale_record(sale["loc"], sale["ret"], lines, sale["at"])
+            pipe.set(pos_sale_key(terminal_id, sale_id), json.dumps(record), ex=ttl, nx=True)
+    await pipe.execute()
+    # New entries (event ids) and so new movements come after everything on the ledger.
+    await _outbox_after(redis, last)
+    master = len(meta.skus) + len(meta.locations) + len(meta.policies)
+    return {
+        "movements": replayed,
+        "reservations": len(state.reservations),
+        "master_data": master,
+        "mismatched_counters": mismatched,
+    }
+
+
+async def _merge_reservation(
+    redis: Redis,
+    pipe: Any,
+    res_id: str,
+    state: LedgerState,
+    latest: events_pb2.StockMovementRecorded,
+    now: int,
+    closed_ttl_s: int,
+) -> None:
+    """Writes reservation ``res_id`` as Redis has it with the lines and state the replayed
+    movements give (the record itself is restored when it was lost with them)."""
+    key = f"inv:res:{res_id}"
+    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
+    lines: list[dict[str, Any]] = json.loads(raw["lines"]) if "lines" in raw else []
+    for _, m in sorted(state.lines[res_id].values(), key=lambda x: x[0]):
+        line = {
+            "s": m.sku,
+            "l": m.location_id,
+            "q": m.reservation_line_quantity,
+            "r": m.reservation_line_released,
+            "f": m.reservation_line_fulfilled,
+        }
+        found = next((i for i, x in enumerate(lines) if (x["s"], x["l"]) == (m.sku, m.location_id)), None)
+        if found is None:
+            lines.append(line)
+        else:
+            lines[found] = line
+    status = pb.ReservationStatus.Name(latest.reservation_status).removeprefix("RESERVATION_STATUS_")
+    exp = latest.hold_expires_at.ToMilliseconds() if latest.HasField("hold_expires_at") else 0
+    pipe.hset(
+        key,
+        mapping={
+            "st": status,
+            "ch": codec.channel_name(latest.channel),
+            "ord": latest.order_id,
+            "exp": exp,
+            "cr": latest.reservation_created_at.ToMilliseconds(),
+            "fp": raw.get("fp", ""),
+            "lines": json.dumps(lines),
+        },
+    )
+    if status in ("HELD", "CONFIRMED"):
+        pipe.persist(key)
+        if status == "HELD" and exp:
+            pipe.zadd("inv:holds", {res_id: exp})
+        else:
+            pipe.zrem("inv:holds", res_id)
+    else:
+        pipe.zrem("inv:holds", res_id)
+        pipe.expire(key, max(1, closed_ttl_s - (now - latest.occurred_at.ToMilliseconds()) // 1000))
 
 
 async def rebuild(
@@ -413,6 +654,7 @@ async def dump_state(
             continue
         res_id = key.decode().removeprefix("inv:res:")
         res.pop("fp", None)
+        res.pop("xid", None)  # the reserving outbox entry: Redis-local
         res["lines"] = lines
         out["reservations"][res_id] = res
         score = await redis.zscore("inv:holds", res_id)

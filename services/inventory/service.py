@@ -7,8 +7,9 @@ request id; absolute settings (safety stock, incoming supply, policies, master d
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,8 @@ from services.inventory.domain.csv_import import parse_stock_csv
 EVENT_LOCATION = "tutti.inventory.v1.LocationUpserted"
 EVENT_SKU = "tutti.inventory.v1.SkuRegistered"
 EVENT_POLICY = "tutti.inventory.v1.ChannelPolicySet"
+# Receipts of reservation entries live this long (lua/relayed.lua).
+RECEIPT_TTL_S = 86400
 # GetSkus names this many unknown SKUs in its NOT_FOUND message and counts the rest.
 NAMED_UNKNOWN_SKUS = 5
 
@@ -80,6 +83,7 @@ class InventoryService:
         hub: AvailabilityHub | None = None,
         *,
         pos_ack_after_ledger_s: float = 0.0,
+        ack_after_ledger_s: float = 0.0,
         snapshot_max_future_s: float = 300.0,
         pos_sale_retention_s: int = 60 * 86400,
         counters: StockCounters | None = None,
@@ -97,6 +101,14 @@ class InventoryService:
         # the Kafka ledger (waiting at most this long, else UNAVAILABLE and the terminal resends),
         # so an acknowledged sale survives even the loss of Redis' last second of writes.
         self.pos_ack_after_ledger_s = pos_ack_after_ledger_s
+        # The same for every other command that writes (reservations and their confirmations,
+        # releases, fulfilments; stock movements, snapshots, settings; master data): answered only
+        # once on the ledger, where a catch-up finds it after a power cut.
+        self.ack_after_ledger_s = ack_after_ledger_s
+        # Every waiter re-checks when the relay reports a batch: the checks of all waiting answers
+        # go in one script call (one Redis connection), and POS checks at most 16 at once.
+        self._entry_states = _Coalesced(store.entry_states)
+        self._ledger_checks = asyncio.Semaphore(16)
 
     # --- master data --------------------------------------------------------------------------
 
@@ -120,7 +132,7 @@ class InventoryService:
                 location=codec.location_pb(loc), location_id=loc.location_id
             )
             events.append((EVENT_LOCATION, f"location:{loc.location_id}", payload.SerializeToString()))
-        await self.store.write_meta(hset=hset, events=events)
+        await self._wait_entry_on_ledger(await self.store.write_meta(hset=hset, events=events))
         return list(locations)
 
     async def list_locations(
@@ -157,7 +169,7 @@ class InventoryService:
             (EVENT_SKU, s.sku, events_pb2.SkuRegistered(sku=codec.sku_pb(s)).SerializeToString())
             for s in skus
         ]
-        await self.store.write_meta(hset=hset, events=events)
+        await self._wait_entry_on_ledger(await self.store.write_meta(hset=hset, events=events))
         return len(skus)
 
     async def get_skus(
@@ -194,11 +206,12 @@ class InventoryService:
             if x not in known:
                 raise NotFound(f"policy.excluded_location_ids[{i}]: unknown location {x}")
         payload = events_pb2.ChannelPolicySet(policy=codec.policy_pb(policy)).SerializeToString()
-        await self.store.write_meta(
+        xid = await self.store.write_meta(
             delete=[f"inv:policy:{policy.channel}"],
             hset=policy_fields(policy),
             events=[(EVENT_POLICY, f"channel:{policy.channel}", payload)],
         )
+        await self._wait_entry_on_ledger(xid)
         return policy
 
     async def list_channel_policies(self) -> list[model.ChannelPolicy]:
@@ -377,17 +390,23 @@ class InventoryService:
             sorted((x.sku, x.location_id, x.quantity) for x in lines), channel, order_id, hold_ttl_s
         )
         try:
-            return await self.store.reserve(reservation_id, lines, channel, order_id, hold_ttl_s, fp)
+            reservation, dup, xid = await self.store.reserve(
+                reservation_id, lines, channel, order_id, hold_ttl_s, fp
+            )
         except FailedPrecondition:
             # The reserve script refuses only for stock (not enough available at a location).
             self.counters.reservation_refused(channel)
             raise
+        await self._wait_entry_on_ledger(xid)
+        return reservation, dup
 
     async def confirm(self, reservation_id: str, order_id: str = "") -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
         if order_id:
             model.require_id("order_id", order_id)
-        return await self.store.confirm(reservation_id, order_id)
+        reservation, xid = await self.store.confirm(reservation_id, order_id)
+        await self._wait_entry_on_ledger(xid)
+        return reservation
 
     async def release(
         self, reservation_id: str, lines: Sequence[model.Line] = (), request_id: str = "", reason: str = ""
@@ -408,7 +427,11 @@ class InventoryService:
             model.require_id("request_id", request_id)
         elif lines:
             raise InvalidArgument("request_id", "is required when lines are given (it makes retries safe)")
-        return await self.store.release_or_fulfil(op, reservation_id, lines, request_id, reason[:200])
+        reservation, xid = await self.store.release_or_fulfil(
+            op, reservation_id, lines, request_id, reason[:200]
+        )
+        await self._wait_entry_on_ledger(xid)
+        return reservation
 
     async def get_reservation(self, reservation_id: str) -> model.Reservation:
         model.require_id("reservation_id", reservation_id)
@@ -493,6 +516,7 @@ class InventoryService:
             reason=source[:200],
             field_of=lambda op: name(op_lines[op]),
         )
+        await self._wait_entry_on_ledger(result.outbox_id)
         out = []
         # A rebuilt idempotency record (see rebuild.py) carries no per-line results.
         op_results = result.ops or [{"applied": False} for _ in ops]
@@ -532,6 +556,7 @@ class InventoryService:
             reason=reason[:200],
             field_of=field_of,
         )
+        await self._wait_entry_on_ledger(result.outbox_id)
         levels = result.levels
         missing = {(op["s"], op["l"]) for op in ops} - set(levels)
         for sku, loc in missing:  # a rebuilt idempotency record carries no levels
@@ -721,6 +746,7 @@ class InventoryService:
             for x in lines
         ]
         result = await self.store.apply(ops)
+        await self._wait_entry_on_ledger(result.outbox_id)
         return [result.levels[(x.sku, x.location_id)] for x in lines]
 
     async def set_incoming_supply(
@@ -750,6 +776,7 @@ class InventoryService:
             }
         ]
         result = await self.store.apply(ops, reference=supply.supply_id, field_of=_single)
+        await self._wait_entry_on_ledger(result.outbox_id)
         return result.levels[(sku, location_id)]
 
     # --- POS ----------------------------------------------------------------------------------
@@ -830,6 +857,27 @@ class InventoryService:
             )
         return sale
 
+    async def _wait_entry_on_ledger(self, outbox_id: str) -> None:
+        """Returns once the relay's receipt proves outbox entry ``outbox_id`` is on the Kafka ledger
+        (nothing to wait for without an id: nothing moved, or a record restored from the ledger);
+        raises UNAVAILABLE when that takes longer than ``ack_after_ledger_s`` or when the
+        entry is lost. The caller retries with the same id: it counts once, and the retry waits too."""
+        if not outbox_id or self.ack_after_ledger_s <= 0 or self.hub is None:
+            return
+        state = "pending"
+
+        async def pending() -> bool:
+            nonlocal state
+            state = await self._entry_states(outbox_id)
+            return state == "pending"
+
+        if not await self.hub.wait_relayed(pending, limit_s=self.ack_after_ledger_s):
+            raise Unavailable("recorded but not yet on the ledger; retry with the same id (it counts once)")
+        if state == "lost" and _entry_age_s(outbox_id) > RECEIPT_TTL_S:
+            return  # a retry after the receipt expired: the entry was relayed long ago
+        if state != "on":
+            raise Unavailable("recorded, but its ledger entry was lost; retry later")
+
     async def _wait_on_ledger(self, idem_key: str, receipt_key: str) -> None:
         """Returns once the relay's receipt proves the sale is on the Kafka ledger; raises
         UNAVAILABLE (the terminal resends, the sale counts once) when that takes longer than
@@ -840,7 +888,8 @@ class InventoryService:
 
         async def pending() -> bool:
             nonlocal state
-            state = await self.store.ledger_state(idem_key, receipt_key)
+            async with self._ledger_checks:
+                state = await self.store.ledger_state(idem_key, receipt_key)
             return state == "pending"
 
         if not await self.hub.wait_relayed(pending, limit_s=self.pos_ack_after_ledger_s):
@@ -865,6 +914,48 @@ class _ChangedView(model.SkuAvailability):
     @property
     def network_available(self) -> int:
         return self.total
+
+
+class _Coalesced:
+    """Answers ``check(key)`` for many concurrent callers with as few calls of ``many(keys)`` as
+    possible: keys asked while a call is running go together into the next one."""
+
+    def __init__(self, many: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
+        self._many = many
+        self._asked: dict[str, asyncio.Future[str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, key: str) -> str:
+        future = self._asked.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._asked[key] = future
+            if self._task is None:
+                self._task = asyncio.create_task(self._run())
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, {}
+                try:
+                    answers = await self._many(list(asked))
+                except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
+                    for future in asked.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                            future.exception()  # retrieved here; the callers re-raise it
+                    continue
+                for future, answer in zip(asked.values(), answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._task = None
+
+
+def _entry_age_s(outbox_id: str) -> float:
+    """Age of an outbox entry from its id (``<ms>-<seq>``, the Redis time it was appended)."""
+    return time.time() - int(outbox_id.split("-")[0]) / 1000
 
 
 def _unique(items: Sequence[str]) -> list[str]:

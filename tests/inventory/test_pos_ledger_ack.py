@@ -43,6 +43,8 @@ async def no_relay(settings: CommonSettings) -> AsyncIterator[inventory_pb2_grpc
         InventorySettings.from_env(common, {}),
         relay_enabled=False,
         pos_ack_after_ledger_s=ACK_DEADLINE_S,
+        # Seeding (locations, SKUs, receipts) answers once in Redis here: no relay would receipt it.
+        ack_after_ledger_s=0.0,
     )
     async with (
         running_service(common, functools.partial(build, inventory=cfg)) as svc,

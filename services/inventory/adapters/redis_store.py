@@ -8,18 +8,31 @@ import base64
 import dataclasses
 import json
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
-from runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.inventory.domain import model
 
 LUA = Path(__file__).parent / "lua"
-SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read", "pos_ack")
+SCRIPTS = ("reserve", "confirm", "release", "sweep", "apply", "meta", "read", "pos_ack", "ack_state", "armed")
 OUTBOX = "inv:outbox"
+# run_id of the Redis process whose state was checked against the ledger (see lua/common.lua).
+ARMED = "inv:ledger:armed"
+# Highest outbox id the relay put on Kafka, and this store's id sent with every ledger record.
+RELAYED = "inv:ledger:relayed"
+STORE_ID = "inv:ledger:store"
 
 
 def _list(value: Any) -> list[Any]:
@@ -84,6 +97,8 @@ def _raise(e: dict[str, Any], field_of: FieldOf = _lines_field) -> None:
         raise InvalidArgument(field or "lines", msg)
     if code == "ALREADY_EXISTS":
         raise AlreadyExists(msg)
+    if code == "UNAVAILABLE":
+        raise Unavailable(msg)
     if code == "FAILED_PRECONDITION":
         violations = []
         for s in _list(e.get("short")):
@@ -123,8 +138,15 @@ class ApplyResult:
 
 class RedisStore:
     def __init__(
-        self, redis: Redis, *, idempotency_ttl_s: int = 7 * 86400, closed_ttl_s: int = 7 * 86400
+        self,
+        redis: Redis,
+        *,
+        idempotency_ttl_s: int = 7 * 86400,
+        closed_ttl_s: int = 7 * 86400,
+        control: Redis | None = None,
     ) -> None:
+        """``control``: a client of the same db for the ledger checks (is Redis armed, are answers'
+        entries on the ledger), so they never wait for, or take, a connection of the busy pool."""
         self.redis = redis
         self.idempotency_ttl_s = idempotency_ttl_s
         self.closed_ttl_s = closed_ttl_s
@@ -141,6 +163,10 @@ class RedisStore:
             name: redis.register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
             for name in SCRIPTS
         }
+        self._control = {
+            name: (control or redis).register_script(prelude + "\n" + (LUA / f"{name}.lua").read_text())
+            for name in ("ack_state", "armed")
+        }
 
     async def _call(self, name: str, args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=[], args=list(args))
@@ -153,13 +179,14 @@ class RedisStore:
         delete: Sequence[str] = (),
         hset: Sequence[tuple[str, str, str]] = (),
         events: Sequence[tuple[str, str, bytes]] = (),
-    ) -> None:
+    ) -> str:
+        """Returns the id of the outbox entry holding the events ("" when none)."""
         spec = {
             "del": list(delete),
             "hset": [list(h) for h in hset],
             "events": [[t, k, base64.b64encode(p).decode()] for t, k, p in events],
         }
-        await self._call("meta", [json.dumps(spec)])
+        return _text(await self._call("meta", [json.dumps(spec)]))
 
     async def locations(self, ids: Sequence[str] | None = None) -> dict[str, model.Location]:
         if ids is None:
@@ -217,20 +244,22 @@ class RedisStore:
         order_id: str,
         hold_ttl_s: int,
         fp: str,
-    ) -> tuple[model.Reservation, bool]:
+    ) -> tuple[model.Reservation, bool, str]:
+        """The reservation, whether it existed already, and the id of the outbox entry holding its
+        movements ("" when unknown: restored from the ledger, or made before entries were kept)."""
         args: list[Any] = [reservation_id, channel, order_id, hold_ttl_s, fp, len(lines)]
         for line in lines:
             args += [line.sku, line.location_id, line.quantity]
         out = _decode(await self._call("reserve", args))
-        return reservation_from(out["r"]), bool(out["dup"])
+        return reservation_from(out["r"]), bool(out["dup"]), str(out.get("xid") or "")
 
-    async def confirm(self, reservation_id: str, order_id: str) -> model.Reservation:
+    async def confirm(self, reservation_id: str, order_id: str) -> tuple[model.Reservation, str]:
         out = _decode(await self._call("confirm", [reservation_id, order_id]))
-        return reservation_from(out["r"])
+        return reservation_from(out["r"]), str(out.get("xid") or "")
 
     async def release_or_fulfil(
         self, op: str, reservation_id: str, lines: Sequence[model.Line], request_id: str, reason: str
-    ) -> model.Reservation:
+    ) -> tuple[model.Reservation, str]:
         idem = f"inv:idem:{op}:{reservation_id}:{request_id}" if request_id else ""
         args: list[Any] = [
             op,
@@ -248,8 +277,8 @@ class RedisStore:
             found = await self.get_reservation(reservation_id)
             if found is None:
                 raise NotFound(f"reservation_id: unknown reservation {reservation_id}")
-            return found
-        return reservation_from(out["r"])
+            return found, ""
+        return reservation_from(out["r"]), str(out.get("xid") or "")
 
     async def sweep(self, limit: int = 200) -> int:
         return int(await self._call("sweep", [limit, self.closed_ttl_s]))
@@ -297,6 +326,23 @@ class RedisStore:
         raw = await self._call("pos_ack", [idem_key, receipt_key])
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
+    async def entry_states(self, outbox_ids: Sequence[str]) -> list[str]:
+        """Where each outbox entry (written with a receipt flag: every command but POS sales)
+        stands: ``on`` (the relay's receipt), ``pending`` (in the outbox) or ``lost`` (see
+        lua/ack_state.lua). One call for all of them."""
+        return [_text(v) for v in await self._control["ack_state"](keys=[], args=list(outbox_ids))]
+
+    async def armed(self) -> tuple[str, str]:
+        """(current Redis ``run_id:lastsave``, the value last armed): mutations run only when the
+        run_ids are equal (see lua/common.lua)."""
+        current, armed = await self._control["armed"](keys=[], args=[])
+        return _text(current), _text(armed)
+
+    async def arm(self, value: str) -> None:
+        """Lets mutations run on the Redis process of ``value`` (``run_id:lastsave``, its state
+        matches the ledger)."""
+        await self.redis.set(ARMED, value)
+
     async def pos_sale(self, terminal_id: str, sale_id: str) -> model.PosSale | None:
         raw = await self.redis.get(pos_sale_key(terminal_id, sale_id))
         if raw is None:
@@ -313,6 +359,27 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def store_id(redis: Redis) -> str:
+    """This store's id (created once): ledger records carry it so a catch-up after a Redis restart
+    replays only its own movements when several stores share a ledger topic (test dbs do)."""
+    await redis.set(STORE_ID, uuid.uuid4().hex, nx=True)
+    return _text(await redis.get(STORE_ID) or b"")
+
+
+async def arming_value(redis: Redis) -> str:
+    """``run_id:lastsave`` of the Redis process behind ``redis`` (see lua/common.lua)."""
+    return _text(await redis.eval(_ARMING_VALUE, 0))
+
+
+_ARMING_VALUE = (
+    "return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') .. ':' .. redis.call('LASTSAVE')"
+)
 
 
 def pos_sale_key(terminal_id: str, sale_id: str) -> str:

@@ -33,11 +33,14 @@ from runtime.kafka import (
     build_envelope,
 )
 from services.inventory.adapters import codec
-from services.inventory.adapters.redis_store import LUA, OUTBOX
+from services.inventory.adapters.redis_store import LUA, OUTBOX, store_id
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "inv:relay:lease"
+# Kafka header naming the store (Redis db) a ledger record comes from: rebuild.catch_up replays
+# only its own store's records.
+STORE_HEADER = "tutti-inventory-store"
 META_TYPES: dict[str, type[Message]] = {
     "tutti.inventory.v1.LocationUpserted": events_pb2.LocationUpserted,
     "tutti.inventory.v1.SkuRegistered": events_pb2.SkuRegistered,
@@ -111,6 +114,7 @@ class OutboxRelay:
         self._block_ms = block_ms
         self._owner = uuid.uuid4().hex
         self._relayed = redis.register_script((LUA / "relayed.lua").read_text())
+        self._store: bytes = b""
 
     async def backlog(self) -> tuple[int, float | None]:
         """Entries waiting in the outbox stream and the age in seconds of the oldest (its id is
@@ -157,17 +161,21 @@ class OutboxRelay:
         if not found:
             return 0
         _, entries = found[0]
+        if not self._store:
+            self._store = (await store_id(self._redis)).encode()
         futures = []
         for entry_id, fields in entries:
             for topic, key, value, event_type in records_for_entry(entry_id.decode(), fields):
-                headers = telemetry.inject_kafka_headers([("event-type", event_type.encode())])
+                headers = telemetry.inject_kafka_headers(
+                    [("event-type", event_type.encode()), (STORE_HEADER, self._store)]
+                )
                 futures.append(
                     await self._producer.send(topic, value=value, key=key.encode(), headers=headers)
                 )
         await asyncio.gather(*futures)
         args: list[bytes | str] = [OUTBOX]
         for entry_id, fields in entries:
-            args += [entry_id, fields.get(b"r", b""), fields.get(b"i", b"")]
+            args += [entry_id, fields.get(b"r", b""), fields.get(b"i", b""), fields.get(b"w", b"")]
         await self._relayed(keys=[], args=args)
         # Tells waiters (POS acks) in every replica that everything up to this id is on Kafka.
         await self._redis.publish(self._relayed_channel, entries[-1][0])

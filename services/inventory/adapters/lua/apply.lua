@@ -8,6 +8,8 @@
 -- op: {op='delta', s, l, k, doh, dqt, mode='strict'|'clamp', sup?, cp?}
 --     {op='safety', s, l, ss} | {op='incoming', s, l, sid, q, at, src} | {op='snap', s, l, abs, asof}
 local idem, idem_ttl, fp, ref, why = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local not_armed = unarmed()
+if not_armed then return not_armed end
 local ops = cjson.decode(ARGV[6])
 local receipt = ARGV[7] or ''
 local record_key, record, record_ttl = ARGV[8] or '', ARGV[9] or '', tonumber(ARGV[10] or '0')
@@ -170,7 +172,8 @@ for key, c in pairs(touched) do
   local list = supplies(c.sku, c.loc)
   levels[key] = {oh = c.oh, rs = c.rs, ss = c.ss, qt = c.qt, inc = c.inc, seq = c.seq, asof = c.asof, sup = list}
 end
-local xid, moves = batch:flush(receipt, idem)
+-- Every other command's entry gets a receipt by id: its answer waits for it too.
+local xid, moves = batch:flush(receipt, idem, receipt == '')
 if record_key ~= '' then
   -- The clock of the script, so the record's time is the movement's.
   local rec = cjson.decode(record)

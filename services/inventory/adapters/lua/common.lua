@@ -12,6 +12,12 @@
 --   inv:outbox         stream  movements to relay to Kafka (field m = cjson list; POS sales also
 --                              r = receipt key, i = idempotency key; a re-queued entry o = original id)
 --   inv:onledger:REF   string  POS receipt: the outbox id the relay put on Kafka (TTL of the idem key)
+--   inv:onledger:x:ID  string  receipt of outbox entry ID (entries flagged w = 1: reservations), 1 day
+--   inv:ledger:armed   string  "run_id:lastsave" of the Redis process whose state was checked against
+--                              the ledger: mutations are refused (UNAVAILABLE) until the run_id is the
+--                              current one
+--   inv:ledger:relayed string  highest outbox id the relay put on Kafka (where a catch-up starts)
+--   inv:ledger:store   string  this store's id, sent with every ledger record (Kafka header)
 -- Pub/sub channel inv:avail:<db> carries the changed counters for watchers.
 -- Multi-SKU scripts touch several hash tags: fine on one Redis primary; on a Cluster a
 -- reservation would need all its SKUs in one slot, or a saga.
@@ -21,6 +27,33 @@ local OUTBOX = 'inv:outbox'
 local AVAIL_CHANNEL = 'inv:avail'
 local HOLDS = 'inv:holds'
 local MV_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+local ARMED = 'inv:ledger:armed'
+
+-- Mutations run only on a Redis whose state inventory checked against the Kafka ledger since this
+-- Redis process started: after a restart (a power cut loses AOF everysec's last second) the run_id
+-- changes, and every mutation is refused until the catch-up (rebuild.catch_up) replayed what Redis
+-- lacks and armed the new run_id. So no movement is ever computed from stale counters, and
+-- sequence numbers continue after the ledger's, never repeat. Returns nil or an encoded error.
+-- The armed value is "run_id:lastsave": LASTSAVE (set to the start time when Redis starts, moved
+-- by RDB saves) is the cheap check (well under a microsecond); only when it moved is the run_id
+-- read (INFO, ~11 us): a save in the same process is fine (the guard re-arms the new LASTSAVE),
+-- a new process is not. (A restart within the same second as the last save would pass the cheap
+-- check: with AOF only, LASTSAVE is the start time, so a process would have to live < 1 s.)
+-- A db that was never armed and never relayed (a new or test db, not yet seen by the service) is
+-- left alone; a db wiped entirely is restored with rebuild.py.
+local function unarmed()
+  local armed = redis.call('GET', ARMED)
+  if not armed and redis.call('EXISTS', 'inv:ledger:relayed') == 0 then return nil end
+  local run, saved = string.match(armed or '', '^(%x+):(%d+)$')
+  if saved and tonumber(saved) == redis.call('LASTSAVE') then return nil end
+  local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if run ~= run_id then
+    return cjson.encode({e = {code = 'UNAVAILABLE',
+      msg = 'inventory is checking its stock against the ledger after a Redis restart; retry'}})
+  end
+  return nil
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -112,12 +145,15 @@ end
 -- Writes the outbox entry and the change notice; returns the outbox entry id ('' if nothing moved)
 -- and the encoded movements. receipt/idem (optional, POS sales): the relay writes the key receipt
 -- (with the TTL of idem) once the entry is on Kafka, atomically with deleting it (see relayed.lua).
-function Batch:flush(receipt, idem)
+-- want_receipt (reservations): the relay writes inv:onledger:x:<entry id> instead.
+function Batch:flush(receipt, idem, want_receipt)
   if #self.moves == 0 then return '' end
   local encoded = cjson.encode(self.moves)
   local xid
   if receipt and receipt ~= '' then
     xid = redis.call('XADD', OUTBOX, '*', 'm', encoded, 'r', receipt, 'i', idem)
+  elseif want_receipt then
+    xid = redis.call('XADD', OUTBOX, '*', 'm', encoded, 'w', '1')
   else
     xid = redis.call('XADD', OUTBOX, '*', 'm', encoded)
   end

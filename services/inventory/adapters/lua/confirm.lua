@@ -1,5 +1,7 @@
 -- ConfirmReservation. ARGV: id, order_id
 local id, order_id = ARGV[1], ARGV[2]
+local not_armed = unarmed()
+if not_armed then return not_armed end
 local r = load_res(id)
 if not r then return err('NOT_FOUND', 'unknown reservation ' .. id, {field = 'reservation_id'}) end
 if r.st == 'CONFIRMED' then return cjson.encode({r = r}) end
@@ -21,5 +23,5 @@ for _, line in ipairs(r.lines) do
     batch:move(load(line.s, line.l), 'RESERVATION_CONFIRMED', 0, 0, 0, res_fields(r, line, {ref = id}))
   end
 end
-batch:flush()
-return cjson.encode({r = r})
+local xid = batch:flush(nil, nil, true)
+return cjson.encode({r = r, xid = xid})

@@ -3,6 +3,8 @@
 -- n = 0 means every open unit.
 local op, id, idem, idem_ttl, closed_ttl, why = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local n = tonumber(ARGV[7])
+local not_armed = unarmed()
+if not_armed then return not_armed end
 if idem ~= '' then
   local prev = redis.call('GET', idem)
   if prev then return prev end
@@ -71,7 +73,7 @@ else
 end
 save_res(r)
 if r.st ~= 'HELD' and r.st ~= 'CONFIRMED' then redis.call('EXPIRE', reskey(id), closed_ttl) end
-batch:flush()
-local out = cjson.encode({r = r})
+local xid = batch:flush(nil, nil, true)
+local out = cjson.encode({r = r, xid = xid})
 if idem ~= '' then redis.call('SET', idem, out, 'EX', idem_ttl) end
 return out

@@ -1,6 +1,8 @@
 -- ReserveStock: all lines or none. ARGV: id, channel, order_id, ttl_s, fingerprint, n, (sku, loc, qty)*n
 local id, channel, order_id = ARGV[1], ARGV[2], ARGV[3]
 local ttl_s, fp, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local not_armed = unarmed()
+if not_armed then return not_armed end
 
 local existing = load_res(id)
 if existing then
@@ -8,7 +10,8 @@ if existing then
     return err('ALREADY_EXISTS', 'reservation ' .. id .. ' already exists with different lines',
                {field = 'reservation_id'})
   end
-  return cjson.encode({r = existing, dup = true})
+  -- xid: the reserving outbox entry, so a retry waits for the ledger as the first call did.
+  return cjson.encode({r = existing, dup = true, xid = redis.call('HGET', reskey(id), 'xid') or ''})
 end
 
 local policy = 'inv:policy:' .. channel
@@ -52,5 +55,6 @@ for i = 1, n do
   c.rs = c.rs + lines[i].q
   batch:move(c, 'RESERVED', 0, lines[i].q, 0, res_fields(r, lines[i], {ref = id}))
 end
-batch:flush()
-return cjson.encode({r = r, dup = false})
+local xid = batch:flush(nil, nil, true)
+redis.call('HSET', reskey(id), 'xid', xid)
+return cjson.encode({r = r, dup = false, xid = xid})

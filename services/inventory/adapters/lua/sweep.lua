@@ -1,5 +1,6 @@
 -- Releases expired holds (at most ARGV[1] of them). ARGV: limit, closed_ttl_s. Returns the count.
 local limit, closed_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+if unarmed() then return 0 end
 local ts = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', ts, 'LIMIT', 0, limit)
 local batch = new_batch(ts)
