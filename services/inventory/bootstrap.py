@@ -103,7 +103,9 @@ async def build(
     metrics.watch_redis_pool("inventory", redis)
     # The ledger checks (armed run_id, answers waiting for the relay's receipts) on their own
     # connections: one call covers every waiting answer.
-    control = Redis.from_url(cfg.redis_url, max_connections=4, socket_keepalive=True)
+    control = Redis.from_url(
+        cfg.redis_url, max_connections=4, socket_keepalive=True, **redis_tls_options(settings.redis_ca_file)
+    )
     stack.push_async_callback(control.aclose)
     store = RedisStore(
         redis,
