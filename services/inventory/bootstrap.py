@@ -130,7 +130,12 @@ async def build(
     relay = OutboxRelay(redis, producer, relayed_channel=store.relayed_channel, batch=cfg.relay_batch)
     guard = LedgerGuard(
         store,
-        lambda: rebuild.catch_up(redis, settings.kafka_bootstrap, closed_ttl_s=cfg.closed_reservation_ttl_s),
+        lambda: rebuild.catch_up(
+            redis,
+            settings.kafka_bootstrap,
+            closed_ttl_s=cfg.closed_reservation_ttl_s,
+            security=settings.kafka_security,
+        ),
     )
     metrics.watch_outbox("inventory", relay.backlog)
 

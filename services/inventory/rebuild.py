@@ -232,13 +232,13 @@ async def read_ledger(
     """Reads the ledger from the beginning (or from ``since_ms``) up to its end at call time."""
     state = LedgerState()
     wanted = set(skus) if skus is not None else None
-    async for envelope, _ in scan_ledger(bootstrap, topic, since_ms):
+    async for envelope, _ in scan_ledger(bootstrap, topic, since_ms, security=security):
         state.apply(envelope, wanted)
     return state
 
 
 async def scan_ledger(
-    bootstrap: str, topic: str, since_ms: int | None
+    bootstrap: str, topic: str, since_ms: int | None, *, security: KafkaSecurity | None = None
 ) -> AsyncIterator[tuple[envelope_pb2.EventEnvelope, bytes]]:
     """Inventory's ledger records from the beginning (or from ``since_ms``) up to the end at call
     time, with the store each came from (header, b"" for records older than it)."""
@@ -429,7 +429,12 @@ async def _outbox_after(redis: Redis, last: tuple[int, int]) -> None:
 
 
 async def catch_up(
-    redis: Redis, bootstrap: str, *, closed_ttl_s: int = CLOSED_TTL_S, topic: str = INVENTORY_MOVEMENTS.name
+    redis: Redis,
+    bootstrap: str,
+    *,
+    closed_ttl_s: int = CLOSED_TTL_S,
+    topic: str = INVENTORY_MOVEMENTS.name,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
     """Brings a Redis that may have lost its last writes (a power cut loses up to AOF everysec's
     last second; a failover, a replica's lag) back to the ledger, then arms it (lua/common.lua:
@@ -450,7 +455,8 @@ async def catch_up(
         ms, seq = marker.decode().split("-")
         since = (int(ms), int(seq))
         start_ms = since[0] - CATCH_UP_MARGIN_MS
-        records = [env async for env, store in scan_ledger(bootstrap, topic, start_ms) if store == me]
+        ledger = scan_ledger(bootstrap, topic, start_ms, security=security)
+        records = [env async for env, store in ledger if store == me]
         counts = await _replay(redis, records, since, closed_ttl_s)
     await redis.set(ARMED, armed)
     return counts

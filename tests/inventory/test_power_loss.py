@@ -40,7 +40,7 @@ from runtime.settings import CommonSettings
 from services.inventory.bootstrap import build
 from services.inventory.rebuild import scan_ledger
 from tests.inventory.conftest import seed
-from tests.support import RunningService, random_id, running_service, wait_for
+from tests.support import RunningService, internal_channel, random_id, running_service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.restarts]
 
@@ -129,7 +129,7 @@ async def inventory_on(settings: CommonSettings, url: str) -> AsyncIterator[
     tuple[RunningService, inventory_pb2_grpc.InventoryServiceStub]
 ]:
     s = dataclasses.replace(settings, redis_url=url)
-    async with running_service(s, build) as svc, grpc.aio.insecure_channel(svc.address) as ch:
+    async with running_service(s, build) as svc, internal_channel(svc.address) as ch:
         yield svc, inventory_pb2_grpc.InventoryServiceStub(ch)
 
 
