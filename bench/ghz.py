@@ -15,6 +15,7 @@ from typing import Any
 from grpc_tools import protoc
 
 from bench.procs import BENCH_DIR, HOME, ROOT
+from runtime.settings import InternalTls
 
 
 def ghz_binary() -> str:
@@ -135,11 +136,18 @@ def run_ghz(
     metadata: Mapping[str, str] | None = None,
     warmup: bool = True,
     duration_s: float | None = None,
+    internal_tls: InternalTls | None = None,
 ) -> Result:
-    """Warm up (discarded), then measure ``call`` for the load's duration."""
+    """Warm up (discarded), then measure ``call`` for the load's duration. ``internal_tls``: a
+    backend's port, which speaks mTLS only (the operator's certificate of the local CA)."""
+    transport = (
+        ["--insecure"]
+        if internal_tls is None
+        else [f"--cacert={internal_tls.ca}", f"--cert={internal_tls.cert}", f"--key={internal_tls.key}"]
+    )
     base = [
         ghz_binary(),
-        "--insecure",
+        *transport,
         f"--protoset={protoset}",
         f"--call={call}",
         f"--data={data if isinstance(data, str) else json.dumps(data)}",

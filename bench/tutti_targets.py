@@ -36,6 +36,7 @@ from bench.redis_baseline import percentile
 from runtime.grpc_server import client_channel
 from runtime.peers import OPERATOR
 from runtime.settings import InternalTls
+from tools.stack import operator_tls
 
 DC = "DC-ORLEANS"
 POS_STORE = "STORE-PARIS-RIVOLI"
@@ -609,6 +610,7 @@ def scale_out(load: Load, protoset: Path) -> tuple[list[Result], dict[str, Any]]
                     data,
                     wide,
                     protoset=protoset,
+                    internal_tls=operator_tls(),  # straight to inventory: its port speaks mTLS only
                 )
             )
             results[-1].kind = "scale"
