@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 
 from runtime import deadlines, errors, peers, telemetry, tls, validation
+from runtime.interceptors import WrappingInterceptor
 from runtime.metrics import Metrics, MetricsInterceptor, serving_metrics, time_unary_calls
 from runtime.settings import CommonSettings, InternalTls
 
@@ -127,7 +128,7 @@ class Wiring:
     components: Sequence[Component] = field(default_factory=tuple)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Turns every exception escaping a handler into a precise status, never UNKNOWN, and
     records a unary call's deadline for the calls its handler makes downstream. Every request
     is decoded and checked first (runtime.validation): bytes that are not the method's request,
@@ -135,26 +136,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     before the handler sees them; in a client stream, they end the stream."""
 
     def __init__(self, authorize: Authorize | None = None) -> None:
+        super().__init__()
         # Called before the request is decoded; raises Unauthenticated / PermissionDenied.
         self._authorize = authorize
-        # Handlers are fixed once registered: wrap each once, not on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method, self._authorize)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return self._wrap(handler, method, self._authorize)
 
     @staticmethod
     def _wrap(

@@ -33,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from runtime.interceptors import WrappingInterceptor
+
 log = logging.getLogger(__name__)
 
 # Seconds. From a Redis script's sub-millisecond answer to a placement waiting on a slow store;
@@ -254,30 +256,17 @@ def _server_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Times every call served and counts those in flight. Runs outside the error mapping, so
     it records the status the caller receives."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         series = _series(self._metrics.rpc_server_duration, self._metrics.rpc_server_active, method)
-        wrapped = _rewrap(handler, _timed_unary(series), _timed_stream(series))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return _rewrap(handler, _timed_unary(series), _timed_stream(series))
 
 
 def _rewrap(

@@ -4,9 +4,7 @@ another store may not act for it."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,18 +14,15 @@ import yaml
 from tutti.common.v1 import common_pb2
 from tutti.inventory.v1 import inventory_pb2 as ipb
 from tutti.inventory.v1 import inventory_pb2_grpc as igrpc
-from tutti.returns.v1 import returns_pb2
 from tutti.returns.v1 import returns_pb2 as pb
 from tutti.returns.v1 import returns_pb2_grpc as rgrpc
 
-from gateway.bootstrap import builder
-from gateway.settings import GatewaySettings
 from runtime.settings import CommonSettings
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
-from services.returns.bootstrap import build as build_returns
+from tests.returns.conftest import returns_behind_gateway
 from tests.returns.test_integration import available, in_store_exchange, sold, store
-from tests.support import RunningService, random_id, running_service
+from tests.support import RunningService, random_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -54,22 +49,8 @@ async def gateway_for_store(
     cfg = ReturnsSettings(
         rules=load_rules(), pool_size=4, ready_dependencies=("inventory",), task_retry_seconds=0.5
     )
-    addresses = {**settings.addresses, "inventory": inventory.address}
-
-    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
-        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
-
-    async with running_service(settings, build) as returns:
-        gw_settings = GatewaySettings(
-            credentials_path=path, tls_cert=None, tls_key=None, default_timeout_seconds=10.0
-        )
-        services = {"returns": [returns_pb2.DESCRIPTOR.services_by_name["ReturnsService"]]}
-        gw_common = dataclasses.replace(settings, addresses={**addresses, "returns": returns.address})
-        async with (
-            running_service(gw_common, builder(gw_settings, services=services)) as gateway,
-            grpc.aio.insecure_channel(gateway.address) as channel,
-        ):
-            yield rgrpc.ReturnsServiceStub(channel), sku_store, key
+    async with returns_behind_gateway(settings, inventory, path, cfg) as (returns, _):
+        yield returns, sku_store, key
 
 
 async def stock_new_skus(inv: igrpc.InventoryServiceStub, store_id: str, **units: int) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import io
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,14 +21,12 @@ from tutti.returns.v1 import returns_pb2 as pb
 from tutti.returns.v1 import returns_pb2_grpc as rgrpc
 
 from gateway import cli
-from gateway.bootstrap import builder
-from gateway.settings import GatewaySettings
 from runtime.settings import CommonSettings
 from services.returns.adapters.rules_file import load_rules
 from services.returns.bootstrap import ReturnsSettings
-from services.returns.bootstrap import build as build_returns
+from tests.returns.conftest import returns_behind_gateway
 from tests.returns.test_integration import sold, store
-from tests.support import RunningService, random_id, running_service
+from tests.support import RunningService, random_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -68,24 +65,8 @@ async def stack(
     )
     rules = dataclasses.replace(load_rules(), distribution_centre_id=dc_id)
     cfg = ReturnsSettings(rules=rules, pool_size=4, ready_dependencies=("inventory",), task_retry_seconds=0.2)
-    addresses = {**settings.addresses, "inventory": inventory.address}
-
-    async def build(s: CommonSettings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
-        return await build_returns(dataclasses.replace(s, addresses=addresses), stack, cfg)
-
-    async with running_service(settings, build) as returns:
-        gw_settings = GatewaySettings(
-            credentials_path=path, tls_cert=None, tls_key=None, default_timeout_seconds=10.0
-        )
-        services = {"returns": [pb.DESCRIPTOR.services_by_name["ReturnsService"]]}
-        gw_common = dataclasses.replace(settings, addresses={**addresses, "returns": returns.address})
-        async with (
-            running_service(gw_common, builder(gw_settings, services=services)) as gateway,
-            grpc.aio.insecure_channel(gateway.address) as channel,
-        ):
-            yield Stack(
-                rgrpc.ReturnsServiceStub(channel), gateway.address, admin_key, store_key, store_id, dc_id
-            )
+    async with returns_behind_gateway(settings, inventory, path, cfg) as (returns, gateway):
+        yield Stack(returns, gateway, admin_key, store_key, store_id, dc_id)
 
 
 async def tutti(s: Stack, *argv: str) -> str:

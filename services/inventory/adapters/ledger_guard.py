@@ -62,7 +62,9 @@ class LedgerGuard:
             except (RedisError, KafkaError, OSError, TimeoutError) as exc:
                 self.in_step.clear()
                 log.warning("ledger check failed (%r); retrying", exc)
-            except Exception:
+            except BaseException:
+                # Not ready until a check succeeds; the runtime's supervisor logs the failure
+                # and restarts this loop with backoff.
                 self.in_step.clear()
-                log.exception("ledger catch-up failed; retrying")
+                raise
             await asyncio.sleep(self._interval_s)
