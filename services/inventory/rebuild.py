@@ -282,10 +282,8 @@ async def scan_ledger(
         await consumer.stop()
 
 
-async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = None) -> dict[str, int]:
-    """Writes the rebuilt state; returns counts of what was written."""
-    now = now_ms or int(time.time() * 1000)
-    pipe = redis.pipeline(transaction=False)
+def _write_master_data(pipe: Any, state: LedgerState) -> None:
+    """The SKUs, locations and channel policies the ledger holds, as the master-data script writes them."""
     for sku in state.skus.values():
         pipe.hset("inv:skus", sku.sku, sku_to_json(sku))
     for _, loc in state.locations.values():
@@ -295,6 +293,13 @@ async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = 
         pipe.delete(f"inv:policy:{policy.channel}")
         for key, f, v in policy_fields(policy):
             pipe.hset(key, f, v)
+
+
+async def write_state(redis: Redis, state: LedgerState, *, now_ms: int | None = None) -> dict[str, int]:
+    """Writes the rebuilt state; returns counts of what was written."""
+    now = now_ms or int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=False)
+    _write_master_data(pipe, state)
     for (sku, loc), m in state.counters.items():
         incoming = state.incoming.get((sku, loc), [])
         asof = state.snapshot_as_of.get((sku, loc), 0)
@@ -526,15 +531,7 @@ async def _replay(
             replayed += 1
         pipe.hset(key, mapping=c)
         pipe.sadd(f"inv:{{{sku}}}:locs", loc)
-    for sku_entry in meta.skus.values():
-        pipe.hset("inv:skus", sku_entry.sku, sku_to_json(sku_entry))
-    for _, location in meta.locations.values():
-        pipe.hset("inv:locations", location.location_id, location_to_json(location))
-        pipe.hset("inv:locstate", location.location_id, "1" if location.active else "0")
-    for _, policy in meta.policies.values():
-        pipe.delete(f"inv:policy:{policy.channel}")
-        for k, f, v in policy_fields(policy):
-            pipe.hset(k, f, v)
+    _write_master_data(pipe, meta)
     for res_id, (_, latest) in state.reservations.items():
         await _merge_reservation(redis, pipe, res_id, state, latest, now, closed_ttl_s)
     marker = json.dumps({"fp": "", "rebuilt": True})
